@@ -1,0 +1,134 @@
+//! The verifier: checks that a graph is a well-formed, well-typed model.
+//!
+//! The builder already types nodes as they are added; the verifier re-derives
+//! everything from scratch, so it catches passes that rewire or retype nodes
+//! wrongly. Later stages take a [`Verified`] token as proof that it ran.
+
+use super::graph::{Graph, NodeId};
+use super::ops::{Op, TypeError};
+use super::types::DType;
+
+/// What is wrong with a graph.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum VerifyError {
+    /// The graph has a cycle through these nodes.
+    #[error("cycle through {}", .0.join(", "))]
+    Cycle(Vec<String>),
+    /// The model declares no output.
+    #[error("model `{0}` has no output; add `output NAME`")]
+    NoOutputs(String),
+    /// The model declares no input.
+    #[error("model `{0}` has no input; declare one with `input NAME: f32[...]`")]
+    NoInputs(String),
+    /// An output refers to a removed node.
+    #[error("an output refers to a node that is not in the graph")]
+    DanglingOutput,
+    /// The input list and the input nodes disagree.
+    #[error("node `{0}`: {1}")]
+    BadInput(String, &'static str),
+    /// A node's op does not fit its operands.
+    #[error("node `{node}`: {error}")]
+    Type {
+        /// The node's name.
+        node: String,
+        /// Why.
+        error: TypeError,
+    },
+    /// A node's stored type differs from the one its operands give.
+    #[error("node `{node}` is typed {stored} but its op and operands give {inferred}")]
+    StaleType {
+        /// The node's name.
+        node: String,
+        /// Its recorded type.
+        stored: String,
+        /// The type re-derived from its operands.
+        inferred: String,
+    },
+}
+
+/// Proof that a graph passed [`verify`]. Holding one borrows the graph, so it
+/// cannot change in between.
+#[derive(Clone, Copy, Debug)]
+pub struct Verified<'g> {
+    graph: &'g Graph,
+}
+
+impl<'g> Verified<'g> {
+    /// The verified graph.
+    pub fn graph(&self) -> &'g Graph {
+        self.graph
+    }
+}
+
+/// Verifies `graph`: acyclic, inputs are declared f32 inputs, at least one
+/// output, every node typed as its op and operands require.
+pub fn verify(graph: &Graph) -> Result<Verified<'_>, VerifyError> {
+    if graph.inputs().is_empty() {
+        return Err(VerifyError::NoInputs(graph.name.clone()));
+    }
+    if graph.outputs().is_empty() {
+        return Err(VerifyError::NoOutputs(graph.name.clone()));
+    }
+    if graph.outputs().iter().any(|&o| graph.get(o).is_none()) {
+        return Err(VerifyError::DanglingOutput);
+    }
+    let order = graph.topo_order().map_err(|cycle| {
+        VerifyError::Cycle(
+            cycle
+                .into_iter()
+                .map(|id| graph.node(id).name.clone())
+                .collect(),
+        )
+    })?;
+    for id in order {
+        verify_node(graph, id)?;
+    }
+    Ok(Verified { graph })
+}
+
+fn verify_node(graph: &Graph, id: NodeId) -> Result<(), VerifyError> {
+    let node = graph.node(id);
+    let declared_input = graph.inputs().contains(&id);
+    if let Op::Input = node.op {
+        if !declared_input {
+            return Err(VerifyError::BadInput(
+                node.name.clone(),
+                "an input node missing from the model's input list",
+            ));
+        }
+        if node.ty.dtype != DType::F32 {
+            return Err(VerifyError::BadInput(
+                node.name.clone(),
+                "model inputs must be f32",
+            ));
+        }
+        if !graph.operands(id).is_empty() {
+            return Err(VerifyError::BadInput(
+                node.name.clone(),
+                "an input node has operands",
+            ));
+        }
+        return Ok(());
+    }
+    if declared_input {
+        return Err(VerifyError::BadInput(
+            node.name.clone(),
+            "listed as a model input but is not an input node",
+        ));
+    }
+    let inferred = node
+        .op
+        .infer_type(&graph.operand_types(id))
+        .map_err(|error| VerifyError::Type {
+            node: node.name.clone(),
+            error,
+        })?;
+    if inferred != node.ty {
+        return Err(VerifyError::StaleType {
+            node: node.name.clone(),
+            stored: node.ty.to_string(),
+            inferred: inferred.to_string(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! The text front end: `.bnn` source to a verified IR graph, and back.
+//!
+//! `source bytes → (UTF-8 check) → parser → AST → lower → Graph → verify`.
+//! Every error on the way is a [`SourceError`] that renders as
+//! `file:line:col` with the source line, a caret and what was expected.
+
+pub mod ast;
+pub mod diagnostic;
+pub mod lower;
+pub mod parser;
+pub mod print;
+
+pub use diagnostic::{Diagnostic, SourceError};
+pub use print::print;
+
+use crate::ir::graph::Graph;
+use crate::ir::verify::verify;
+use ast::Span;
+
+/// Parses, lowers and verifies a model file. `file` names it in diagnostics.
+pub fn parse(file: &str, bytes: &[u8]) -> Result<Graph, SourceError> {
+    let error = |source: String, diagnostic: Diagnostic| SourceError {
+        file: file.to_string(),
+        source,
+        diagnostic,
+    };
+    let source = match std::str::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let at = e.valid_up_to();
+            let lossy = String::from_utf8_lossy(bytes).into_owned();
+            let width = lossy[at..].chars().next().map_or(0, char::len_utf8);
+            return Err(error(
+                lossy,
+                Diagnostic::at(
+                    Span::new(at, at + width),
+                    "the file is not valid UTF-8",
+                    "invalid byte here",
+                )
+                .with_note("model files are UTF-8 text"),
+            ));
+        }
+    };
+    let ast = parser::parse_file(source).map_err(|e| {
+        error(
+            source.to_string(),
+            Diagnostic::at(e.span, e.message, e.label),
+        )
+    })?;
+    let graph = lower::lower(&ast).map_err(|d| error(source.to_string(), d))?;
+    // Lowering builds a well-typed graph, so this is a consistency check.
+    if let Err(e) = verify(&graph) {
+        return Err(error(
+            source.to_string(),
+            Diagnostic::whole_file(e.to_string()),
+        ));
+    }
+    Ok(graph)
+}
+
+/// Parses a model from a string (named `<string>` in diagnostics).
+pub fn parse_str(source: &str) -> Result<Graph, SourceError> {
+    parse("<string>", source.as_bytes())
+}
