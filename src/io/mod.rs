@@ -1,3 +1,4 @@
 //! Reading and writing data files.
 
 pub mod npy;
+pub mod weights;

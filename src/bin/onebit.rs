@@ -1,0 +1,244 @@
+//! The `onebit` command line.
+//!
+//! Exit status: 0 on success, 1 for a bad model or bad data, 2 for bad usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use onebit::io::{npy, weights};
+use onebit::ir::{Graph, Params, Tensor, dot, interp, json, summary::Summary};
+
+/// onebit: a compiler toolchain for 1-bit (binarized) neural networks.
+///
+/// Models are written in the .bnn language (see ir-spec/language.md); weights
+/// are safetensors files with PyTorch's parameter names; data are .npy arrays.
+#[derive(Parser)]
+#[command(name = "onebit", version, about, long_about, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify a model and print a per-layer summary: output shapes, binary and
+    /// real parameters and MACs, memory, and the model size packed vs float32.
+    Check {
+        /// The model file (.bnn).
+        model: PathBuf,
+    },
+    /// Print a model's IR: as text (a valid .bnn file with one op per line),
+    /// JSON, or Graphviz DOT.
+    Ir {
+        /// The model file (.bnn).
+        model: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Write freshly initialised parameters (PyTorch's defaults) to a
+    /// safetensors file.
+    Init {
+        /// The model file (.bnn).
+        model: PathBuf,
+        /// Where to write the weights.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Seed of the random initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run a model on a batch: inputs and outputs are .npy f32 arrays shaped
+    /// [N, ...]; without -o, the outputs are printed.
+    Run {
+        /// The model file (.bnn).
+        model: PathBuf,
+        /// The weights (safetensors), e.g. from `onebit init`.
+        #[arg(long, required_unless_present = "seed", conflicts_with = "seed")]
+        weights: Option<PathBuf>,
+        /// Use freshly initialised weights from this seed instead of a file.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// One .npy file per model input, in declaration order.
+        #[arg(long, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// One .npy file per model output, in declaration order.
+        #[arg(short, long, num_args = 1..)]
+        output: Vec<PathBuf>,
+        /// Labels (.npy, one integer class per sample): print the accuracy of
+        /// the first output's argmax.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// The execution engine.
+        #[arg(long, value_enum, default_value_t = Engine::Interp)]
+        engine: Engine,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// The textual IR (parses back to the same graph).
+    Text,
+    /// JSON for tools.
+    Json,
+    /// Graphviz DOT.
+    Dot,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Engine {
+    /// The reference interpreter (plain Rust; the oracle).
+    Interp,
+}
+
+/// A failure with a message for the user; the exit status is 1.
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug in onebit; say so plainly instead of a Rust backtrace note.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("onebit: internal error: {info}\nThis is a bug in onebit; please report it with the input that caused it.");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_model(path: &Path) -> Result<Graph, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| Failure(format!("error: cannot read {}: {e}", path.display())))?;
+    onebit::text::parse(&path.display().to_string(), &bytes).map_err(Failure::from)
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Check { model } => {
+            let graph = load_model(&model)?;
+            println!("{}", Summary::new(&graph));
+        }
+        Command::Ir { model, format } => {
+            let graph = load_model(&model)?;
+            match format {
+                Format::Text => print!("{}", onebit::text::print(&graph)),
+                Format::Json => println!("{}", json::to_json(&graph)),
+                Format::Dot => print!("{}", dot::to_dot(&graph)),
+            }
+        }
+        Command::Init { model, output, seed } => {
+            let graph = load_model(&model)?;
+            let params = Params::init(&graph, seed);
+            weights::save(&params, &graph.name, &output)?;
+            let count: usize = params.tensors.values().map(|t| t.data.len()).sum();
+            eprintln!("wrote {} parameters in {} tensors to {}", count, params.tensors.len(), output.display());
+        }
+        Command::Run { model, weights: weights_path, seed, input, output, labels, engine: Engine::Interp } => {
+            let graph = load_model(&model)?;
+            let params = match (weights_path, seed) {
+                (Some(path), _) => weights::load(&graph, &path)?,
+                (None, Some(seed)) => Params::init(&graph, seed),
+                (None, None) => return Err(Failure("error: give --weights FILE or --seed N".into())),
+            };
+            if input.len() != graph.inputs().len() {
+                return Err(Failure(format!(
+                    "error: model `{}` has {} input{}, but {} --input file{} given",
+                    graph.name,
+                    graph.inputs().len(),
+                    if graph.inputs().len() == 1 { "" } else { "s" },
+                    input.len(),
+                    if input.len() == 1 { " was" } else { "s were" },
+                )));
+            }
+            if !output.is_empty() && output.len() != graph.outputs().len() {
+                return Err(Failure(format!(
+                    "error: model `{}` has {} outputs, but {} -o files were given",
+                    graph.name,
+                    graph.outputs().len(),
+                    output.len()
+                )));
+            }
+            let mut tensors = Vec::new();
+            for path in &input {
+                let a = npy::read_file(path)?;
+                tensors.push(Tensor { shape: a.shape, data: a.data });
+            }
+            let results = interp::run(&graph, &params, &tensors).map_err(|e| Failure(format!("error: {e}")))?;
+            if let Some(path) = labels {
+                report_accuracy(&path, &results[0])?;
+            }
+            if output.is_empty() {
+                for (&id, t) in graph.outputs().iter().zip(&results) {
+                    print_tensor(&graph.node(id).name, t);
+                }
+            }
+            for (path, t) in output.iter().zip(&results) {
+                npy::write_file(path, &t.shape, &t.data)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The index of the largest value of each row of a [N, K] tensor.
+fn argmax_rows(t: &Tensor) -> Vec<usize> {
+    let k = t.shape.iter().skip(1).product::<usize>().max(1);
+    t.data
+        .chunks(k)
+        .map(|row| row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best }))
+        .collect()
+}
+
+fn report_accuracy(path: &Path, output: &Tensor) -> Result<(), Failure> {
+    let labels = npy::read_file(path)?;
+    let n = output.shape.first().copied().unwrap_or(0);
+    if labels.data.len() != n {
+        return Err(Failure(format!(
+            "error: {} holds {} labels, but the batch has {n} samples",
+            path.display(),
+            labels.data.len()
+        )));
+    }
+    let predicted = argmax_rows(output);
+    let correct = predicted.iter().zip(&labels.data).filter(|&(&p, &l)| p as f32 == l).count();
+    println!("accuracy: {correct}/{n} = {:.2}%", 100.0 * correct as f64 / n.max(1) as f64);
+    Ok(())
+}
+
+fn print_tensor(name: &str, t: &Tensor) {
+    const ROWS: usize = 8;
+    println!("{name}: {:?}", t.shape);
+    let n = t.shape.first().copied().unwrap_or(0);
+    let k = t.shape.iter().skip(1).product::<usize>();
+    for (i, row) in t.data.chunks(k.max(1)).take(ROWS).enumerate() {
+        let shown: Vec<String> = row.iter().take(10).map(|v| format!("{v:.4}")).collect();
+        let more = if row.len() > 10 { ", ..." } else { "" };
+        println!("  [{i}] [{}{more}]", shown.join(", "));
+    }
+    if n > ROWS {
+        println!("  ... {} more", n - ROWS);
+    }
+    if t.shape.len() == 2 && n > 0 {
+        let classes: Vec<String> = argmax_rows(t).iter().take(32).map(usize::to_string).collect();
+        println!("  argmax: {}{}", classes.join(" "), if n > 32 { " ..." } else { "" });
+    }
+}
