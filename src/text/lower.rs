@@ -5,6 +5,13 @@
 //! a cycle), each op call becomes one node whose type is inferred on the spot,
 //! and each cell call instantiates the cell's body under a fresh name prefix.
 //!
+//! Bindings are visited in an order where each follows the bindings it names
+//! (`evaluation_order`), so evaluation recurses only as deep as expressions
+//! and cells nest, however the source orders its bindings. Nesting depth and
+//! the total work are bounded ([`MAX_EVAL_DEPTH`], [`MAX_STEPS`]): cells that
+//! call cells can describe graphs exponentially larger than the file, and such
+//! a file is an error, not a hang.
+//!
 //! Node names are derived from the source, deterministically, because parameters
 //! are found by them (`ir-spec/language.md`, "Node names"):
 //! - a binding's node takes the binding's name: `c1`;
@@ -29,6 +36,15 @@ use crate::util::closest;
 
 /// Cells may instantiate other cells at most this deep.
 const MAX_CELL_DEPTH: usize = 32;
+
+/// Expressions, cell instances and bindings being evaluated may nest at most
+/// this deep (each level is one stack frame of the evaluator).
+pub const MAX_EVAL_DEPTH: usize = 128;
+
+/// Lowering evaluates at most this many expressions, counting every cell
+/// instance's body anew: far more than any real network, few enough to finish
+/// in well under a second.
+pub const MAX_STEPS: usize = 100_000;
 
 /// Lowers a parsed file to a graph. The graph is well-typed by construction.
 pub fn lower(file: &ast::File) -> Result<Graph, Diagnostic> {
@@ -70,14 +86,20 @@ pub fn lower(file: &ast::File) -> Result<Graph, Diagnostic> {
         }
     }
     let Some(model) = model else {
-        return Err(Diagnostic::whole_file("the file defines no model")
-            .with_note("expected `model NAME { ... }`"));
+        let mut d = Diagnostic::whole_file("the file defines no model");
+        // The parser accepts no file without items, so there is a first cell.
+        if let Some(ast::Item::Cell(c)) = file.items.first() {
+            d = Diagnostic::at(c.name.span, d.message, "only cells are defined");
+        }
+        return Err(d.with_note("add the model that uses the cells: `model NAME { ... }`"));
     };
     let mut lowerer = Lowerer {
         cells,
         graph: Graph::new(&model.name.name),
         defined: HashMap::new(),
         cell_stack: Vec::new(),
+        depth: 0,
+        steps: 0,
     };
     lowerer.model(model)?;
     Ok(lowerer.graph)
@@ -97,7 +119,7 @@ impl Value {
         match self {
             Value::Tensor(id) => format!("a tensor of type {}", graph.node(*id).ty),
             Value::Int(v) => format!("the integer {v}"),
-            Value::Float(v) => format!("the number {v}"),
+            Value::Float(v) => format!("the number {v:?}"),
             Value::Pair(a, b) => format!("the pair ({a}, {b})"),
         }
     }
@@ -134,19 +156,293 @@ struct Lowerer<'a> {
     graph: Graph,
     /// Where each node name was defined, for "first defined here".
     defined: HashMap<String, Span>,
-    /// Cells being instantiated, innermost last.
-    cell_stack: Vec<&'a str>,
+    /// Cells being instantiated, innermost last, with the call that instantiates each.
+    cell_stack: Vec<(&'a str, Span)>,
+    /// How deeply `eval` is nested now.
+    depth: usize,
+    /// How many expressions have been evaluated.
+    steps: usize,
 }
 
 /// The arguments of one call, consumed parameter by parameter.
 struct Args<'e> {
     callee: &'e Ident,
-    call_span: Span,
     positional: Vec<(&'e Expr, String)>,
     next: usize,
     keywords: Vec<(&'e Ident, &'e Expr, String, bool)>,
     /// Parameters asked for so far, for "did you mean".
     asked: Vec<&'static str>,
+}
+
+/// The candidate `word` was most likely meant to be: a close spelling, or else
+/// a word that one of them shortens (`pad` for `padding`).
+fn suggest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    closest(word, candidates.iter().copied()).or_else(|| {
+        let shortens = |a: &str, b: &str| a.len() >= 3 && b.starts_with(a);
+        candidates
+            .iter()
+            .copied()
+            .find(|&c| shortens(c, word) || shortens(word, c))
+    })
+}
+
+/// The words `bias=` takes.
+const BOOL: [(&str, bool); 2] = [("true", true), ("false", false)];
+/// The words `scale=` takes.
+const SCALE: [(&str, Scale); 2] = [("none", Scale::None), ("channel", Scale::Channel)];
+
+/// The names `expr` refers to, with where, in source order. A word given to an
+/// op (`scale=channel`) is not a reference, even if a binding has that name.
+fn referenced_names<'e>(expr: &'e Expr, names: &mut Vec<(&'e str, Span)>) {
+    match &expr.kind {
+        ExprKind::Name(n) => names.push((n, expr.span)),
+        ExprKind::Literal(_) => {}
+        ExprKind::Pair(a, b) => {
+            referenced_names(a, names);
+            referenced_names(b, names);
+        }
+        ExprKind::Call { callee, args } => {
+            let op = OpKind::callable(&callee.name).is_some();
+            for a in args {
+                let word = match &a.value.kind {
+                    ExprKind::Name(n) => {
+                        BOOL.iter().any(|w| w.0 == n) || SCALE.iter().any(|w| w.0 == n)
+                    }
+                    _ => false,
+                };
+                if !(op && word) {
+                    referenced_names(&a.value, names);
+                }
+            }
+        }
+        ExprKind::Choose(alts) => {
+            for a in alts {
+                referenced_names(a, names);
+            }
+        }
+    }
+}
+
+/// `the cycle: a -> b -> a`, eliding the middle of long cycles.
+fn cycle_note(path: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    if path.len() <= SHOWN {
+        return format!("the cycle: {}", path.join(" -> "));
+    }
+    let (head, tail) = (&path[..SHOWN / 2], &path[path.len() - SHOWN / 2..]);
+    format!(
+        "the cycle: {} -> ({} more) -> {}",
+        head.join(" -> "),
+        path.len() - SHOWN,
+        tail.join(" -> ")
+    )
+}
+
+/// The order to evaluate `bindings` in (indices into it): each binding after
+/// the bindings of the list it names, source order otherwise, or the error for
+/// a cycle among them. This is the order on-demand evaluation would take,
+/// found without recursion, so that evaluating in it recurses only as deep as
+/// expressions nest, however long a chain of bindings the source writes
+/// backwards.
+fn evaluation_order(bindings: &[&ast::Binding]) -> Result<Vec<usize>, Diagnostic> {
+    let index: HashMap<&str, usize> = bindings
+        .iter()
+        .enumerate()
+        .map(|(k, b)| (b.name.name.as_str(), k))
+        .collect();
+    let deps: Vec<Vec<(usize, Span)>> = bindings
+        .iter()
+        .map(|b| {
+            let mut names = Vec::new();
+            referenced_names(&b.value, &mut names);
+            names
+                .iter()
+                .filter_map(|&(n, span)| Some((*index.get(n)?, span)))
+                .collect()
+        })
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let mut mark = vec![Mark::New; bindings.len()];
+    let mut order = Vec::with_capacity(bindings.len());
+    // An explicit depth-first stack: (binding, how many of its deps were visited).
+    let mut stack: Vec<(usize, usize)> = Vec::new();
+    for root in 0..bindings.len() {
+        if mark[root] != Mark::New {
+            continue;
+        }
+        mark[root] = Mark::Open;
+        stack.push((root, 0));
+        while let Some((node, visited)) = stack.last_mut() {
+            let node = *node;
+            let Some(&(dep, used_at)) = deps[node].get(*visited) else {
+                mark[node] = Mark::Done;
+                order.push(node);
+                stack.pop();
+                continue;
+            };
+            *visited += 1;
+            match mark[dep] {
+                Mark::New => {
+                    mark[dep] = Mark::Open;
+                    stack.push((dep, 0));
+                }
+                Mark::Open => {
+                    let start = stack.iter().position(|s| s.0 == dep).unwrap_or(0);
+                    let mut path: Vec<&str> = stack[start..]
+                        .iter()
+                        .map(|s| bindings[s.0].name.name.as_str())
+                        .collect();
+                    let name = bindings[dep].name.name.as_str();
+                    path.push(name);
+                    return Err(Diagnostic::at(
+                        used_at,
+                        format!("cycle: `{name}` depends on itself"),
+                        "used here before it has a value",
+                    )
+                    .with_note(cycle_note(&path)));
+                }
+                Mark::Done => {}
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// The scope of one instance `name` of `cell`: its parameters bound to `params`,
+/// its bindings declared.
+fn cell_scope<'a>(
+    cell: &'a ast::Cell,
+    params: Vec<(&'a Ident, Value)>,
+    name: &str,
+) -> Result<Scope<'a>, Diagnostic> {
+    let mut scope = Scope {
+        prefix: format!("{name}."),
+        slots: HashMap::new(),
+        active: Vec::new(),
+    };
+    for (p, v) in params {
+        let slot = Slot {
+            binding: None,
+            state: State::Done(v),
+        };
+        if scope.slots.insert(&p.name, slot).is_some() {
+            return Err(Diagnostic::at(
+                p.span,
+                format!("cell parameter `{}` is declared twice", p.name),
+                "second time",
+            ));
+        }
+    }
+    for b in &cell.body {
+        if scope
+            .slots
+            .get(b.name.name.as_str())
+            .is_some_and(|s| s.binding.is_none())
+        {
+            let mut d = Diagnostic::at(
+                b.name.span,
+                format!(
+                    "`{}` is a parameter of cell `{}` and cannot be rebound",
+                    b.name.name, cell.name.name
+                ),
+                "rebinding a parameter",
+            );
+            if let Some(p) = cell.params.iter().find(|p| p.name == b.name.name) {
+                d = d.with_secondary(p.span, "the parameter");
+            }
+            return Err(d.with_note("bind the new value to a new name"));
+        }
+        if let Some(first) = scope
+            .slots
+            .get(b.name.name.as_str())
+            .and_then(|s| s.binding)
+        {
+            return Err(Diagnostic::at(
+                b.name.span,
+                format!("`{}` is defined twice", b.name.name),
+                "second definition",
+            )
+            .with_secondary(first.name.span, "first definition"));
+        }
+        scope.slots.insert(
+            &b.name.name,
+            Slot {
+                binding: Some(b),
+                state: State::Pending,
+            },
+        );
+    }
+    Ok(scope)
+}
+
+/// The error for a cell call nested more than [`MAX_CELL_DEPTH`] deep.
+fn cells_too_deep(callee: &Ident) -> Diagnostic {
+    Diagnostic::at(
+        callee.span,
+        format!("cells nest more than {MAX_CELL_DEPTH} deep"),
+        "here",
+    )
+}
+
+/// The error for an argument of a cell call that no parameter takes, if any.
+fn leftover_cell_argument(reader: &Args<'_>, cell: &ast::Cell) -> Option<Diagnostic> {
+    if let Some((extra, _)) = reader.positional.get(reader.next) {
+        return Some(
+            Diagnostic::at(
+                extra.span,
+                format!(
+                    "cell `{}` takes {} argument{}, found {}",
+                    cell.name.name,
+                    cell.params.len(),
+                    if cell.params.len() == 1 { "" } else { "s" },
+                    reader.positional.len()
+                ),
+                "unexpected argument",
+            )
+            .with_secondary(cell.name.span, "cell defined here"),
+        );
+    }
+    let k = reader.keywords.iter().find(|k| !k.3)?;
+    let params: Vec<&str> = cell.params.iter().map(|p| p.name.as_str()).collect();
+    let label = match suggest(&k.0.name, &params) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => "unknown parameter".into(),
+    };
+    Some(
+        Diagnostic::at(
+            k.0.span,
+            format!("cell `{}` has no parameter `{}`", cell.name.name, k.0.name),
+            label,
+        )
+        .with_secondary(cell.name.span, "cell defined here"),
+    )
+}
+
+/// The error for a cell call that gives no argument for parameter `p`.
+fn missing_cell_argument(reader: &Args<'_>, cell: &ast::Cell, p: &Ident) -> Diagnostic {
+    // A misspelt keyword is the likelier mistake than a forgotten argument.
+    if let Some(k) = reader.unused_keyword_like(&p.name) {
+        return Diagnostic::at(
+            k.span,
+            format!("cell `{}` has no parameter `{}`", cell.name.name, k.name),
+            format!("did you mean `{}`?", p.name),
+        )
+        .with_secondary(p.span, "parameter declared here");
+    }
+    Diagnostic::at(
+        reader.callee.span,
+        format!(
+            "cell `{}` is missing its `{}` argument",
+            cell.name.name, p.name
+        ),
+        format!("needs `{}`", p.name),
+    )
+    .with_secondary(p.span, "parameter declared here")
 }
 
 /// The name a nested call or choose at argument `index` of node `parent` gets.
@@ -178,12 +474,7 @@ fn child_names(parent: &str, exprs: &[&Expr]) -> Vec<String> {
 }
 
 impl<'e> Args<'e> {
-    fn new(
-        callee: &'e Ident,
-        call_span: Span,
-        args: &'e [Arg],
-        parent: &str,
-    ) -> Result<Args<'e>, Diagnostic> {
+    fn new(callee: &'e Ident, args: &'e [Arg], parent: &str) -> Result<Args<'e>, Diagnostic> {
         let exprs: Vec<&Expr> = args.iter().map(|a| &a.value).collect();
         let names = child_names(parent, &exprs);
         let mut positional = Vec::new();
@@ -214,7 +505,6 @@ impl<'e> Args<'e> {
         }
         Ok(Args {
             callee,
-            call_span,
             positional,
             next: 0,
             keywords,
@@ -253,11 +543,27 @@ impl<'e> Args<'e> {
     }
 
     fn missing(&self, param: &str, what: &str) -> Diagnostic {
+        // A misspelt keyword is the likelier mistake than a forgotten argument.
+        if let Some(k) = self.unused_keyword_like(param) {
+            return Diagnostic::at(
+                k.span,
+                format!("`{}` has no argument `{}`", self.callee.name, k.name),
+                format!("did you mean `{param}`?"),
+            );
+        }
         Diagnostic::at(
             self.callee.span,
             format!("`{}` is missing its `{param}` argument", self.callee.name),
             format!("needs `{param}` ({what})"),
         )
+    }
+
+    /// An unused keyword that looks like a misspelling of `param`.
+    fn unused_keyword_like(&self, param: &str) -> Option<&'e Ident> {
+        self.keywords
+            .iter()
+            .find(|k| !k.3 && suggest(&k.0.name, &[param]).is_some())
+            .map(|k| k.0)
     }
 
     /// Fails on leftover positional arguments or unknown keywords.
@@ -284,7 +590,7 @@ impl<'e> Args<'e> {
             let mut d = Diagnostic::at(
                 k.0.span,
                 format!("`{}` has no argument `{}`", self.callee.name, k.0.name),
-                match closest(&k.0.name, self.asked.iter().copied()) {
+                match suggest(&k.0.name, &self.asked) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => "unknown argument".to_string(),
                 },
@@ -345,7 +651,8 @@ impl<'a> Lowerer<'a> {
         for b in &bindings {
             self.declare(&mut scope, b)?;
         }
-        for b in &bindings {
+        for k in evaluation_order(&bindings)? {
+            let b = bindings[k];
             self.binding_value(&mut scope, &b.name.name, b.name.span)?;
         }
         if self.graph.inputs().is_empty() {
@@ -484,14 +791,26 @@ impl<'a> Lowerer<'a> {
         used_at: Span,
     ) -> Result<Value, Diagnostic> {
         let Some(slot) = scope.slots.get_mut(name) else {
-            let mut d = Diagnostic::at(used_at, format!("unknown name `{name}`"), "not defined");
-            let suggestion = closest(name, scope.names()).map(str::to_string);
-            if let Some(s) = suggestion {
-                d.primary
-                    .as_mut()
-                    .map(|p| p.message = format!("did you mean `{s}`?"));
+            let d = Diagnostic::at(used_at, format!("unknown name `{name}`"), "not defined");
+            if scope.prefix.is_empty() && self.graph.inputs().is_empty() {
+                return Err(d.with_note(format!(
+                    "the model declares no input; declare it with `input {name}: f32[C, H, W]`"
+                )));
             }
-            return Err(d);
+            let d = match closest(name, scope.names()) {
+                Some(s) => Diagnostic::at(
+                    used_at,
+                    format!("unknown name `{name}`"),
+                    format!("not defined; did you mean `{s}`?"),
+                ),
+                None => d,
+            };
+            return Err(match self.cell_stack.last() {
+                Some((cell, _)) => d.with_note(format!(
+                    "a cell sees only its parameters and its own bindings; pass `{name}` to `{cell}` as an argument"
+                )),
+                None => d,
+            });
         };
         match &slot.state {
             State::Done(v) => return Ok(v.clone()),
@@ -504,7 +823,7 @@ impl<'a> Lowerer<'a> {
                     format!("cycle: `{name}` depends on itself"),
                     "used here before it has a value",
                 )
-                .with_note(format!("the cycle: {}", path.join(" -> "))));
+                .with_note(cycle_note(&path)));
             }
             State::Pending => {}
         }
@@ -528,6 +847,10 @@ impl<'a> Lowerer<'a> {
 
     /// Evaluates `expr`. A node it creates is named `name`; `binding` is the
     /// source name when `expr` is a binding's whole right-hand side.
+    ///
+    /// Every recursion of the evaluator passes through here, so this is where
+    /// depth and work are bounded. The arms live in functions of their own to
+    /// keep this frame, which is on the stack once per level, small.
     fn eval(
         &mut self,
         scope: &mut Scope<'a>,
@@ -535,71 +858,142 @@ impl<'a> Lowerer<'a> {
         name: &str,
         binding: Option<&Ident>,
     ) -> Result<Value, Diagnostic> {
-        match &expr.kind {
+        if self.depth >= MAX_EVAL_DEPTH || self.steps >= MAX_STEPS {
+            return Err(self.too_big(scope, expr));
+        }
+        self.depth += 1;
+        self.steps += 1;
+        let value = match &expr.kind {
             ExprKind::Name(n) => self.binding_value(scope, n, expr.span),
             ExprKind::Literal(Literal::Int(v)) => Ok(Value::Int(*v)),
             ExprKind::Literal(Literal::Float(v)) => Ok(Value::Float(*v)),
-            ExprKind::Pair(a, b) => {
-                let mut element =
-                    |this: &mut Self, e: &'a Expr| match this.eval(scope, e, name, None)? {
-                        Value::Int(v) => Ok(v),
-                        other => Err(Diagnostic::at(
-                            e.span,
-                            format!(
-                                "the elements of a pair must be integers, found {}",
-                                other.describe(&this.graph)
-                            ),
-                            "expected an integer",
-                        )),
-                    };
-                let a = element(self, a)?;
-                let b = element(self, b)?;
-                Ok(Value::Pair(a, b))
-            }
-            ExprKind::Choose(alts) => {
-                let mut operands = Vec::new();
-                for (i, alt) in alts.iter().enumerate() {
-                    let v = self.eval(scope, alt, &format!("{name}.{i}"), None)?;
-                    operands.push((
-                        self.expect_tensor(v, alt.span, &format!("alternative {i} of `choose`"))?,
-                        alt.span,
-                    ));
-                }
-                let callee = Ident {
-                    name: "choose".into(),
-                    span: Span::new(expr.span.start, expr.span.start + 6),
-                };
-                self.add_node(name, binding, Op::Choose, &operands, &callee)
-            }
-            ExprKind::Call { callee, args } => {
-                if let Some(&cell) = self.cells.get(callee.name.as_str()) {
-                    return self.instantiate(scope, cell, callee, expr.span, args, name);
-                }
-                let Some(kind) = OpKind::callable(&callee.name) else {
-                    let candidates = OpKind::ALL
-                        .iter()
-                        .filter(|k| OpKind::callable(k.name()).is_some())
-                        .map(|k| k.name())
-                        .chain(self.cells.keys().copied());
-                    let label = match closest(&callee.name, candidates) {
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None => "not an op or cell".to_string(),
-                    };
-                    return Err(Diagnostic::at(
-                        callee.span,
-                        format!("unknown op `{}`", callee.name),
-                        label,
-                    )
-                    .with_note(
-                        "ops are listed in ir-spec/ops.md; cells must be defined in the same file",
-                    ));
-                };
-                let mut args = Args::new(callee, expr.span, args, name)?;
-                let (op, operands) = self.build_op(scope, kind, &mut args)?;
-                args.finish()?;
-                self.add_node(name, binding, op, &operands, callee)
-            }
+            ExprKind::Pair(a, b) => self.pair_value(scope, a, b, name),
+            ExprKind::Choose(alts) => self.choose(scope, expr, alts, name, binding),
+            ExprKind::Call { callee, args } => match self.cells.get(callee.name.as_str()) {
+                Some(&cell) => self.instantiate(scope, cell, callee, expr.span, args, name),
+                None => self.op_call(scope, callee, args, name, binding),
+            },
+        };
+        self.depth -= 1;
+        value
+    }
+
+    /// The error for running out of depth or steps at `expr`.
+    #[cold]
+    #[inline(never)]
+    fn too_big(&self, scope: &Scope<'a>, expr: &Expr) -> Diagnostic {
+        let mut d = if self.steps >= MAX_STEPS {
+            Diagnostic::at(
+                expr.span,
+                format!(
+                    "the model is too large: lowering it evaluates more than {MAX_STEPS} expressions"
+                ),
+                "the limit is reached here",
+            )
+            .with_note("each call of a cell expands its whole body again; a cell that calls other cells several times multiplies their size")
+        } else {
+            Diagnostic::at(
+                expr.span,
+                format!(
+                    "expressions, cells and bindings nest more than {MAX_EVAL_DEPTH} levels deep"
+                ),
+                "the limit is reached here",
+            )
+        };
+        if let Some(&(_, outer)) = self.cell_stack.first() {
+            d = d.with_secondary(outer, "while expanding this cell");
         }
+        if let [.., last] = scope.active[..] {
+            d = d.with_note(format!("while evaluating the binding `{last}`"));
+        }
+        d
+    }
+
+    /// `(a, b)`: a pair of integers.
+    fn pair_value(
+        &mut self,
+        scope: &mut Scope<'a>,
+        a: &'a Expr,
+        b: &'a Expr,
+        name: &str,
+    ) -> Result<Value, Diagnostic> {
+        let mut element = |this: &mut Self, e: &'a Expr| {
+            let found = match &e.kind {
+                // Not evaluated: see `number`.
+                ExprKind::Call { callee, .. } => format!("a call of `{}`", callee.name),
+                ExprKind::Choose(_) => "a `choose`".to_string(),
+                _ => match this.eval(scope, e, name, None)? {
+                    Value::Int(v) => return Ok(v),
+                    other => other.describe(&this.graph),
+                },
+            };
+            Err(Diagnostic::at(
+                e.span,
+                format!("the elements of a pair must be integers, found {found}"),
+                "expected an integer",
+            ))
+        };
+        let a = element(self, a)?;
+        let b = element(self, b)?;
+        Ok(Value::Pair(a, b))
+    }
+
+    /// `choose { alt, ... }`: one node over the alternatives.
+    fn choose(
+        &mut self,
+        scope: &mut Scope<'a>,
+        expr: &'a Expr,
+        alts: &'a [Expr],
+        name: &str,
+        binding: Option<&Ident>,
+    ) -> Result<Value, Diagnostic> {
+        let mut operands = Vec::new();
+        for (i, alt) in alts.iter().enumerate() {
+            let v = self.eval(scope, alt, &format!("{name}.{i}"), None)?;
+            operands.push((
+                self.expect_tensor(v, alt.span, &format!("alternative {i} of `choose`"))?,
+                alt.span,
+            ));
+        }
+        let callee = Ident {
+            name: "choose".into(),
+            span: Span::new(expr.span.start, expr.span.start + "choose".len()),
+        };
+        self.add_node(name, binding, Op::Choose, &operands, &callee)
+    }
+
+    /// `callee(args)` where `callee` is not a cell: an op node.
+    fn op_call(
+        &mut self,
+        scope: &mut Scope<'a>,
+        callee: &'a Ident,
+        args: &'a [Arg],
+        name: &str,
+        binding: Option<&Ident>,
+    ) -> Result<Value, Diagnostic> {
+        let Some(kind) = OpKind::callable(&callee.name) else {
+            return Err(self.unknown_op(callee));
+        };
+        let mut args = Args::new(callee, args, name)?;
+        let (op, operands) = self.build_op(scope, kind, &mut args)?;
+        args.finish()?;
+        self.add_node(name, binding, op, &operands, callee)
+    }
+
+    fn unknown_op(&self, callee: &Ident) -> Diagnostic {
+        let mut candidates: Vec<&str> = OpKind::ALL
+            .iter()
+            .filter(|k| OpKind::callable(k.name()).is_some())
+            .map(|k| k.name())
+            .chain(self.cells.keys().copied())
+            .collect();
+        candidates.sort_unstable();
+        let label = match suggest(&callee.name, &candidates) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => "not an op or cell".to_string(),
+        };
+        Diagnostic::at(callee.span, format!("unknown op `{}`", callee.name), label)
+            .with_note("ops are listed in ir-spec/ops.md; cells must be defined in the same file")
     }
 
     fn expect_tensor(&self, v: Value, span: Span, what: &str) -> Result<NodeId, Diagnostic> {
@@ -665,11 +1059,28 @@ impl<'a> Lowerer<'a> {
             (_, Some(i)) if i < operands.len() => {
                 Diagnostic::at(operands[i].1, e.to_string(), format!("this is {}", ty(i)))
             }
-            _ => Diagnostic::at(
-                callee.span,
-                e.to_string(),
-                format!("in this `{}`", callee.name),
-            ),
+            _ => {
+                let d = Diagnostic::at(
+                    callee.span,
+                    e.to_string(),
+                    format!("in this `{}`", callee.name),
+                );
+                // Window and channel attributes are checked against the input's
+                // shape: show it.
+                let windowed = matches!(
+                    e,
+                    TypeError::Attribute {
+                        op: OpKind::Conv2d | OpKind::BConv2d | OpKind::MaxPool | OpKind::AvgPool,
+                        ..
+                    } | TypeError::TooLarge { .. }
+                );
+                match operands.first() {
+                    Some(&(_, span)) if windowed => {
+                        d.with_secondary(span, format!("this is {}", ty(0)))
+                    }
+                    _ => d,
+                }
+            }
         };
         if let TypeError::NeedsBits { .. } = e {
             d = d.with_note("binary layers take ±1 inputs: only `sign` makes bits");
@@ -681,6 +1092,7 @@ impl<'a> Lowerer<'a> {
         Diagnostic::at(span, e.to_string(), "here")
     }
 
+    /// A call of `cell`: its body evaluated under the prefix `name.`.
     fn instantiate(
         &mut self,
         caller: &mut Scope<'a>,
@@ -690,35 +1102,55 @@ impl<'a> Lowerer<'a> {
         args: &'a [Arg],
         name: &str,
     ) -> Result<Value, Diagnostic> {
-        if self.cell_stack.contains(&cell.name.name.as_str()) {
-            return Err(Diagnostic::at(
-                callee.span,
-                format!("cell `{}` instantiates itself", cell.name.name),
-                "recursive instantiation",
-            )
-            .with_note(format!(
-                "the chain: {} -> {}",
-                self.cell_stack.join(" -> "),
-                cell.name.name
-            )));
+        if self.cell_stack.iter().any(|c| c.0 == cell.name.name) {
+            return Err(self.recursive_cell(cell, callee));
         }
         if self.cell_stack.len() >= MAX_CELL_DEPTH {
-            return Err(Diagnostic::at(
-                callee.span,
-                format!("cells nest more than {MAX_CELL_DEPTH} deep"),
-                "here",
-            ));
+            return Err(cells_too_deep(callee));
         }
-        let mut reader = Args::new(callee, call_span, args, name)?;
-        let mut scope = Scope {
-            prefix: format!("{name}."),
-            slots: HashMap::new(),
-            active: Vec::new(),
-        };
-        let mut params: Vec<(&Ident, Value)> = Vec::new();
+        let params = self.cell_arguments(caller, cell, callee, args, name)?;
+        let mut scope = cell_scope(cell, params, name)?;
+        self.cell_stack.push((&cell.name.name, call_span));
+        let body: Vec<&ast::Binding> = cell.body.iter().collect();
+        for k in evaluation_order(&body)? {
+            let b = body[k];
+            self.binding_value(&mut scope, &b.name.name, b.name.span)?;
+        }
+        let ret_name = child_names(name, &[&cell.ret]).remove(0);
+        let value = self.eval(&mut scope, &cell.ret, &ret_name, None);
+        self.cell_stack.pop();
+        value
+    }
+
+    #[cold]
+    fn recursive_cell(&self, cell: &ast::Cell, callee: &Ident) -> Diagnostic {
+        let chain: Vec<&str> = self.cell_stack.iter().map(|c| c.0).collect();
+        Diagnostic::at(
+            callee.span,
+            format!("cell `{}` instantiates itself", cell.name.name),
+            "recursive instantiation",
+        )
+        .with_note(format!(
+            "the chain: {} -> {}",
+            chain.join(" -> "),
+            cell.name.name
+        ))
+    }
+
+    /// The values of a cell call's arguments, evaluated in the caller's scope,
+    /// paired with the cell's parameters.
+    fn cell_arguments(
+        &mut self,
+        caller: &mut Scope<'a>,
+        cell: &'a ast::Cell,
+        callee: &'a Ident,
+        args: &'a [Arg],
+        name: &str,
+    ) -> Result<Vec<(&'a Ident, Value)>, Diagnostic> {
+        let mut reader = Args::new(callee, args, name)?;
+        let mut params = Vec::new();
         for p in &cell.params {
-            // Cell parameter names are not 'static; look them up by leaking nothing:
-            // match positional first, then the keyword of the same name.
+            // Match positional first, then the keyword of the same name.
             let arg = if reader.next < reader.positional.len() {
                 reader.next += 1;
                 Some(reader.positional[reader.next - 1].clone())
@@ -733,89 +1165,15 @@ impl<'a> Lowerer<'a> {
                     })
             };
             let Some((expr, child)) = arg else {
-                return Err(Diagnostic::at(
-                    callee.span,
-                    format!(
-                        "cell `{}` is missing its `{}` argument",
-                        cell.name.name, p.name
-                    ),
-                    format!("needs `{}`", p.name),
-                )
-                .with_secondary(p.span, "parameter declared here"));
+                return Err(missing_cell_argument(&reader, cell, p));
             };
             let v = self.eval(caller, expr, &child, None)?;
             params.push((p, v));
         }
-        if let Some((extra, _)) = reader.positional.get(reader.next) {
-            return Err(Diagnostic::at(
-                extra.span,
-                format!(
-                    "cell `{}` takes {} argument{}, found {}",
-                    cell.name.name,
-                    cell.params.len(),
-                    if cell.params.len() == 1 { "" } else { "s" },
-                    reader.positional.len()
-                ),
-                "unexpected argument",
-            )
-            .with_secondary(cell.name.span, "cell defined here"));
+        match leftover_cell_argument(&reader, cell) {
+            Some(d) => Err(d),
+            None => Ok(params),
         }
-        if let Some(k) = reader.keywords.iter().find(|k| !k.3) {
-            let label = match closest(&k.0.name, cell.params.iter().map(|p| p.name.as_str())) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => "unknown parameter".into(),
-            };
-            return Err(Diagnostic::at(
-                k.0.span,
-                format!("cell `{}` has no parameter `{}`", cell.name.name, k.0.name),
-                label,
-            )
-            .with_secondary(cell.name.span, "cell defined here"));
-        }
-        for (p, v) in params {
-            if scope
-                .slots
-                .insert(
-                    &p.name,
-                    Slot {
-                        binding: None,
-                        state: State::Done(v),
-                    },
-                )
-                .is_some()
-            {
-                return Err(Diagnostic::at(
-                    p.span,
-                    format!("cell parameter `{}` is declared twice", p.name),
-                    "second time",
-                ));
-            }
-        }
-        for b in &cell.body {
-            if scope
-                .slots
-                .get(b.name.name.as_str())
-                .is_some_and(|s| s.binding.is_none())
-            {
-                return Err(Diagnostic::at(
-                    b.name.span,
-                    format!(
-                        "`{}` is a parameter of cell `{}` and cannot be rebound",
-                        b.name.name, cell.name.name
-                    ),
-                    "rebinding a parameter",
-                ));
-            }
-            self.declare(&mut scope, b)?;
-        }
-        self.cell_stack.push(&cell.name.name);
-        for b in &cell.body {
-            self.binding_value(&mut scope, &b.name.name, b.name.span)?;
-        }
-        let ret_name = child_names(name, &[&cell.ret]).remove(0);
-        let value = self.eval(&mut scope, &cell.ret, &ret_name, None);
-        self.cell_stack.pop();
-        value
     }
 
     fn tensor(
@@ -843,6 +1201,20 @@ impl<'a> Lowerer<'a> {
         let Some((e, child)) = args.take(param)? else {
             return Ok(None);
         };
+        // A call or choose makes a tensor; not evaluating it here keeps the
+        // evaluator's recursion on the operands' path alone.
+        let what = match &e.kind {
+            ExprKind::Call { callee, .. } => Some(format!("a call of `{}`", callee.name)),
+            ExprKind::Choose(_) => Some("a `choose`".to_string()),
+            _ => None,
+        };
+        if let Some(what) = what {
+            return Err(Diagnostic::at(
+                e.span,
+                format!("`{param}` needs a number, found {what}"),
+                "expected a number",
+            ));
+        }
         let v = self.eval(scope, e, &child, None)?;
         Ok(Some((v, e.span)))
     }
@@ -942,6 +1314,29 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// `pad_value`: 0 or 1, default 0.
+    fn pad_value(
+        &mut self,
+        scope: &mut Scope<'a>,
+        args: &mut Args<'a>,
+    ) -> Result<PadValue, Diagnostic> {
+        match self.number(scope, args, "pad_value")? {
+            None | Some((Value::Int(0), _)) => Ok(PadValue::Zero),
+            Some((Value::Int(1), _)) => Ok(PadValue::One),
+            Some((other, span)) => Err(Diagnostic::at(
+                span,
+                format!(
+                    "`pad_value` must be 0 or 1, found {}",
+                    other.describe(&self.graph)
+                ),
+                "expected 0 or 1",
+            )
+            .with_note(
+                "what padded positions of a binary convolution hold: 0 adds nothing, 1 adds +1",
+            )),
+        }
+    }
+
     /// A word attribute such as `scale=channel`: a bare name, not looked up.
     fn word<T: Copy>(
         &mut self,
@@ -954,15 +1349,30 @@ impl<'a> Lowerer<'a> {
             return Ok(default);
         };
         let words: Vec<String> = choices.iter().map(|c| format!("`{}`", c.0)).collect();
-        if let ExprKind::Name(w) = &e.kind {
-            if let Some(&(_, v)) = choices.iter().find(|c| c.0 == w) {
-                return Ok(v);
+        let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
+        let (found, label) = match &e.kind {
+            ExprKind::Name(w) => {
+                if let Some(&(_, v)) = choices.iter().find(|c| c.0 == w) {
+                    return Ok(v);
+                }
+                let label = match suggest(w, &names) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "not one of the choices".to_string(),
+                };
+                (format!(", found `{w}`"), label)
             }
-        }
+            ExprKind::Literal(Literal::Int(v)) => {
+                (format!(", found {v}"), "expected a word".into())
+            }
+            ExprKind::Literal(Literal::Float(v)) => {
+                (format!(", found {v:?}"), "expected a word".into())
+            }
+            _ => (String::new(), "expected a word".into()),
+        };
         Err(Diagnostic::at(
             e.span,
-            format!("`{param}` must be one of {}", words.join(", ")),
-            "not one of the choices",
+            format!("`{param}` must be one of {}{found}", words.join(", ")),
+            label,
         ))
     }
 
@@ -991,113 +1401,98 @@ impl<'a> Lowerer<'a> {
     }
 
     /// Reads the arguments of op `kind` in its signature's order
-    /// (`ir-spec/ops.md` lists each signature).
+    /// (`ir-spec/ops.md` lists each signature): the tensor operands, then the
+    /// attributes.
     fn build_op(
         &mut self,
         scope: &mut Scope<'a>,
         kind: OpKind,
         args: &mut Args<'a>,
     ) -> Result<(Op, Vec<(NodeId, Span)>), Diagnostic> {
-        const BOOL: [(&str, bool); 2] = [("true", true), ("false", false)];
-        const SCALE: [(&str, Scale); 2] = [("none", Scale::None), ("channel", Scale::Channel)];
-        const PAD_VALUE: [(usize, PadValue); 2] = [(0, PadValue::Zero), (1, PadValue::One)];
-        let op = match kind {
-            OpKind::Conv2d => {
+        match kind {
+            OpKind::Add | OpKind::Concat => self.variadic(scope, kind, args),
+            OpKind::Input | OpKind::Choose => Err(Diagnostic::at(
+                args.callee.span,
+                format!("`{}` is not called like an op", kind.name()),
+                "here",
+            )),
+            _ => {
                 let x = self.tensor(scope, args, "input")?;
-                let geometry = self.geometry(scope, args)?;
-                let bias = self.word(args, "bias", &BOOL, true)?;
-                return Ok((Op::Conv2d(Conv2d { geometry, bias }), vec![x]));
+                let op = self.attributes(scope, kind, args)?;
+                Ok((op, vec![x]))
             }
-            OpKind::BConv2d => {
-                let x = self.tensor(scope, args, "input")?;
-                let geometry = self.geometry(scope, args)?;
-                let pv = self.int(scope, args, "pad_value", Some(0), 0)?;
-                let Some(&(_, pad_value)) = PAD_VALUE.iter().find(|p| p.0 == pv) else {
-                    return Err(Diagnostic::at(
-                        args.call_span,
-                        format!("`pad_value` must be 0 or 1, found {pv}"),
-                        "here",
-                    ));
-                };
-                let scale = self.word(args, "scale", &SCALE, Scale::None)?;
-                return Ok((
-                    Op::BConv2d(BConv2d {
-                        geometry,
-                        pad_value,
-                        scale,
-                    }),
-                    vec![x],
-                ));
-            }
-            OpKind::Dense => {
-                let x = self.tensor(scope, args, "input")?;
-                let out_features = self.int(scope, args, "out_features", None, 1)?;
-                let bias = self.word(args, "bias", &BOOL, true)?;
-                return Ok((Op::Dense(Dense { out_features, bias }), vec![x]));
-            }
-            OpKind::BDense => {
-                let x = self.tensor(scope, args, "input")?;
-                let out_features = self.int(scope, args, "out_features", None, 1)?;
-                let scale = self.word(args, "scale", &SCALE, Scale::None)?;
-                return Ok((
-                    Op::BDense(BDense {
-                        out_features,
-                        scale,
-                    }),
-                    vec![x],
-                ));
-            }
-            OpKind::BatchNorm => {
-                let x = self.tensor(scope, args, "input")?;
-                let eps = self.float(scope, args, "eps", 1e-5)?;
-                return Ok((Op::BatchNorm(BatchNorm { eps }), vec![x]));
-            }
-            OpKind::HardTanh => {
-                let x = self.tensor(scope, args, "input")?;
-                let min = self.float(scope, args, "min", -1.0)?;
-                let max = self.float(scope, args, "max", 1.0)?;
-                return Ok((Op::HardTanh(HardTanh { min, max }), vec![x]));
-            }
-            OpKind::MaxPool | OpKind::AvgPool => {
-                let x = self.tensor(scope, args, "input")?;
-                let pool = self.pool(scope, args)?;
-                let op = if kind == OpKind::MaxPool {
-                    Op::MaxPool(pool)
-                } else {
-                    Op::AvgPool(pool)
-                };
-                return Ok((op, vec![x]));
-            }
-            OpKind::Add | OpKind::Concat => {
-                let mut operands = Vec::new();
-                for (e, child) in args.rest() {
-                    let v = self.eval(scope, e, &child, None)?;
-                    operands.push((
-                        self.expect_tensor(v, e.span, &format!("an operand of `{}`", kind.name()))?,
-                        e.span,
-                    ));
-                }
-                if !kind.arity().allows(operands.len()) {
-                    return Err(Diagnostic::at(
-                        args.call_span,
-                        format!(
-                            "`{}` takes {}, found {}",
-                            kind.name(),
-                            kind.arity(),
-                            operands.len()
-                        ),
-                        "here",
-                    ));
-                }
-                return Ok((
-                    if kind == OpKind::Add {
-                        Op::Add
-                    } else {
-                        Op::Concat
-                    },
-                    operands,
-                ));
-            }
+        }
+    }
+
+    /// The operands of `add` or `concat`: every positional argument.
+    fn variadic(
+        &mut self,
+        scope: &mut Scope<'a>,
+        kind: OpKind,
+        args: &mut Args<'a>,
+    ) -> Result<(Op, Vec<(NodeId, Span)>), Diagnostic> {
+        let mut operands = Vec::new();
+        for (e, child) in args.rest() {
+            let v = self.eval(scope, e, &child, None)?;
+            operands.push((
+                self.expect_tensor(v, e.span, &format!("an operand of `{}`", kind.name()))?,
+                e.span,
+            ));
+        }
+        if !kind.arity().allows(operands.len()) {
+            return Err(Diagnostic::at(
+                args.callee.span,
+                format!(
+                    "`{}` takes {}, found {}",
+                    kind.name(),
+                    kind.arity(),
+                    operands.len()
+                ),
+                format!("needs {}", kind.arity()),
+            ));
+        }
+        let op = if kind == OpKind::Add {
+            Op::Add
+        } else {
+            Op::Concat
+        };
+        Ok((op, operands))
+    }
+
+    /// The op `kind` of a single-operand op, with its attributes read from `args`.
+    fn attributes(
+        &mut self,
+        scope: &mut Scope<'a>,
+        kind: OpKind,
+        args: &mut Args<'a>,
+    ) -> Result<Op, Diagnostic> {
+        Ok(match kind {
+            OpKind::Conv2d => Op::Conv2d(Conv2d {
+                geometry: self.geometry(scope, args)?,
+                bias: self.word(args, "bias", &BOOL, true)?,
+            }),
+            OpKind::BConv2d => Op::BConv2d(BConv2d {
+                geometry: self.geometry(scope, args)?,
+                pad_value: self.pad_value(scope, args)?,
+                scale: self.word(args, "scale", &SCALE, Scale::None)?,
+            }),
+            OpKind::Dense => Op::Dense(Dense {
+                out_features: self.int(scope, args, "out_features", None, 1)?,
+                bias: self.word(args, "bias", &BOOL, true)?,
+            }),
+            OpKind::BDense => Op::BDense(BDense {
+                out_features: self.int(scope, args, "out_features", None, 1)?,
+                scale: self.word(args, "scale", &SCALE, Scale::None)?,
+            }),
+            OpKind::BatchNorm => Op::BatchNorm(BatchNorm {
+                eps: self.float(scope, args, "eps", 1e-5)?,
+            }),
+            OpKind::HardTanh => Op::HardTanh(HardTanh {
+                min: self.float(scope, args, "min", -1.0)?,
+                max: self.float(scope, args, "max", 1.0)?,
+            }),
+            OpKind::MaxPool => Op::MaxPool(self.pool(scope, args)?),
+            OpKind::AvgPool => Op::AvgPool(self.pool(scope, args)?),
             OpKind::Sign => Op::Sign,
             OpKind::Relu => Op::Relu,
             OpKind::PRelu => Op::PRelu,
@@ -1105,15 +1500,9 @@ impl<'a> Lowerer<'a> {
             OpKind::Flatten => Op::Flatten,
             OpKind::Zero => Op::Zero,
             OpKind::Identity => Op::Identity,
-            OpKind::Input | OpKind::Choose => {
-                return Err(Diagnostic::at(
-                    args.callee.span,
-                    format!("`{}` is not called like an op", kind.name()),
-                    "here",
-                ));
+            OpKind::Add | OpKind::Concat | OpKind::Input | OpKind::Choose => {
+                unreachable!("build_op handles `{kind}` itself")
             }
-        };
-        let x = self.tensor(scope, args, "input")?;
-        Ok((op, vec![x]))
+        })
     }
 }

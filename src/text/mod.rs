@@ -42,10 +42,11 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Graph, SourceError> {
         }
     };
     let ast = parser::parse_file(source).map_err(|e| {
-        error(
-            source.to_string(),
-            Diagnostic::at(e.span, e.message, e.label),
-        )
+        let mut d = Diagnostic::at(e.span, e.message, e.label);
+        if let Some((span, label)) = e.secondary {
+            d = d.with_secondary(span, label);
+        }
+        error(source.to_string(), d)
     })?;
     let graph = lower::lower(&ast).map_err(|d| error(source.to_string(), d))?;
     // Lowering builds a well-typed graph, so this is a consistency check.

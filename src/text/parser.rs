@@ -20,7 +20,8 @@ use super::ast::*;
 /// overflowing the stack.
 pub const MAX_DEPTH: usize = 64;
 
-/// Words with a meaning of their own; not usable as names.
+/// Words with a meaning of their own; not usable as names, though a dotted
+/// name may contain them (`input.scale`, `a.choose`).
 pub const KEYWORDS: [&str; 6] = ["model", "cell", "input", "output", "return", "choose"];
 
 /// A syntax error: where, and what was expected there.
@@ -32,13 +33,18 @@ pub struct SyntaxError {
     pub message: String,
     /// A short label for the caret.
     pub label: String,
+    /// A related place, such as the bracket still open when the error is on a
+    /// later line.
+    pub secondary: Option<(Span, String)>,
 }
 
-/// nom's error type for this parser: the remaining input length and a message.
+/// nom's error type for this parser: the remaining input length, a message and
+/// an optional related span.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PErr {
     remaining: usize,
     expected: String,
+    secondary: Option<(Span, String)>,
 }
 
 impl<'a> nom::error::ParseError<&'a str> for PErr {
@@ -46,6 +52,7 @@ impl<'a> nom::error::ParseError<&'a str> for PErr {
         PErr {
             remaining: input.len(),
             expected: format!("{kind:?}"),
+            secondary: None,
         }
     }
 
@@ -67,7 +74,7 @@ type PResult<'a, T> = IResult<&'a str, T, PErr>;
 
 /// Parses a whole file.
 pub fn parse_file(source: &str) -> Result<File, SyntaxError> {
-    let p = Parser { len: source.len() };
+    let p = Parser { source };
     match p.file(source) {
         Ok((_, file)) => Ok(file),
         Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(p.syntax_error(source, e)),
@@ -75,6 +82,7 @@ pub fn parse_file(source: &str) -> Result<File, SyntaxError> {
             span: Span::new(source.len(), source.len()),
             message: "unexpected end of file".into(),
             label: "the file ends here".into(),
+            secondary: None,
         }),
     }
 }
@@ -150,13 +158,14 @@ fn token_len(i: &str) -> usize {
         .unwrap_or_else(|_| i.chars().next().map_or(0, char::len_utf8))
 }
 
-struct Parser {
-    len: usize,
+struct Parser<'s> {
+    /// The whole source; every input slice is a suffix of it.
+    source: &'s str,
 }
 
-impl Parser {
+impl Parser<'_> {
     fn pos(&self, i: &str) -> usize {
-        self.len - i.len()
+        self.source.len() - i.len()
     }
 
     fn span(&self, start: &str, rest: &str) -> Span {
@@ -170,14 +179,45 @@ impl Parser {
             span: Span::new(start, start + token_len(at)),
             message: format!("expected {}, found {}", e.expected, describe(at)),
             label: format!("expected {}", e.expected),
+            secondary: e.secondary,
         }
     }
 
     /// A committed failure at `i` (after whitespace).
     fn fail<T>(&self, i: &str, expected: impl Into<String>) -> PResult<'static, T> {
+        Err(self.failure(i, expected))
+    }
+
+    /// The error of [`fail`](Self::fail).
+    fn failure(&self, i: &str, expected: impl Into<String>) -> nom::Err<PErr> {
+        nom::Err::Failure(PErr {
+            remaining: skip(i).len(),
+            expected: expected.into(),
+            secondary: None,
+        })
+    }
+
+    /// A committed failure at `i` inside the bracket at `open`, which must still
+    /// be closed. When the failure is on a later line than the bracket, the
+    /// bracket is shown too: the usual cause is that it was never closed.
+    fn fail_inside<T>(
+        &self,
+        i: &str,
+        expected: impl Into<String>,
+        open: usize,
+    ) -> PResult<'static, T> {
+        let at = self.pos(skip(i));
+        let bracket = &self.source[open..open + 1];
+        let secondary = self.source[open..at].contains('\n').then(|| {
+            (
+                Span::new(open, open + 1),
+                format!("this `{bracket}` is still open"),
+            )
+        });
         Err(nom::Err::Failure(PErr {
             remaining: skip(i).len(),
             expected: expected.into(),
+            secondary,
         }))
     }
 
@@ -187,9 +227,10 @@ impl Parser {
         if !i.starts_with(t) {
             return false;
         }
-        // A keyword must not run on into a longer identifier.
+        // A keyword must not run on into a longer identifier or a dotted name
+        // (`input.scale` is a name).
         let is_word = t.chars().all(is_ident_continue);
-        !(is_word && i[t.len()..].starts_with(is_ident_continue))
+        !(is_word && i[t.len()..].starts_with(|c: char| is_ident_continue(c) || c == '.'))
     }
 
     /// Consumes the token `t` or fails, expecting `t`.
@@ -260,7 +301,7 @@ impl Parser {
         loop {
             if skip(i).is_empty() {
                 if items.is_empty() {
-                    return self.fail(i, "a `model` or `cell` definition (the file is empty)");
+                    return self.fail(i, "a `model` or `cell` definition (the file has none)");
                 }
                 return Ok(("", File { items }));
             }
@@ -282,6 +323,7 @@ impl Parser {
     fn model<'a>(&self, i: &'a str) -> PResult<'a, Model> {
         let (i, _) = self.expect(i, "model")?;
         let (i, name) = self.ident(i, "a model name")?;
+        let open = self.pos(skip(i));
         let (mut i, _) = self.expect(i, "{")?;
         let mut body = Vec::new();
         loop {
@@ -290,7 +332,7 @@ impl Parser {
                 return Ok((rest, Model { name, body }));
             }
             if skip(i).is_empty() {
-                return self.fail(i, "`}` to close the model");
+                return self.fail_inside(i, "`}` to close the model", open);
             }
             let (rest, stmt) = self.stmt(i)?;
             body.push(stmt);
@@ -302,11 +344,13 @@ impl Parser {
     ///      | "output" NAME { "," NAME }
     ///      | binding
     fn stmt<'a>(&self, i: &'a str) -> PResult<'a, Stmt> {
+        self.not_misplaced(i)?;
         if self.peek(i, "input") {
             let (i, _) = self.expect(i, "input")?;
             let (i, name) = self.name(i, "an input name")?;
             let (i, _) = self.expect(i, ":")?;
             let (i, dtype) = self.ident(i, "an element type such as `f32`")?;
+            let open = self.pos(skip(i));
             let (mut i, _) = self.expect(i, "[")?;
             let mut dims = Vec::new();
             loop {
@@ -323,7 +367,7 @@ impl Parser {
                 if !comma {
                     let (rest, _) = self
                         .expect(i, "]")
-                        .or_else(|_| self.fail(i, "`,` or `]`"))?;
+                        .or_else(|_| self.fail_inside(i, "`,` or `]`", open))?;
                     i = rest;
                     break;
                 }
@@ -351,6 +395,30 @@ impl Parser {
         Ok((i, Stmt::Binding(b)))
     }
 
+    /// Rejects, with a message saying why, two common mistakes where a statement
+    /// should start: binding a keyword (`output = dense(h, 10)`, which would
+    /// otherwise read as an `output` statement) and an infix operator left over
+    /// from the previous expression (`y = a + b`).
+    fn not_misplaced(&self, i: &str) -> Result<(), nom::Err<PErr>> {
+        let start = skip(i);
+        if let Ok((rest, word)) = ident_lexeme(start)
+            && KEYWORDS.contains(&word)
+            && self.peek(rest, "=")
+        {
+            return Err(self.failure(
+                i,
+                format!("a name (`{word}` is a keyword and cannot be bound)"),
+            ));
+        }
+        if start.starts_with(['+', '-', '*', '/', '@']) {
+            return Err(self.failure(
+                i,
+                "a new statement (there are no infix operators: write ops as calls, such as `add(a, b)`)",
+            ));
+        }
+        Ok(())
+    }
+
     /// binding = NAME "=" expr
     fn binding<'a>(&self, i: &'a str, what: &str) -> PResult<'a, Binding> {
         let (i, name) = self.name(i, what)?;
@@ -367,6 +435,7 @@ impl Parser {
     fn cell<'a>(&self, i: &'a str) -> PResult<'a, Cell> {
         let (i, _) = self.expect(i, "cell")?;
         let (i, name) = self.ident(i, "a cell name")?;
+        let open = self.pos(skip(i));
         let (mut i, _) = self.expect(i, "(")?;
         let mut params = Vec::new();
         loop {
@@ -382,18 +451,21 @@ impl Parser {
             if !comma {
                 let (rest, _) = self
                     .expect(i, ")")
-                    .or_else(|_| self.fail(i, "`,` or `)`"))?;
+                    .or_else(|_| self.fail_inside(i, "`,` or `)`", open))?;
                 i = rest;
                 break;
             }
         }
+        let open = self.pos(skip(i));
         let (mut i, _) = self.expect(i, "{")?;
         let mut body = Vec::new();
         loop {
+            self.not_misplaced(i)?;
             if self.peek(i, "return") {
                 let (rest, _) = self.expect(i, "return")?;
                 let (rest, ret) = self.expr(rest, 0)?;
                 let rest = self.accept(rest, ";").0;
+                self.not_misplaced(rest)?;
                 let (rest, _) = self
                     .expect(rest, "}")
                     .or_else(|_| self.fail(rest, "`}` (the cell ends after `return`)"))?;
@@ -407,7 +479,10 @@ impl Parser {
                     },
                 ));
             }
-            if skip(i).is_empty() || self.peek(i, "}") {
+            if skip(i).is_empty() {
+                return self.fail_inside(i, "`return EXPRESSION` to end the cell", open);
+            }
+            if self.peek(i, "}") {
                 return self.fail(i, "`return EXPRESSION` to end the cell");
             }
             let (rest, b) = self.binding(i, "`NAME = expression` or `return`")?;
@@ -454,6 +529,7 @@ impl Parser {
         let start = skip(i);
         if self.peek(i, "choose") {
             let (i, _) = self.expect(i, "choose")?;
+            let open = self.pos(skip(i));
             let (mut i, _) = self
                 .expect(i, "{")
                 .or_else(|_| self.fail(i, "`{` after `choose`"))?;
@@ -479,7 +555,7 @@ impl Parser {
                 if !comma {
                     let (rest, _) = self
                         .expect(i, "}")
-                        .or_else(|_| self.fail(i, "`,` or `}`"))?;
+                        .or_else(|_| self.fail_inside(i, "`,` or `}`", open))?;
                     return Ok((
                         rest,
                         Expr {
@@ -491,15 +567,16 @@ impl Parser {
             }
         }
         if start.starts_with('(') {
+            let open = self.pos(start);
             let (i, _) = self.expect(i, "(")?;
             let (i, a) = self.expr(i, depth + 1)?;
-            let (i, _) = self
-                .expect(i, ",")
-                .or_else(|_| self.fail(i, "`,` (a pair is written `(height, width)`)"))?;
+            let (i, _) = self.expect(i, ",").or_else(|_| {
+                self.fail_inside(i, "`,` (a pair is written `(height, width)`)", open)
+            })?;
             let (i, b) = self.expr(i, depth + 1)?;
             let (i, _) = self
                 .expect(i, ")")
-                .or_else(|_| self.fail(i, "`)` (a pair has exactly two elements)"))?;
+                .or_else(|_| self.fail_inside(i, "`)` (a pair has exactly two elements)", open))?;
             return Ok((
                 i,
                 Expr {
@@ -518,6 +595,12 @@ impl Parser {
                 },
             ));
         }
+        if start.starts_with(['"', '\'']) {
+            return self.fail(
+                i,
+                "an expression (there are no strings: write words such as `channel` bare)",
+            );
+        }
         let (rest, name) = self.name(i, "an expression")?;
         if !self.peek(rest, "(") {
             return Ok((
@@ -531,6 +614,7 @@ impl Parser {
         if name.name.contains('.') {
             return self.fail(i, "an op or cell name (no dots) before `(`");
         }
+        let open = self.pos(skip(rest));
         let (mut i, _) = self.expect(rest, "(")?;
         let mut args = Vec::new();
         loop {
@@ -546,7 +630,7 @@ impl Parser {
             if !comma {
                 let (rest, _) = self
                     .expect(i, ")")
-                    .or_else(|_| self.fail(i, "`,` or `)`"))?;
+                    .or_else(|_| self.fail_inside(i, "`,` or `)`", open))?;
                 i = rest;
                 break;
             }
