@@ -15,7 +15,13 @@ use onebit::ir::{Graph, Params, Tensor, dot, interp, json, summary::Summary};
 /// Models are written in the .bnn language (see ir-spec/language.md); weights
 /// are safetensors files with PyTorch's parameter names; data are .npy arrays.
 #[derive(Parser)]
-#[command(name = "onebit", version, about, long_about, arg_required_else_help = true)]
+#[command(
+    name = "onebit",
+    version,
+    about,
+    long_about,
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -105,14 +111,18 @@ impl<E: std::fmt::Display> From<E> for Failure {
 fn main() -> ExitCode {
     // A panic is a bug in onebit; say so plainly instead of a Rust backtrace note.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("onebit: internal error: {info}\nThis is a bug in onebit; please report it with the input that caused it.");
+        eprintln!(
+            "onebit: internal error: {info}\nThis is a bug in onebit; please report it with the input that caused it."
+        );
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
                 _ => ExitCode::from(2),
             };
         }
@@ -127,7 +137,8 @@ fn main() -> ExitCode {
 }
 
 fn load_model(path: &Path) -> Result<Graph, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| Failure(format!("error: cannot read {}: {e}", path.display())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure(format!("error: cannot read {}: {e}", path.display())))?;
     onebit::text::parse(&path.display().to_string(), &bytes).map_err(Failure::from)
 }
 
@@ -145,19 +156,38 @@ fn run(command: Command) -> Result<(), Failure> {
                 Format::Dot => print!("{}", dot::to_dot(&graph)),
             }
         }
-        Command::Init { model, output, seed } => {
+        Command::Init {
+            model,
+            output,
+            seed,
+        } => {
             let graph = load_model(&model)?;
             let params = Params::init(&graph, seed);
             weights::save(&params, &graph.name, &output)?;
             let count: usize = params.tensors.values().map(|t| t.data.len()).sum();
-            eprintln!("wrote {} parameters in {} tensors to {}", count, params.tensors.len(), output.display());
+            eprintln!(
+                "wrote {} parameters in {} tensors to {}",
+                count,
+                params.tensors.len(),
+                output.display()
+            );
         }
-        Command::Run { model, weights: weights_path, seed, input, output, labels, engine: Engine::Interp } => {
+        Command::Run {
+            model,
+            weights: weights_path,
+            seed,
+            input,
+            output,
+            labels,
+            engine: Engine::Interp,
+        } => {
             let graph = load_model(&model)?;
             let params = match (weights_path, seed) {
                 (Some(path), _) => weights::load(&graph, &path)?,
                 (None, Some(seed)) => Params::init(&graph, seed),
-                (None, None) => return Err(Failure("error: give --weights FILE or --seed N".into())),
+                (None, None) => {
+                    return Err(Failure("error: give --weights FILE or --seed N".into()));
+                }
             };
             if input.len() != graph.inputs().len() {
                 return Err(Failure(format!(
@@ -180,9 +210,13 @@ fn run(command: Command) -> Result<(), Failure> {
             let mut tensors = Vec::new();
             for path in &input {
                 let a = npy::read_file(path)?;
-                tensors.push(Tensor { shape: a.shape, data: a.data });
+                tensors.push(Tensor {
+                    shape: a.shape,
+                    data: a.data,
+                });
             }
-            let results = interp::run(&graph, &params, &tensors).map_err(|e| Failure(format!("error: {e}")))?;
+            let results = interp::run(&graph, &params, &tensors)
+                .map_err(|e| Failure(format!("error: {e}")))?;
             if let Some(path) = labels {
                 report_accuracy(&path, &results[0])?;
             }
@@ -204,7 +238,11 @@ fn argmax_rows(t: &Tensor) -> Vec<usize> {
     let k = t.shape.iter().skip(1).product::<usize>().max(1);
     t.data
         .chunks(k)
-        .map(|row| row.iter().enumerate().fold(0, |best, (i, &v)| if v > row[best] { i } else { best }))
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(0, |best, (i, &v)| if v > row[best] { i } else { best })
+        })
         .collect()
 }
 
@@ -219,8 +257,15 @@ fn report_accuracy(path: &Path, output: &Tensor) -> Result<(), Failure> {
         )));
     }
     let predicted = argmax_rows(output);
-    let correct = predicted.iter().zip(&labels.data).filter(|&(&p, &l)| p as f32 == l).count();
-    println!("accuracy: {correct}/{n} = {:.2}%", 100.0 * correct as f64 / n.max(1) as f64);
+    let correct = predicted
+        .iter()
+        .zip(&labels.data)
+        .filter(|&(&p, &l)| p as f32 == l)
+        .count();
+    println!(
+        "accuracy: {correct}/{n} = {:.2}%",
+        100.0 * correct as f64 / n.max(1) as f64
+    );
     Ok(())
 }
 
@@ -238,7 +283,15 @@ fn print_tensor(name: &str, t: &Tensor) {
         println!("  ... {} more", n - ROWS);
     }
     if t.shape.len() == 2 && n > 0 {
-        let classes: Vec<String> = argmax_rows(t).iter().take(32).map(usize::to_string).collect();
-        println!("  argmax: {}{}", classes.join(" "), if n > 32 { " ..." } else { "" });
+        let classes: Vec<String> = argmax_rows(t)
+            .iter()
+            .take(32)
+            .map(usize::to_string)
+            .collect();
+        println!(
+            "  argmax: {}{}",
+            classes.join(" "),
+            if n > 32 { " ..." } else { "" }
+        );
     }
 }

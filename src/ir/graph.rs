@@ -19,6 +19,24 @@ use serde::{Deserialize, Serialize};
 use super::ops::{Op, TypeError};
 use super::types::TensorType;
 
+/// Words of the text format with a meaning of their own: not usable as node names.
+pub const KEYWORDS: [&str; 6] = ["model", "cell", "input", "output", "return", "choose"];
+
+/// Whether `name` can name a node: dot-separated segments, the first an
+/// identifier (`[A-Za-z_][A-Za-z0-9_]*`), the others identifiers or digits,
+/// and not a bare keyword. Exactly the names the printer can write and the
+/// parser read back.
+pub fn is_valid_name(name: &str) -> bool {
+    let ident = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let mut segments = name.split('.');
+    segments.next().is_some_and(ident)
+        && segments.all(|s| ident(s) || (!s.is_empty() && s.chars().all(|c| c.is_ascii_digit())))
+        && !KEYWORDS.contains(&name)
+}
+
 /// A node's id. Stable across removals of other nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(NodeIndex<u32>);
@@ -231,16 +249,23 @@ impl Graph {
     pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
         let mut pending: HashMap<NodeIndex<u32>, usize> = HashMap::new();
         let mut ready = BTreeSet::new();
+        // The model inputs come first, in declaration order, wherever they
+        // were added: a printed graph declares them first.
+        let mut order: Vec<NodeId> = Vec::with_capacity(self.graph.node_count());
+        let mut queue: std::collections::VecDeque<NodeIndex<u32>> =
+            self.inputs.iter().map(|i| i.0).collect();
         for n in self.graph.node_indices() {
+            if self.inputs.contains(&NodeId(n)) {
+                continue;
+            }
             let k = self.graph.edges_directed(n, Direction::Incoming).count();
-            if k == 0 {
-                ready.insert(n);
-            } else {
+            if k > 0 {
                 pending.insert(n, k);
+            } else {
+                ready.insert(n);
             }
         }
-        let mut order = Vec::with_capacity(self.graph.node_count());
-        while let Some(n) = ready.pop_first() {
+        while let Some(n) = queue.pop_front().or_else(|| ready.pop_first()) {
             order.push(NodeId(n));
             for e in self.graph.edges_directed(n, Direction::Outgoing) {
                 let t = e.target();

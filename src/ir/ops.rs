@@ -643,7 +643,13 @@ impl Op {
                 }
             }
             Op::HardTanh(a) => {
-                if !(a.min <= a.max) {
+                if !(a.min.is_finite() && a.max.is_finite()) {
+                    return Err(TypeError::Attribute {
+                        op: kind,
+                        message: format!("min ({}) and max ({}) must be finite", a.min, a.max),
+                    });
+                }
+                if a.min > a.max {
                     return Err(TypeError::Attribute {
                         op: kind,
                         message: format!("min ({}) must not exceed max ({})", a.min, a.max),

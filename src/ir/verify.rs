@@ -4,7 +4,7 @@
 //! everything from scratch, so it catches passes that rewire or retype nodes
 //! wrongly. Later stages take a [`Verified`] token as proof that it ran.
 
-use super::graph::{Graph, NodeId};
+use super::graph::{Graph, NodeId, is_valid_name};
 use super::ops::{Op, TypeError};
 use super::types::DType;
 
@@ -23,6 +23,11 @@ pub enum VerifyError {
     /// An output refers to a removed node.
     #[error("an output refers to a node that is not in the graph")]
     DanglingOutput,
+    /// A node name the text format cannot write.
+    #[error(
+        "node name `{0}` is not a valid name (dot-separated identifiers or numbers, not a keyword)"
+    )]
+    BadName(String),
     /// The input list and the input nodes disagree.
     #[error("node `{0}`: {1}")]
     BadInput(String, &'static str),
@@ -88,6 +93,9 @@ pub fn verify(graph: &Graph) -> Result<Verified<'_>, VerifyError> {
 
 fn verify_node(graph: &Graph, id: NodeId) -> Result<(), VerifyError> {
     let node = graph.node(id);
+    if !is_valid_name(&node.name) {
+        return Err(VerifyError::BadName(node.name.clone()));
+    }
     let declared_input = graph.inputs().contains(&id);
     if let Op::Input = node.op {
         if !declared_input {

@@ -171,7 +171,7 @@ struct Args<'e> {
     next: usize,
     keywords: Vec<(&'e Ident, &'e Expr, String, bool)>,
     /// Parameters asked for so far, for "did you mean".
-    asked: Vec<&'static str>,
+    asked: Vec<&'e str>,
 }
 
 /// The candidate `word` was most likely meant to be: a close spelling, or else
@@ -462,7 +462,8 @@ fn child_names(parent: &str, exprs: &[&Expr]) -> Vec<String> {
     exprs
         .iter()
         .map(|e| match callee(e) {
-            None => format!("{parent}.?"),
+            // Only calls and `choose` make nodes; this name is never used.
+            None => format!("{parent}.{}", exprs.len()),
             Some(c) if counts[&c] == 1 => format!("{parent}.{c}"),
             Some(c) => {
                 let k = seen.entry(c.clone()).or_default();
@@ -513,7 +514,7 @@ impl<'e> Args<'e> {
     }
 
     /// The argument for parameter `param`, positional first, then by keyword.
-    fn take(&mut self, param: &'static str) -> Result<Option<(&'e Expr, String)>, Diagnostic> {
+    fn take(&mut self, param: &'e str) -> Result<Option<(&'e Expr, String)>, Diagnostic> {
         self.asked.push(param);
         let keyword = self.keywords.iter_mut().find(|k| k.0.name == param);
         if self.next < self.positional.len() {
@@ -633,17 +634,9 @@ impl<'a> Lowerer<'a> {
                     );
                 }
                 Stmt::Output(names) => {
-                    for n in names {
-                        if let Some(prev) = outputs.iter().find(|p| p.name == n.name) {
-                            return Err(Diagnostic::at(
-                                n.span,
-                                format!("`{}` is already an output", n.name),
-                                "second time",
-                            )
-                            .with_secondary(prev.span, "first time"));
-                        }
-                        outputs.push(n);
-                    }
+                    // The same tensor may be returned twice: a graph whose
+                    // outputs alias (`y = x  output x, y`) prints that way.
+                    outputs.extend(names);
                 }
                 Stmt::Binding(b) => bindings.push(b),
             }
@@ -1150,20 +1143,7 @@ impl<'a> Lowerer<'a> {
         let mut reader = Args::new(callee, args, name)?;
         let mut params = Vec::new();
         for p in &cell.params {
-            // Match positional first, then the keyword of the same name.
-            let arg = if reader.next < reader.positional.len() {
-                reader.next += 1;
-                Some(reader.positional[reader.next - 1].clone())
-            } else {
-                reader
-                    .keywords
-                    .iter_mut()
-                    .find(|k| k.0.name == p.name)
-                    .map(|k| {
-                        k.3 = true;
-                        (k.1, k.2.clone())
-                    })
-            };
+            let arg = reader.take(&p.name)?;
             let Some((expr, child)) = arg else {
                 return Err(missing_cell_argument(&reader, cell, p));
             };
