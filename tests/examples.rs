@@ -255,6 +255,7 @@ fn resnet18_bnn_is_a_bireal_resnet18() {
             geometry,
             pad_value,
             scale,
+            ..
         }) = &node.op
         {
             assert_eq!(geometry.kernel, [3, 3], "{}", node.name);

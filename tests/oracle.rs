@@ -69,7 +69,8 @@ use std::time::{Duration, Instant};
 
 use onebit::ir::interp;
 use onebit::ir::ops::{
-    BConv2d, BDense, BatchNorm, Conv2d, ConvGeometry, Dense, HardTanh, PadValue, Pool, Scale,
+    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, PadValue,
+    Pool, Scale, WeightForm,
 };
 use onebit::ir::{DType, Graph, NodeId, Op, Params, Tensor, TensorType};
 use onebit::util::rng::Rng;
@@ -155,6 +156,30 @@ fn check_model(graph: &Graph, params: &Params, inputs: &[Tensor]) -> Result<Repo
 /// PReLU slopes of both signs. Latent weights keep their PyTorch init.
 fn perturb(graph: &Graph, params: &mut Params, seed: u64) {
     let mut rng = Rng::new(seed);
+    // The folded forms: multiplier and bias of both signs; thresholds that are
+    // small integers (so they tie with integer dot products), reals, or ±inf
+    // (constant channels); directions ±1.
+    for (name, t) in params.tensors.iter_mut() {
+        let suffix = name.rsplit('.').next().unwrap_or("");
+        let real_input = graph
+            .find(name.rsplit_once('.').map_or("", |(n, _)| n))
+            .is_some_and(|id| graph.node(id).op == Op::Threshold);
+        for x in &mut t.data {
+            match suffix {
+                "multiplier" => *x = rng.uniform(2.0),
+                "direction" => *x = if rng.below(2) == 0 { 1.0 } else { -1.0 },
+                "threshold" => {
+                    *x = match rng.below(10) {
+                        0 => f32::INFINITY,
+                        1 => f32::NEG_INFINITY,
+                        _ if real_input => rng.uniform(1.0),
+                        _ => rng.below(21) as f32 - 10.0,
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
     let mut fill = |node: &str, suffix: &str, f: &mut dyn FnMut(&mut Rng) -> f32| {
         let name = format!("{node}.{suffix}");
         let t = params
@@ -349,6 +374,8 @@ fn oracle_bconv2d_by_hand() {
             geometry,
             pad_value,
             scale,
+            output: BinaryOutput::Dot,
+            weights: WeightForm::Latent,
         };
         reference::bconv2d(&x, &w, &a).unwrap()
     };
@@ -381,6 +408,8 @@ fn oracle_bconv2d_across_words_by_hand() {
         },
         pad_value,
         scale: Scale::None,
+        output: BinaryOutput::Dot,
+        weights: WeightForm::Latent,
     };
     // Centre: 10 - 90 + 30 = -50 and 100 - 30 = 70. Padded positions: 0, or
     // Σ sign W = 10 - 120 = -110 and 130.
@@ -412,6 +441,8 @@ fn oracle_bconv2d_across_words_by_hand() {
         },
         pad_value: PadValue::Zero,
         scale: Scale::Channel,
+        output: BinaryOutput::Dot,
+        weights: WeightForm::Latent,
     };
     // o=0 reads channels 0..65 (all +1): 10 - 55; o=1 reads 65..130: 35 - 30.
     assert_values(&reference::bconv2d(&x, &w, &a).unwrap(), &[-45.0, 5.0]);
@@ -659,6 +690,8 @@ fn bconv_cases() -> Vec<(String, Vec<usize>, BConv2d)> {
                                 geometry: g,
                                 pad_value,
                                 scale,
+                                output: BinaryOutput::Dot,
+                                weights: WeightForm::Latent,
                             },
                         ));
                     }
@@ -817,12 +850,68 @@ fn bconv2d_agrees_with_the_oracle() {
         },
         pad_value: PadValue::One,
         scale: Scale::Channel,
+        output: BinaryOutput::Dot,
+        weights: WeightForm::Latent,
     };
     let y = g.add_node("y", Op::BConv2d(conv), &[cat]).unwrap();
     g.add_output(y);
     g.add_output(cat);
     cases.push(("bconv2d(concat(maxpool(bits), identity(bits)))".into(), g));
     check_cases(cases, 100);
+}
+
+#[test]
+fn folded_forms_agree_with_the_oracle() {
+    let mut cases = Vec::new();
+    let forms = [
+        (BinaryOutput::Affine, WeightForm::Latent),
+        (BinaryOutput::Affine, WeightForm::Packed),
+        (BinaryOutput::Threshold, WeightForm::Latent),
+        (BinaryOutput::Threshold, WeightForm::Packed),
+        (BinaryOutput::Dot, WeightForm::Packed),
+    ];
+    for (output, weights) in forms {
+        for (c, groups, pad_value) in [
+            (3, 1, PadValue::Zero),
+            (65, 1, PadValue::One),
+            (130, 2, PadValue::Zero),
+        ] {
+            let op = Op::BConv2d(BConv2d {
+                geometry: ConvGeometry {
+                    pad: [1, 1],
+                    groups,
+                    ..geometry(4, [3, 3])
+                },
+                pad_value,
+                scale: Scale::None,
+                output,
+                weights,
+            });
+            let label = format!("bconv2d C={c} {pad_value:?} {output:?} {weights:?}");
+            cases.push((label, one_op(vec![c, 5, 4], true, op)));
+        }
+        for k in [63, 65, 129] {
+            let op = Op::BDense(BDense {
+                out_features: 5,
+                scale: Scale::None,
+                output,
+                weights,
+            });
+            cases.push((
+                format!("bdense K={k} {output:?} {weights:?}"),
+                one_op(vec![k], true, op),
+            ));
+        }
+    }
+    for op in [Op::Threshold, Op::Affine] {
+        cases.push((
+            format!("{op:?} [5,3,3]"),
+            one_op(vec![5, 3, 3], false, op.clone()),
+        ));
+        cases.push((format!("{op:?} [7]"), one_op(vec![7], false, op.clone())));
+        cases.push((format!("{op:?} of bits"), one_op(vec![6, 2, 2], true, op)));
+    }
+    check_cases(cases, 300);
 }
 
 #[test]
@@ -833,6 +922,8 @@ fn bdense_agrees_with_the_oracle() {
             let op = Op::BDense(BDense {
                 out_features: 7,
                 scale,
+                output: BinaryOutput::Dot,
+                weights: WeightForm::Latent,
             });
             cases.push((format!("bdense K={k} {scale:?}"), one_op(vec![k], true, op)));
         }
@@ -845,6 +936,8 @@ fn bdense_agrees_with_the_oracle() {
     let op = Op::BDense(BDense {
         out_features: 3,
         scale: Scale::Channel,
+        output: BinaryOutput::Dot,
+        weights: WeightForm::Latent,
     });
     let y = g.add_node("y", op, &[f]).unwrap();
     g.add_output(y);

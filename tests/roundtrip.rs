@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use onebit::ir::ops::{
-    BConv2d, BDense, BatchNorm, Conv2d, ConvGeometry, Dense, HardTanh, PadValue, Pool, Scale,
+    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, PadValue,
+    Pool, Scale, WeightForm,
 };
 use onebit::ir::{DType, Graph, NodeId, Op, TensorType};
 use proptest::prelude::*;
@@ -96,6 +97,9 @@ struct Attrs {
     groups: usize,
     pad_value: bool,
     channel_scale: bool,
+    /// Binary layers: 0 `output=dot`, 1 `affine`, 2 `threshold`.
+    output: u8,
+    packed: bool,
     bias: bool,
     eps: f32,
     bounds: (f32, f32),
@@ -108,6 +112,7 @@ fn attrs() -> impl Strategy<Value = Attrs> {
         (1usize..=2, any::<bool>(), any::<bool>(), any::<bool>()),
         prop_oneof![Just(1e-5f32), finite_f32().prop_map(f32::abs)],
         (finite_f32(), finite_f32()),
+        (0u8..3, any::<bool>()),
     )
         .prop_map(
             |(
@@ -115,7 +120,10 @@ fn attrs() -> impl Strategy<Value = Attrs> {
                 (groups, pad_value, channel_scale, bias),
                 eps,
                 (a, b),
+                (output, packed),
             )| Attrs {
+                output,
+                packed,
                 out,
                 kernel,
                 stride,
@@ -152,9 +160,11 @@ enum Kind {
     Zero,
     Identity,
     Choose,
+    Threshold,
+    Affine,
 }
 
-const KINDS: [Kind; 18] = [
+const KINDS: [Kind; 20] = [
     Kind::Conv2d,
     Kind::BConv2d,
     Kind::Dense,
@@ -173,6 +183,8 @@ const KINDS: [Kind; 18] = [
     Kind::Zero,
     Kind::Identity,
     Kind::Choose,
+    Kind::Threshold,
+    Kind::Affine,
 ];
 
 /// One attempted `add_node`.
@@ -240,7 +252,18 @@ fn geometry(a: &Attrs) -> ConvGeometry {
 }
 
 fn op(kind: Kind, a: &Attrs) -> Op {
-    let scale = if a.channel_scale {
+    let output = [
+        BinaryOutput::Dot,
+        BinaryOutput::Affine,
+        BinaryOutput::Threshold,
+    ][usize::from(a.output)];
+    let weights = if a.packed {
+        WeightForm::Packed
+    } else {
+        WeightForm::Latent
+    };
+    // The XNOR-Net scale belongs to latent weights with `output=dot`.
+    let scale = if a.channel_scale && output == BinaryOutput::Dot && !a.packed {
         Scale::Channel
     } else {
         Scale::None
@@ -264,6 +287,8 @@ fn op(kind: Kind, a: &Attrs) -> Op {
                 PadValue::Zero
             },
             scale,
+            output,
+            weights,
         }),
         Kind::Dense => Op::Dense(Dense {
             out_features: a.out,
@@ -272,6 +297,8 @@ fn op(kind: Kind, a: &Attrs) -> Op {
         Kind::BDense => Op::BDense(BDense {
             out_features: a.out,
             scale,
+            output,
+            weights,
         }),
         Kind::Sign => Op::Sign,
         Kind::BatchNorm => Op::BatchNorm(BatchNorm { eps: a.eps }),
@@ -290,6 +317,8 @@ fn op(kind: Kind, a: &Attrs) -> Op {
         Kind::Zero => Op::Zero,
         Kind::Identity => Op::Identity,
         Kind::Choose => Op::Choose,
+        Kind::Threshold => Op::Threshold,
+        Kind::Affine => Op::Affine,
     }
 }
 

@@ -27,7 +27,8 @@ use std::collections::HashMap;
 
 use super::graph::{Graph, Node, NodeId};
 use super::ops::{
-    BConv2d, BDense, BatchNorm, Conv2d, ConvGeometry, Dense, HardTanh, Op, PadValue, Pool, Scale,
+    BConv2d, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, Op, PadValue, Pool,
+    Scale, WeightForm,
 };
 use super::params::{Params, Tensor, graph_params};
 use super::verify::{VerifyError, verify};
@@ -39,6 +40,16 @@ pub enum InterpError {
     /// [`VerifyError::Cycle`]. (Boxed: a `VerifyError` is large.)
     #[error("the graph is invalid: {0}")]
     Verify(Box<VerifyError>),
+    /// A threshold direction is not ±1.
+    #[error("parameter `{name}` must hold ±1, but channel {channel} is {value}")]
+    BadDirection {
+        /// The parameter.
+        name: String,
+        /// The offending channel.
+        channel: usize,
+        /// Its value.
+        value: f32,
+    },
     /// The caller passed the wrong number of input arrays.
     #[error("model `{model}` takes {expected} input{}, found {found}", plural(*.expected))]
     InputCount {
@@ -332,7 +343,10 @@ fn check_inputs(graph: &Graph, inputs: &[Tensor]) -> Result<usize, InterpError> 
 /// through the same [`param`] function, against shapes they derive themselves.)
 fn check_params(graph: &Graph, params: &Params) -> Result<(), InterpError> {
     for spec in graph_params(graph) {
-        param(params, &spec.name, &spec.shape)?;
+        // Packed weights are checked where they are unpacked.
+        if !spec.packed {
+            param(params, &spec.name, &spec.shape)?;
+        }
     }
     Ok(())
 }
@@ -400,8 +414,10 @@ fn eval_node(
             conv2d(x[0], a, w, b)
         }
         Op::BConv2d(a) => {
-            let w = p("weight", &conv_weight_shape(&a.geometry, channels()))?;
-            bconv2d(x[0], a, w)
+            let shape = conv_weight_shape(&a.geometry, channels());
+            let signs = binary_weights(params, &node.name, a.weights, &shape)?;
+            let dot = bconv2d(x[0], a, &signs);
+            binary_output(params, node, a.output, a.scale, dot, &shape)?
         }
         Op::Dense(a) => {
             let w = p("weight", &[a.out_features, channels()])?;
@@ -413,8 +429,22 @@ fn eval_node(
             dense(x[0], a, w, b)
         }
         Op::BDense(a) => {
-            let w = p("weight", &[a.out_features, channels()])?;
-            bdense(x[0], a, w)
+            let shape = [a.out_features, channels()];
+            let signs = binary_weights(params, &node.name, a.weights, &shape)?;
+            let dot = matvec(x[0], &signs, a.out_features);
+            binary_output(params, node, a.output, a.scale, dot, &shape)?
+        }
+        Op::Threshold => {
+            let c = [channels()];
+            threshold(
+                x[0],
+                p("threshold", &c)?,
+                direction(p("direction", &c)?, &node.name)?,
+            )
+        }
+        Op::Affine => {
+            let c = [channels()];
+            affine(x[0], p("multiplier", &c)?, p("bias", &c)?)
         }
         Op::Sign => sign(x[0]),
         Op::BatchNorm(a) => {
@@ -470,7 +500,7 @@ fn sign_of(x: f32) -> f32 {
 
 /// XNOR-Net channel scales: `α_o = (Σ_k |w[o, k]|) / K` over the `K` latent
 /// weights of output `o` (`w` is `[O, K]` in C order), summed in f32 in order.
-fn channel_scales(w: &[f32], out: usize) -> Vec<f32> {
+pub fn channel_scales(w: &[f32], out: usize) -> Vec<f32> {
     let k = w.len() / out;
     (0..out)
         .map(|o| {
@@ -559,25 +589,131 @@ fn conv2d(x: &Tensor, a: &Conv2d, w: &[f32], bias: Option<&[f32]>) -> Tensor {
     y
 }
 
-/// `bconv2d`: the convolution sum with `sign(W)` for `W` over a ±1 input;
-/// padded positions hold 0 (`PadValue::Zero`) or +1 (`PadValue::One`); no
-/// bias. With `Scale::Channel`, channel `o` is multiplied by
-/// `α_o = mean |W[o, …]|` over its `C/G·kh·kw` latent weights.
-fn bconv2d(x: &Tensor, a: &BConv2d, w: &[f32]) -> Tensor {
-    let signs: Vec<f32> = w.iter().map(|&v| sign_of(v)).collect();
+/// `bconv2d`'s ±1 dot products: the convolution sum of the ±1 weights
+/// `signs` over a ±1 input, padded positions holding 0 (`PadValue::Zero`) or
+/// +1 (`PadValue::One`); no bias. Every value is an exact integer.
+fn bconv2d(x: &Tensor, a: &BConv2d, signs: &[f32]) -> Tensor {
     let pad_value = match a.pad_value {
         PadValue::Zero => 0.0,
         PadValue::One => 1.0,
     };
-    let mut y = convolve(x, &a.geometry, &signs, pad_value);
-    match a.scale {
-        Scale::None => {}
-        Scale::Channel => {
-            let alpha = channel_scales(w, a.geometry.out_channels);
-            mul_per_channel(&mut y, &alpha);
+    convolve(x, &a.geometry, signs, pad_value)
+}
+
+/// A binary layer's weights as ±1.0 in logical order: the signs of the latent
+/// weights, or the unpacked bits of packed ones.
+fn binary_weights(
+    params: &Params,
+    node: &str,
+    form: WeightForm,
+    shape: &[usize],
+) -> Result<Vec<f32>, InterpError> {
+    let name = format!("{node}.weight");
+    match form {
+        WeightForm::Latent => Ok(param(params, &name, shape)?
+            .iter()
+            .map(|&v| sign_of(v))
+            .collect()),
+        WeightForm::Packed => {
+            let bits = params
+                .packed
+                .get(&name)
+                .ok_or_else(|| InterpError::MissingParam {
+                    name: name.clone(),
+                    expected: shape.to_vec(),
+                })?;
+            if bits.shape != shape {
+                return Err(InterpError::ParamShape {
+                    name,
+                    expected: shape.to_vec(),
+                    found: bits.shape.clone(),
+                });
+            }
+            bits.signs().ok_or(InterpError::ParamData {
+                name,
+                shape: bits.shape.clone(),
+                len: bits.words.len(),
+            })
         }
     }
-    y
+}
+
+/// A binary layer's output from its dot products `dot` (`[N, O, ...]`):
+/// `output=dot` scales by `α_o = mean |W[o, …]|` with `scale=channel`;
+/// `output=affine` computes `multiplier_o · dot + bias_o`; `output=threshold`
+/// gives `+1` where `direction_o · dot >= threshold_o`, else `−1`.
+fn binary_output(
+    params: &Params,
+    node: &Node,
+    output: BinaryOutput,
+    scale: Scale,
+    mut dot: Tensor,
+    weight_shape: &[usize],
+) -> Result<Tensor, InterpError> {
+    let p =
+        |suffix: &str, shape: &[usize]| param(params, &format!("{}.{suffix}", node.name), shape);
+    let out = [weight_shape[0]];
+    Ok(match output {
+        BinaryOutput::Dot => {
+            if scale == Scale::Channel {
+                let alpha = channel_scales(p("weight", weight_shape)?, weight_shape[0]);
+                mul_per_channel(&mut dot, &alpha);
+            }
+            dot
+        }
+        BinaryOutput::Affine => affine(&dot, p("multiplier", &out)?, p("bias", &out)?),
+        BinaryOutput::Threshold => threshold(
+            &dot,
+            p("threshold", &out)?,
+            direction(p("direction", &out)?, &node.name)?,
+        ),
+    })
+}
+
+/// Checks that every direction is ±1.
+fn direction<'p>(d: &'p [f32], node: &str) -> Result<&'p [f32], InterpError> {
+    match d.iter().position(|&v| v != 1.0 && v != -1.0) {
+        None => Ok(d),
+        Some(c) => Err(InterpError::BadDirection {
+            name: format!("{node}.direction"),
+            channel: c,
+            value: d[c],
+        }),
+    }
+}
+
+/// `threshold`: `+1` where `direction_c · x >= threshold_c`, else `−1`, per
+/// channel `c` (the first per-sample axis).
+fn threshold(x: &Tensor, threshold: &[f32], direction: &[f32]) -> Tensor {
+    map_per_channel(x, |c, v| threshold_value(v, threshold[c], direction[c]))
+}
+
+/// `affine`: `multiplier_c · x + bias_c` per channel `c`.
+fn affine(x: &Tensor, multiplier: &[f32], bias: &[f32]) -> Tensor {
+    map_per_channel(x, |c, v| affine_value(v, multiplier[c], bias[c]))
+}
+
+/// One value of `threshold`. `direction · x` is exact (a sign flip), so the
+/// comparison is exact too.
+pub fn threshold_value(x: f32, threshold: f32, direction: f32) -> f32 {
+    if direction * x >= threshold {
+        1.0
+    } else {
+        -1.0
+    }
+}
+
+/// One value of `affine`: `multiplier · x + bias`, rounded twice (no fused
+/// multiply-add), as every engine must compute it to match.
+pub fn affine_value(x: f32, multiplier: f32, bias: f32) -> f32 {
+    multiplier * x + bias
+}
+
+/// One value of `batchnorm`, in the exact order of operations the
+/// interpreter uses: `γ · (x − μ) / sqrt(σ² + eps) + β`. Passes that fold a
+/// batchnorm into a threshold evaluate this to find the exact switching point.
+pub fn batchnorm_value(x: f32, gamma: f32, beta: f32, mean: f32, var: f32, eps: f32) -> f32 {
+    gamma * (x - mean) / (var + eps).sqrt() + beta
 }
 
 /// `y[n,o] = Σ_k w[o,k] · x[n,k]` for `w` `[O, K]` and `x` `[N, K]`.
@@ -612,21 +748,6 @@ fn dense(x: &Tensor, a: &Dense, w: &[f32], bias: Option<&[f32]>) -> Tensor {
     y
 }
 
-/// `bdense`: `y[n,o] = Σ_k sign(W[o,k]) · x[n,k]` over a ±1 input, times
-/// `α_o = mean_k |W[o,k]|` with `Scale::Channel`.
-fn bdense(x: &Tensor, a: &BDense, w: &[f32]) -> Tensor {
-    let signs: Vec<f32> = w.iter().map(|&v| sign_of(v)).collect();
-    let mut y = matvec(x, &signs, a.out_features);
-    match a.scale {
-        Scale::None => {}
-        Scale::Channel => {
-            let alpha = channel_scales(w, a.out_features);
-            mul_per_channel(&mut y, &alpha);
-        }
-    }
-    y
-}
-
 /// `sign`: `+1` if `x >= 0`, else `−1` (so `sign(0) = +1`; NaN gives `−1`).
 fn sign(x: &Tensor) -> Tensor {
     map(x, sign_of)
@@ -647,8 +768,9 @@ struct BatchNormParams<'p> {
 /// `batchnorm`: `y = γ_c · (x − μ_c) / sqrt(σ²_c + eps) + β_c`, `c` the index
 /// along the first per-sample axis.
 fn batchnorm(x: &Tensor, a: &BatchNorm, p: &BatchNormParams) -> Tensor {
-    let std: Vec<f32> = p.var.iter().map(|&v| (v + a.eps).sqrt()).collect();
-    map_per_channel(x, |c, v| p.gamma[c] * (v - p.mean[c]) / std[c] + p.beta[c])
+    map_per_channel(x, |c, v| {
+        batchnorm_value(v, p.gamma[c], p.beta[c], p.mean[c], p.var[c], a.eps)
+    })
 }
 
 /// `relu`: `max(x, 0)` (as `f32::max`, so NaN gives 0).
@@ -844,6 +966,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::ir::ops::BDense;
     use crate::ir::types::TensorType;
 
     fn t(shape: &[usize], data: &[f32]) -> Tensor {
@@ -858,7 +981,10 @@ mod tests {
         for &(name, shape, data) in list {
             tensors.insert(name.to_string(), t(shape, data));
         }
-        Params { tensors }
+        Params {
+            tensors,
+            packed: Default::default(),
+        }
     }
 
     fn geom(out: usize, k: Pair, s: Pair, p: Pair, d: Pair, groups: usize) -> ConvGeometry {
@@ -1089,6 +1215,8 @@ mod tests {
                 geometry: geom(1, [3, 3], [1, 1], [1, 1], [1, 1], 1),
                 pad_value,
                 scale: Scale::None,
+                output: BinaryOutput::Dot,
+                weights: WeightForm::Latent,
             });
             binary(op, &[1, 2, 2])
         };
@@ -1115,6 +1243,8 @@ mod tests {
             geometry: geom(2, [1, 1], [1, 1], [0, 0], [1, 1], 1),
             pad_value: PadValue::Zero,
             scale: Scale::Channel,
+            output: BinaryOutput::Dot,
+            weights: WeightForm::Latent,
         });
         let g = binary(op, &[3, 1, 1]);
         // Signs [1, −1, 1] with α = 1.5/3 = 0.5; [−1, −1, 1] with α = 3.5/3.
@@ -1134,6 +1264,8 @@ mod tests {
                 Op::BDense(BDense {
                     out_features: 2,
                     scale,
+                    output: BinaryOutput::Dot,
+                    weights: WeightForm::Latent,
                 }),
                 &[4],
             )

@@ -34,6 +34,49 @@ pub enum Scale {
     Channel,
 }
 
+/// What a binary layer outputs, computed from its ±1 dot products `dot_o`
+/// (exact integers: `K − 2·popcount(a XOR w)` in the bit domain).
+///
+/// Models are written with `Dot`; the passes fold a following XNOR-Net scale,
+/// batchnorm and sign into `Affine` or `Threshold`, which the code generator
+/// evaluates on the integer accumulator directly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BinaryOutput {
+    /// f32 `dot_o`, times `α_o` with `scale=channel` (`output=dot`, the default).
+    #[default]
+    Dot,
+    /// f32 `multiplier_o · dot_o + bias_o` (`output=affine`; parameters
+    /// `NAME.multiplier`, `NAME.bias`).
+    Affine,
+    /// bit: `+1` where `direction_o · dot_o >= threshold_o`, else `−1`
+    /// (`output=threshold`; parameters `NAME.threshold`, `NAME.direction`).
+    Threshold,
+}
+
+impl BinaryOutput {
+    /// The word of the text format.
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOutput::Dot => "dot",
+            BinaryOutput::Affine => "affine",
+            BinaryOutput::Threshold => "threshold",
+        }
+    }
+}
+
+/// How a binary layer's weights are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightForm {
+    /// Real-valued latent weights; the layer uses their sign (`weights=latent`, the default).
+    #[default]
+    Latent,
+    /// Packed sign bits (`weights=packed`), laid out for the kernels: see
+    /// [`PackedBits`](super::params::PackedBits).
+    Packed,
+}
+
 /// Geometry shared by `conv2d` and `bconv2d`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConvGeometry {
@@ -69,6 +112,23 @@ pub struct BConv2d {
     pub pad_value: PadValue,
     /// Output scaling (default none).
     pub scale: Scale,
+    /// What the layer outputs (default `dot`).
+    pub output: BinaryOutput,
+    /// How the weights are stored (default latent).
+    pub weights: WeightForm,
+}
+
+impl BConv2d {
+    /// A binary convolution as models write it: latent weights, `output=dot`.
+    pub fn new(geometry: ConvGeometry, pad_value: PadValue, scale: Scale) -> BConv2d {
+        BConv2d {
+            geometry,
+            pad_value,
+            scale,
+            output: BinaryOutput::Dot,
+            weights: WeightForm::Latent,
+        }
+    }
 }
 
 /// Attributes of `dense`.
@@ -87,6 +147,22 @@ pub struct BDense {
     pub out_features: usize,
     /// Output scaling (default none).
     pub scale: Scale,
+    /// What the layer outputs (default `dot`).
+    pub output: BinaryOutput,
+    /// How the weights are stored (default latent).
+    pub weights: WeightForm,
+}
+
+impl BDense {
+    /// A binary dense layer as models write it: latent weights, `output=dot`.
+    pub fn new(out_features: usize, scale: Scale) -> BDense {
+        BDense {
+            out_features,
+            scale,
+            output: BinaryOutput::Dot,
+            weights: WeightForm::Latent,
+        }
+    }
 }
 
 /// Attributes of `batchnorm`.
@@ -166,6 +242,10 @@ pub enum Op {
     Identity,
     /// The DARTS mixed op: `Σ softmax(α)_i · x_i`.
     Choose,
+    /// Per-channel comparison to bits: `+1` where `direction_c · x >= threshold_c`.
+    Threshold,
+    /// Per-channel multiply-add: `multiplier_c · x + bias_c`.
+    Affine,
 }
 
 /// How many operands an op takes.
@@ -238,11 +318,15 @@ pub enum OpKind {
     Identity,
     /// See [`Op::Choose`].
     Choose,
+    /// See [`Op::Threshold`].
+    Threshold,
+    /// See [`Op::Affine`].
+    Affine,
 }
 
 impl OpKind {
     /// Every op kind, in the order of `ir-spec/ops.md`.
-    pub const ALL: [OpKind; 19] = [
+    pub const ALL: [OpKind; 21] = [
         OpKind::Input,
         OpKind::Conv2d,
         OpKind::BConv2d,
@@ -262,6 +346,8 @@ impl OpKind {
         OpKind::Zero,
         OpKind::Identity,
         OpKind::Choose,
+        OpKind::Threshold,
+        OpKind::Affine,
     ];
 
     /// The name in the text format.
@@ -286,6 +372,8 @@ impl OpKind {
             OpKind::Zero => "zero",
             OpKind::Identity => "identity",
             OpKind::Choose => "choose",
+            OpKind::Threshold => "threshold",
+            OpKind::Affine => "affine",
         }
     }
 
@@ -342,6 +430,8 @@ impl Op {
             Op::Zero => OpKind::Zero,
             Op::Identity => OpKind::Identity,
             Op::Choose => OpKind::Choose,
+            Op::Threshold => OpKind::Threshold,
+            Op::Affine => OpKind::Affine,
         }
     }
 
@@ -548,6 +638,40 @@ fn dense_out(op: OpKind, out_features: usize, input: &TensorType) -> Result<Tens
     Ok(TensorType::f32(vec![out_features]))
 }
 
+/// The result type of a binary layer with output form `output`.
+fn binary_dtype(output: BinaryOutput) -> DType {
+    match output {
+        BinaryOutput::Dot | BinaryOutput::Affine => DType::F32,
+        BinaryOutput::Threshold => DType::Bit,
+    }
+}
+
+/// The XNOR-Net scale needs the latent weights and belongs to the `dot` form:
+/// the passes fold it into the affine or threshold parameters.
+fn binary_form(
+    op: OpKind,
+    scale: Scale,
+    output: BinaryOutput,
+    weights: WeightForm,
+) -> Result<(), TypeError> {
+    if scale == Scale::Channel && output != BinaryOutput::Dot {
+        return Err(TypeError::Attribute {
+            op,
+            message: format!(
+                "`scale=channel` needs `output=dot`; with `output={}` fold the scale into its parameters",
+                output.name()
+            ),
+        });
+    }
+    if scale == Scale::Channel && weights == WeightForm::Packed {
+        return Err(TypeError::Attribute {
+            op,
+            message: "`scale=channel` needs the latent weights, not `weights=packed`".into(),
+        });
+    }
+    Ok(())
+}
+
 fn need_bits(op: OpKind, input: &TensorType) -> Result<(), TypeError> {
     if input.dtype == DType::Bit {
         Ok(())
@@ -611,12 +735,18 @@ impl Op {
             Op::Conv2d(a) => conv_out(kind, &a.geometry, inputs[0])?,
             Op::BConv2d(a) => {
                 need_bits(kind, inputs[0])?;
-                conv_out(kind, &a.geometry, inputs[0])?
+                binary_form(kind, a.scale, a.output, a.weights)?;
+                let mut ty = conv_out(kind, &a.geometry, inputs[0])?;
+                ty.dtype = binary_dtype(a.output);
+                ty
             }
             Op::Dense(a) => dense_out(kind, a.out_features, inputs[0])?,
             Op::BDense(a) => {
                 need_bits(kind, inputs[0])?;
-                dense_out(kind, a.out_features, inputs[0])?
+                binary_form(kind, a.scale, a.output, a.weights)?;
+                let mut ty = dense_out(kind, a.out_features, inputs[0])?;
+                ty.dtype = binary_dtype(a.output);
+                ty
             }
             Op::Sign => TensorType {
                 dtype: DType::Bit,
@@ -655,6 +785,20 @@ impl Op {
                         message: format!("min ({}) must not exceed max ({})", a.min, a.max),
                     });
                 }
+                TensorType {
+                    dtype: DType::F32,
+                    shape: inputs[0].shape.clone(),
+                }
+            }
+            Op::Threshold => {
+                need_channels(kind, inputs[0])?;
+                TensorType {
+                    dtype: DType::Bit,
+                    shape: inputs[0].shape.clone(),
+                }
+            }
+            Op::Affine => {
+                need_channels(kind, inputs[0])?;
                 TensorType {
                     dtype: DType::F32,
                     shape: inputs[0].shape.clone(),

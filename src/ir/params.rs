@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::graph::{Graph, NodeId};
-use super::ops::Op;
+use super::ops::{BinaryOutput, Op, WeightForm};
 use crate::util::rng::Rng;
 
 /// How a parameter starts out.
@@ -41,6 +41,9 @@ pub struct ParamSpec {
     pub init: Init,
     /// Whether the layer uses only the sign of these values.
     pub binary: bool,
+    /// Whether the values are stored as [`PackedBits`] (in [`Params::packed`])
+    /// rather than as f32.
+    pub packed: bool,
 }
 
 impl ParamSpec {
@@ -59,6 +62,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
         shape,
         init,
         binary,
+        packed: false,
     };
     let in_dims = || {
         graph
@@ -70,6 +74,22 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
     let channels = || in_dims().first().copied().unwrap_or(0);
     let fan_bound = |fan_in: usize| Init::Uniform {
         bound: 1.0 / (fan_in.max(1) as f32).sqrt(),
+    };
+    // The per-output-channel parameters of a folded binary layer.
+    let epilogue = |output: BinaryOutput, out: usize| match output {
+        BinaryOutput::Dot => Vec::new(),
+        BinaryOutput::Affine => vec![
+            spec("multiplier", vec![out], Init::Constant(1.0), false),
+            spec("bias", vec![out], Init::Constant(0.0), false),
+        ],
+        BinaryOutput::Threshold => vec![
+            spec("threshold", vec![out], Init::Constant(0.0), false),
+            spec("direction", vec![out], Init::Constant(1.0), false),
+        ],
+    };
+    let binary_weight = |shape: Vec<usize>, fan_in: usize, form: WeightForm| ParamSpec {
+        packed: form == WeightForm::Packed,
+        ..spec("weight", shape, fan_bound(fan_in), true)
     };
     match &node.op {
         Op::Conv2d(a) => {
@@ -91,12 +111,10 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
             let g = &a.geometry;
             let per_group = channels() / g.groups.max(1);
             let fan_in = per_group * g.kernel[0] * g.kernel[1];
-            vec![spec(
-                "weight",
-                vec![g.out_channels, per_group, g.kernel[0], g.kernel[1]],
-                fan_bound(fan_in),
-                true,
-            )]
+            let shape = vec![g.out_channels, per_group, g.kernel[0], g.kernel[1]];
+            let mut v = vec![binary_weight(shape, fan_in, a.weights)];
+            v.extend(epilogue(a.output, g.out_channels));
+            v
         }
         Op::Dense(a) => {
             let k = channels();
@@ -106,12 +124,20 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
             }
             v
         }
-        Op::BDense(a) => vec![spec(
-            "weight",
-            vec![a.out_features, channels()],
-            fan_bound(channels()),
-            true,
-        )],
+        Op::BDense(a) => {
+            let shape = vec![a.out_features, channels()];
+            let mut v = vec![binary_weight(shape, channels(), a.weights)];
+            v.extend(epilogue(a.output, a.out_features));
+            v
+        }
+        Op::Threshold => vec![
+            spec("threshold", vec![channels()], Init::Constant(0.0), false),
+            spec("direction", vec![channels()], Init::Constant(1.0), false),
+        ],
+        Op::Affine => vec![
+            spec("multiplier", vec![channels()], Init::Constant(1.0), false),
+            spec("bias", vec![channels()], Init::Constant(0.0), false),
+        ],
         Op::BatchNorm(_) => {
             let c = channels();
             vec![
@@ -168,11 +194,98 @@ pub struct Tensor {
     pub data: Vec<f32>,
 }
 
+/// Binary weights packed for the kernels: one bit per weight, bit 1 for −1
+/// (a negative latent weight) and bit 0 for +1, little-endian in 64-bit words.
+///
+/// `shape` is the logical weight shape, as for latent weights. The words are
+/// laid out with the input channels innermost, as packed activations are:
+/// - `[O, C/G, kh, kw]` (`bconv2d`): `[O][kh][kw][⌈(C/G)/64⌉]` words, input
+///   channel `c` at bit `c % 64` of word `c / 64`;
+/// - `[O, K]` (`bdense`): `[O][⌈K/64⌉]` words, `k` at bit `k % 64` of word `k / 64`.
+///
+/// Bits past the channel count (the tail of the last word) are zero, so an
+/// XOR with a packed activation (whose tail is zero too) never counts them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackedBits {
+    /// The logical shape `[O, C/G, kh, kw]` or `[O, K]`.
+    pub shape: Vec<usize>,
+    /// The words, in the layout above.
+    pub words: Vec<u64>,
+}
+
+impl PackedBits {
+    /// `(rows, positions per row, channels per position)`: `(O, kh·kw, C/G)`
+    /// or `(O, 1, K)`; `None` for another rank.
+    fn geometry(shape: &[usize]) -> Option<(usize, usize, usize)> {
+        match *shape {
+            [o, c, kh, kw] => Some((o, kh * kw, c)),
+            [o, k] => Some((o, 1, k)),
+            _ => None,
+        }
+    }
+
+    /// The number of words the layout needs for `shape`.
+    pub fn word_count(shape: &[usize]) -> Option<usize> {
+        let (rows, positions, channels) = Self::geometry(shape)?;
+        Some(rows * positions * channels.div_ceil(64))
+    }
+
+    /// Packs the signs of latent weights of logical shape `shape` (C order):
+    /// bit 1 where `sign(w) = −1`, i.e. where `w >= 0` is false. `None` if the
+    /// shape is not of rank 2 or 4 or does not match the data.
+    pub fn pack(shape: &[usize], latent: &[f32]) -> Option<PackedBits> {
+        let (rows, positions, channels) = Self::geometry(shape)?;
+        if latent.len() != rows * positions * channels {
+            return None;
+        }
+        let per_position = channels.div_ceil(64);
+        let mut words = vec![0u64; rows * positions * per_position];
+        for o in 0..rows {
+            for c in 0..channels {
+                for p in 0..positions {
+                    // Logical C order is [o][c][p], with p = u·kw + v.
+                    let w = latent[(o * channels + c) * positions + p];
+                    if !(w >= 0.0) {
+                        words[(o * positions + p) * per_position + c / 64] |= 1 << (c % 64);
+                    }
+                }
+            }
+        }
+        Some(PackedBits {
+            shape: shape.to_vec(),
+            words,
+        })
+    }
+
+    /// The weights as ±1.0 in logical C order. `None` if the words do not fit
+    /// the shape.
+    pub fn signs(&self) -> Option<Vec<f32>> {
+        let (rows, positions, channels) = Self::geometry(&self.shape)?;
+        let per_position = channels.div_ceil(64);
+        if self.words.len() != rows * positions * per_position {
+            return None;
+        }
+        let mut out = vec![0.0f32; rows * positions * channels];
+        for o in 0..rows {
+            for c in 0..channels {
+                for p in 0..positions {
+                    let word = self.words[(o * positions + p) * per_position + c / 64];
+                    let bit = (word >> (c % 64)) & 1;
+                    out[(o * channels + c) * positions + p] = if bit == 1 { -1.0 } else { 1.0 };
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
 /// Parameter values by full name.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Params {
-    /// The values.
+    /// The f32 values.
     pub tensors: BTreeMap<String, Tensor>,
+    /// Packed binary weights (made by the `pack_weights` pass).
+    pub packed: BTreeMap<String, PackedBits>,
 }
 
 /// What is wrong with a set of parameters for a graph: every problem at once.
@@ -234,23 +347,31 @@ impl Params {
     /// Fresh parameters for `graph`, as PyTorch initialises them, from `seed`.
     pub fn init(graph: &Graph, seed: u64) -> Params {
         let mut rng = Rng::new(seed);
+        let mut packed = BTreeMap::new();
         let mut tensors = BTreeMap::new();
         for spec in graph_params(graph) {
-            let data = match spec.init {
+            let data: Vec<f32> = match spec.init {
                 Init::Uniform { bound } => {
                     (0..spec.elements()).map(|_| rng.uniform(bound)).collect()
                 }
                 Init::Constant(c) => vec![c; spec.elements()],
             };
-            tensors.insert(
-                spec.name,
-                Tensor {
-                    shape: spec.shape,
-                    data,
-                },
-            );
+            if spec.packed {
+                // Binary weights are rank 2 or 4, so packing succeeds.
+                if let Some(bits) = PackedBits::pack(&spec.shape, &data) {
+                    packed.insert(spec.name, bits);
+                }
+            } else {
+                tensors.insert(
+                    spec.name,
+                    Tensor {
+                        shape: spec.shape,
+                        data,
+                    },
+                );
+            }
         }
-        Params { tensors }
+        Params { tensors, packed }
     }
 
     /// Checks that the store holds exactly the graph's parameters with their
@@ -260,21 +381,29 @@ impl Params {
         let specs = graph_params(graph);
         let mut err = ParamsError::default();
         for spec in &specs {
-            match self.tensors.get(&spec.name) {
+            let shape = if spec.packed {
+                self.packed.get(&spec.name).map(|p| &p.shape)
+            } else {
+                self.tensors.get(&spec.name).map(|t| &t.shape)
+            };
+            match shape {
                 None => err.missing.push((spec.name.clone(), spec.shape.clone())),
-                Some(t) if t.shape != spec.shape => {
+                Some(shape) if *shape != spec.shape => {
                     err.misshapen
-                        .push((spec.name.clone(), spec.shape.clone(), t.shape.clone()))
+                        .push((spec.name.clone(), spec.shape.clone(), shape.clone()))
                 }
                 Some(_) => {}
             }
         }
-        let wanted: std::collections::HashSet<&str> =
-            specs.iter().map(|s| s.name.as_str()).collect();
+        let wanted: std::collections::HashSet<(&str, bool)> =
+            specs.iter().map(|s| (s.name.as_str(), s.packed)).collect();
+        let unwanted = |map_packed: bool, k: &String| !wanted.contains(&(k.as_str(), map_packed));
+        err.extra
+            .extend(self.packed.keys().filter(|k| unwanted(true, k)).cloned());
         let extra: Vec<String> = self
             .tensors
             .keys()
-            .filter(|k| !wanted.contains(k.as_str()))
+            .filter(|k| unwanted(false, k))
             .cloned()
             .collect();
         for name in extra {

@@ -28,8 +28,8 @@ use super::ast::{self, Arg, Expr, ExprKind, Ident, Literal, Span, Stmt};
 use super::diagnostic::Diagnostic;
 use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
-    BConv2d, BDense, BatchNorm, Conv2d, ConvGeometry, Dense, HardTanh, Op, OpKind, PadValue, Pair,
-    Pool, Scale, TypeError,
+    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, Op, OpKind,
+    PadValue, Pair, Pool, Scale, TypeError, WeightForm,
 };
 use crate::ir::types::{DType, MAX_ELEMENTS, TensorType};
 use crate::util::closest;
@@ -190,6 +190,17 @@ fn suggest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
 const BOOL: [(&str, bool); 2] = [("true", true), ("false", false)];
 /// The words `scale=` takes.
 const SCALE: [(&str, Scale); 2] = [("none", Scale::None), ("channel", Scale::Channel)];
+/// The words `output=` takes (binary layers).
+const OUTPUT: [(&str, BinaryOutput); 3] = [
+    ("dot", BinaryOutput::Dot),
+    ("affine", BinaryOutput::Affine),
+    ("threshold", BinaryOutput::Threshold),
+];
+/// The words `weights=` takes (binary layers).
+const WEIGHTS: [(&str, WeightForm); 2] = [
+    ("latent", WeightForm::Latent),
+    ("packed", WeightForm::Packed),
+];
 
 /// The names `expr` refers to, with where, in source order. A word given to an
 /// op (`scale=channel`) is not a reference, even if a binding has that name.
@@ -206,7 +217,10 @@ fn referenced_names<'e>(expr: &'e Expr, names: &mut Vec<(&'e str, Span)>) {
             for a in args {
                 let word = match &a.value.kind {
                     ExprKind::Name(n) => {
-                        BOOL.iter().any(|w| w.0 == n) || SCALE.iter().any(|w| w.0 == n)
+                        BOOL.iter().any(|w| w.0 == n)
+                            || SCALE.iter().any(|w| w.0 == n)
+                            || OUTPUT.iter().any(|w| w.0 == n)
+                            || WEIGHTS.iter().any(|w| w.0 == n)
                     }
                     _ => false,
                 };
@@ -1455,6 +1469,8 @@ impl<'a> Lowerer<'a> {
                 geometry: self.geometry(scope, args)?,
                 pad_value: self.pad_value(scope, args)?,
                 scale: self.word(args, "scale", &SCALE, Scale::None)?,
+                output: self.word(args, "output", &OUTPUT, BinaryOutput::Dot)?,
+                weights: self.word(args, "weights", &WEIGHTS, WeightForm::Latent)?,
             }),
             OpKind::Dense => Op::Dense(Dense {
                 out_features: self.int(scope, args, "out_features", None, 1)?,
@@ -1463,6 +1479,8 @@ impl<'a> Lowerer<'a> {
             OpKind::BDense => Op::BDense(BDense {
                 out_features: self.int(scope, args, "out_features", None, 1)?,
                 scale: self.word(args, "scale", &SCALE, Scale::None)?,
+                output: self.word(args, "output", &OUTPUT, BinaryOutput::Dot)?,
+                weights: self.word(args, "weights", &WEIGHTS, WeightForm::Latent)?,
             }),
             OpKind::BatchNorm => Op::BatchNorm(BatchNorm {
                 eps: self.float(scope, args, "eps", 1e-5)?,
@@ -1480,6 +1498,8 @@ impl<'a> Lowerer<'a> {
             OpKind::Flatten => Op::Flatten,
             OpKind::Zero => Op::Zero,
             OpKind::Identity => Op::Identity,
+            OpKind::Threshold => Op::Threshold,
+            OpKind::Affine => Op::Affine,
             OpKind::Add | OpKind::Concat | OpKind::Input | OpKind::Choose => {
                 unreachable!("build_op handles `{kind}` itself")
             }

@@ -645,11 +645,14 @@ impl Parser<'_> {
     }
 
     /// arg = IDENT "=" expr | expr
+    ///
+    /// An argument name may be a keyword (`relu(input=x)`,
+    /// `bdense(x, 10, output=threshold)`): before `=` it cannot mean anything else.
     fn arg<'a>(&self, i: &'a str, depth: usize) -> PResult<'a, Arg> {
         let start = skip(i);
         if let Ok((rest, word)) = ident_lexeme(start) {
             let after = skip(rest);
-            if after.starts_with('=') && !KEYWORDS.contains(&word) {
+            if after.starts_with('=') && !after.starts_with("==") {
                 let keyword = Ident {
                     name: word.to_string(),
                     span: self.span(start, rest),

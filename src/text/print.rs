@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use crate::ir::graph::{Graph, NodeId};
-use crate::ir::ops::{ConvGeometry, Op, PadValue, Pair, Scale};
+use crate::ir::ops::{BinaryOutput, ConvGeometry, Op, PadValue, Pair, Scale, WeightForm};
 
 /// Prints `graph` as a model file.
 pub fn print(graph: &Graph) -> String {
@@ -81,6 +81,15 @@ fn geometry(args: &mut Vec<String>, g: &ConvGeometry) {
     }
 }
 
+fn binary_form(args: &mut Vec<String>, output: BinaryOutput, weights: WeightForm) {
+    if output != BinaryOutput::Dot {
+        args.push(format!("output={}", output.name()));
+    }
+    if weights == WeightForm::Packed {
+        args.push("weights=packed".into());
+    }
+}
+
 /// The right-hand side of node `id`'s binding.
 fn call(graph: &Graph, id: NodeId) -> String {
     let node = graph.node(id);
@@ -106,6 +115,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
             if a.scale == Scale::Channel {
                 args.push("scale=channel".into());
             }
+            binary_form(&mut args, a.output, a.weights);
         }
         Op::Dense(a) => {
             args.push(a.out_features.to_string());
@@ -118,6 +128,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
             if a.scale == Scale::Channel {
                 args.push("scale=channel".into());
             }
+            binary_form(&mut args, a.output, a.weights);
         }
         Op::BatchNorm(a) => {
             if a.eps != 1e-5 {
@@ -150,7 +161,9 @@ fn call(graph: &Graph, id: NodeId) -> String {
         | Op::Add
         | Op::Concat
         | Op::Zero
-        | Op::Identity => {}
+        | Op::Identity
+        | Op::Threshold
+        | Op::Affine => {}
     }
     format!("{}({})", node.op.name(), args.join(", "))
 }

@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 
-use onebit::ir::ops::{BConv2d, ConvGeometry, PadValue, Pool, Scale};
+use onebit::ir::ops::{BConv2d, BinaryOutput, ConvGeometry, PadValue, Pool, Scale, WeightForm};
 use onebit::ir::{Graph, NodeId, Op, Params, Tensor};
 
 /// The relative tolerance of every comparison, applied to the magnitude `m`.
@@ -661,6 +661,123 @@ fn param<'p>(params: &'p Params, node: &str, suffix: &str) -> Result<&'p Tensor,
         .ok_or_else(|| format!("missing parameter {node}.{suffix}"))
 }
 
+/// A binary layer's weights as a tensor whose signs are the layer's ±1
+/// weights: the latent weights, or ±1.0 decoded from the packed words.
+///
+/// The packed layout, from `ir-spec/ops.md`: `[O][kh][kw][⌈(C/G)/64⌉]` words
+/// for a convolution (`[O][⌈K/64⌉]` for dense), input channel `c` at bit
+/// `c % 64` of word `c / 64`, bit 1 meaning −1.
+fn binary_weight(
+    params: &Params,
+    node: &str,
+    form: WeightForm,
+    _out: &[usize],
+) -> Result<Tensor, String> {
+    let name = format!("{node}.weight");
+    match form {
+        WeightForm::Latent => params
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| format!("missing parameter {name}")),
+        WeightForm::Packed => {
+            let bits = params
+                .packed
+                .get(&name)
+                .ok_or_else(|| format!("missing packed parameter {name}"))?;
+            let (o, cg, kh, kw) = match bits.shape[..] {
+                [o, cg, kh, kw] => (o, cg, kh, kw),
+                [o, k] => (o, k, 1, 1),
+                _ => return Err(format!("{name}: packed shape {:?}", bits.shape)),
+            };
+            let words = cg.div_ceil(64);
+            if bits.words.len() != o * kh * kw * words {
+                return Err(format!(
+                    "{name}: {} words for shape {:?}",
+                    bits.words.len(),
+                    bits.shape
+                ));
+            }
+            let mut data = vec![0.0f32; o * cg * kh * kw];
+            for oo in 0..o {
+                for u in 0..kh {
+                    for v in 0..kw {
+                        for c in 0..cg {
+                            let word = bits.words[((oo * kh + u) * kw + v) * words + c / 64];
+                            let negative = word & (1u64 << (c % 64)) != 0;
+                            data[((oo * cg + c) * kh + u) * kw + v] =
+                                if negative { -1.0 } else { 1.0 };
+                        }
+                    }
+                }
+            }
+            Ok(Tensor {
+                shape: bits.shape.clone(),
+                data,
+            })
+        }
+    }
+}
+
+/// The per-channel index of each element of a value `[N, C, ...]`.
+fn channel_index(x: &Value, e: usize) -> usize {
+    let per_channel: usize = x.shape[2..].iter().product();
+    (e / per_channel.max(1)) % x.shape[1]
+}
+
+/// A binary layer's output form applied to its dot products (`output=dot`
+/// leaves them as they are).
+fn epilogue(
+    params: &Params,
+    node: &str,
+    output: BinaryOutput,
+    dot: Value,
+) -> Result<Value, String> {
+    let p = |suffix: &str| param(params, node, suffix);
+    Ok(match output {
+        BinaryOutput::Dot => dot,
+        BinaryOutput::Affine => affine(&dot, p("multiplier")?, p("bias")?),
+        BinaryOutput::Threshold => threshold(&dot, p("threshold")?, p("direction")?)?,
+    })
+}
+
+/// `+1` where `direction_c · x >= threshold_c`, else `−1`.
+fn threshold(x: &Value, threshold: &Tensor, direction: &Tensor) -> Result<Value, String> {
+    let mut v = Vec::with_capacity(x.v.len());
+    for (e, &xe) in x.v.iter().enumerate() {
+        let c = channel_index(x, e);
+        let d = f64::from(direction.data[c]);
+        if d != 1.0 && d != -1.0 {
+            return Err(format!("direction {d} is not ±1"));
+        }
+        v.push(if d * xe >= f64::from(threshold.data[c]) {
+            1.0
+        } else {
+            -1.0
+        });
+    }
+    Ok(Value::exact(x.shape.clone(), v))
+}
+
+/// Whether `threshold` of an element may go either way in a correct f32
+/// implementation: its input is within tolerance of the threshold.
+pub fn threshold_is_ambiguous(x: f64, m: f64, threshold: f64, direction: f64) -> bool {
+    threshold.is_finite()
+        && m > 0.0
+        && (direction * x - threshold).abs() <= REL_TOL * m.max(threshold.abs())
+}
+
+/// `multiplier_c · x + bias_c`.
+fn affine(x: &Value, multiplier: &Tensor, bias: &Tensor) -> Value {
+    let mut out = x.clone();
+    for e in 0..x.v.len() {
+        let c = channel_index(x, e);
+        let (a, b) = (f64::from(multiplier.data[c]), f64::from(bias.data[c]));
+        out.v[e] = a * x.v[e] + b;
+        out.m[e] = (a * x.m[e]).abs() + b.abs();
+    }
+    out
+}
+
 /// Applies the op of node `id` to operand values.
 pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Result<Value, String> {
     let node = graph.node(id);
@@ -673,12 +790,22 @@ pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Res
             let bias = if a.bias { Some(p("bias")?) } else { None };
             conv2d(x()?, p("weight")?, bias, &a.geometry)?
         }
-        Op::BConv2d(a) => bconv2d(x()?, p("weight")?, a)?,
+        Op::BConv2d(a) => {
+            let weight = binary_weight(params, &node.name, a.weights, &[a.geometry.out_channels])?;
+            let dot = bconv2d(x()?, &weight, a)?;
+            epilogue(params, &node.name, a.output, dot)?
+        }
         Op::Dense(a) => {
             let bias = if a.bias { Some(p("bias")?) } else { None };
             dense(x()?, p("weight")?, bias)?
         }
-        Op::BDense(a) => bdense(x()?, p("weight")?, a.scale)?,
+        Op::BDense(a) => {
+            let weight = binary_weight(params, &node.name, a.weights, &[a.out_features])?;
+            let dot = bdense(x()?, &weight, a.scale)?;
+            epilogue(params, &node.name, a.output, dot)?
+        }
+        Op::Threshold => threshold(x()?, p("threshold")?, p("direction")?)?,
+        Op::Affine => affine(x()?, p("multiplier")?, p("bias")?),
         Op::Sign => sign(x()?),
         Op::BatchNorm(a) => {
             let stats = [
@@ -754,10 +881,24 @@ pub fn evaluate(
             let operands = graph.operands(id);
             let args: Vec<&Value> = operands.iter().map(|o| &values[o]).collect();
             let mut out = apply(graph, params, id, &args)?;
-            if node.op == Op::Sign {
+            if node.op == Op::Sign || node.op == Op::Threshold {
                 let x = args[0];
+                let per_channel = |suffix: &str, e: usize| {
+                    params
+                        .get(&format!("{}.{suffix}", node.name))
+                        .map_or(0.0, |t| f64::from(t.data[channel_index(x, e)]))
+                };
                 for e in 0..x.v.len() {
-                    if !sign_is_ambiguous(x.v[e], x.m[e]) {
+                    let ambiguous = match node.op {
+                        Op::Threshold => threshold_is_ambiguous(
+                            x.v[e],
+                            x.m[e],
+                            per_channel("threshold", e),
+                            per_channel("direction", e),
+                        ),
+                        _ => sign_is_ambiguous(x.v[e], x.m[e]),
+                    };
+                    if !ambiguous {
                         continue;
                     }
                     let Some(theirs) = ties.and_then(|t| t.get(&id)) else {
