@@ -221,6 +221,39 @@ impl Parser<'_> {
         }))
     }
 
+    /// The rest of a bracketed, comma-separated list whose opening bracket
+    /// (at byte `open`) is consumed: `[ item { "," item } [","] ] close`.
+    /// An empty list fails with `empty`, when given, as what was expected.
+    fn list<'a, T>(
+        &self,
+        mut i: &'a str,
+        open: usize,
+        close: &str,
+        empty: Option<&str>,
+        mut item: impl FnMut(&'a str) -> PResult<'a, T>,
+    ) -> PResult<'a, Vec<T>> {
+        let mut items = Vec::new();
+        loop {
+            let (rest, closed) = self.accept(i, close);
+            if closed {
+                return match empty {
+                    Some(what) if items.is_empty() => self.fail(i, what),
+                    _ => Ok((rest, items)),
+                };
+            }
+            let (rest, x) = item(i)?;
+            items.push(x);
+            let (rest, comma) = self.accept(rest, ",");
+            i = rest;
+            if !comma {
+                let (rest, _) = self
+                    .expect(i, close)
+                    .or_else(|_| self.fail_inside(i, format!("`,` or `{close}`"), open))?;
+                return Ok((rest, items));
+            }
+        }
+    }
+
     /// Whether the next token is the punctuation or keyword `t`.
     fn peek(&self, i: &str, t: &str) -> bool {
         let i = skip(i);
@@ -351,27 +384,13 @@ impl Parser<'_> {
             let (i, _) = self.expect(i, ":")?;
             let (i, dtype) = self.ident(i, "an element type such as `f32`")?;
             let open = self.pos(skip(i));
-            let (mut i, _) = self.expect(i, "[")?;
-            let mut dims = Vec::new();
-            loop {
-                let (rest, closed) = self.accept(i, "]");
-                if closed && !dims.is_empty() {
-                    i = rest;
-                    break;
-                }
+            let (i, _) = self.expect(i, "[")?;
+            const DIMENSION: &str = "a dimension (a positive integer)";
+            let (i, dims) = self.list(i, open, "]", Some(DIMENSION), |i| {
                 let start = skip(i);
-                let (rest, lit) = self.literal(i, "a dimension (a positive integer)")?;
-                dims.push((lit, self.span(start, rest)));
-                let (rest, comma) = self.accept(rest, ",");
-                i = rest;
-                if !comma {
-                    let (rest, _) = self
-                        .expect(i, "]")
-                        .or_else(|_| self.fail_inside(i, "`,` or `]`", open))?;
-                    i = rest;
-                    break;
-                }
-            }
+                let (rest, lit) = self.literal(i, DIMENSION)?;
+                Ok((rest, (lit, self.span(start, rest))))
+            })?;
             return Ok((i, Stmt::Input(InputDecl { name, dtype, dims })));
         }
         if self.peek(i, "output") {
@@ -436,26 +455,10 @@ impl Parser<'_> {
         let (i, _) = self.expect(i, "cell")?;
         let (i, name) = self.ident(i, "a cell name")?;
         let open = self.pos(skip(i));
-        let (mut i, _) = self.expect(i, "(")?;
-        let mut params = Vec::new();
-        loop {
-            let (rest, closed) = self.accept(i, ")");
-            if closed {
-                i = rest;
-                break;
-            }
-            let (rest, p) = self.ident(i, "a parameter name or `)`")?;
-            params.push(p);
-            let (rest, comma) = self.accept(rest, ",");
-            i = rest;
-            if !comma {
-                let (rest, _) = self
-                    .expect(i, ")")
-                    .or_else(|_| self.fail_inside(i, "`,` or `)`", open))?;
-                i = rest;
-                break;
-            }
-        }
+        let (i, _) = self.expect(i, "(")?;
+        let (i, params) = self.list(i, open, ")", None, |i| {
+            self.ident(i, "a parameter name or `)`")
+        })?;
         let open = self.pos(skip(i));
         let (mut i, _) = self.expect(i, "{")?;
         let mut body = Vec::new();
@@ -530,41 +533,19 @@ impl Parser<'_> {
         if self.peek(i, "choose") {
             let (i, _) = self.expect(i, "choose")?;
             let open = self.pos(skip(i));
-            let (mut i, _) = self
+            let (i, _) = self
                 .expect(i, "{")
                 .or_else(|_| self.fail(i, "`{` after `choose`"))?;
-            let mut alts = Vec::new();
-            loop {
-                let (rest, closed) = self.accept(i, "}");
-                if closed && !alts.is_empty() {
-                    return Ok((
-                        rest,
-                        Expr {
-                            kind: ExprKind::Choose(alts),
-                            span: self.span(start, rest),
-                        },
-                    ));
-                }
-                if closed {
-                    return self.fail(i, "at least one alternative in `choose { ... }`");
-                }
-                let (rest, e) = self.expr(i, depth + 1)?;
-                alts.push(e);
-                let (rest, comma) = self.accept(rest, ",");
-                i = rest;
-                if !comma {
-                    let (rest, _) = self
-                        .expect(i, "}")
-                        .or_else(|_| self.fail_inside(i, "`,` or `}`", open))?;
-                    return Ok((
-                        rest,
-                        Expr {
-                            kind: ExprKind::Choose(alts),
-                            span: self.span(start, rest),
-                        },
-                    ));
-                }
-            }
+            let empty = "at least one alternative in `choose { ... }`";
+            let (rest, alts) = self.list(i, open, "}", Some(empty), |i| self.expr(i, depth + 1))?;
+            let span = self.span(start, rest);
+            return Ok((
+                rest,
+                Expr {
+                    kind: ExprKind::Choose(alts),
+                    span,
+                },
+            ));
         }
         if start.starts_with('(') {
             let open = self.pos(start);
@@ -615,26 +596,8 @@ impl Parser<'_> {
             return self.fail(i, "an op or cell name (no dots) before `(`");
         }
         let open = self.pos(skip(rest));
-        let (mut i, _) = self.expect(rest, "(")?;
-        let mut args = Vec::new();
-        loop {
-            let (rest, closed) = self.accept(i, ")");
-            if closed {
-                i = rest;
-                break;
-            }
-            let (rest, arg) = self.arg(i, depth + 1)?;
-            args.push(arg);
-            let (rest, comma) = self.accept(rest, ",");
-            i = rest;
-            if !comma {
-                let (rest, _) = self
-                    .expect(i, ")")
-                    .or_else(|_| self.fail_inside(i, "`,` or `)`", open))?;
-                i = rest;
-                break;
-            }
-        }
+        let (i, _) = self.expect(rest, "(")?;
+        let (i, args) = self.list(i, open, ")", None, |i| self.arg(i, depth + 1))?;
         Ok((
             i,
             Expr {
