@@ -7,6 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[path = "onebit/engine.rs"]
+mod engine;
+
 use onebit::io::{npy, weights};
 use onebit::ir::{Graph, Params, Tensor, dot, interp, json, summary::Summary};
 
@@ -78,9 +81,59 @@ enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
         /// The execution engine.
-        #[arg(long, value_enum, default_value_t = Engine::Interp)]
+        #[arg(long, value_enum, default_value_t = Engine::Jit)]
         engine: Engine,
+        /// Threads for the JIT engine.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
+    /// Time a model: per-layer and whole-model latency of the JIT, its
+    /// compile time, and the interpreter on the same batch.
+    Bench {
+        /// The model file (.bnn).
+        model: PathBuf,
+        /// The weights (safetensors); default: initialised from --seed.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Seed of the initialisation when no weights are given.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Skip the interpreter (slow on large models).
+        #[arg(long)]
+        no_interp: bool,
+    },
+    /// Compile a model ahead of time to a relocatable object file (and C header).
+    Compile {
+        /// The model file (.bnn).
+        model: PathBuf,
+        /// The weights (safetensors); default: initialised from --seed.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Seed of the initialisation when no weights are given.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The object file to write.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also write a C header declaring NAME_run and NAME_scratch_bytes.
+        #[arg(long)]
+        header: Option<PathBuf>,
+        /// Print the Cranelift IR instead of (or besides) writing the object.
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// Cranelift IR text.
+    Clif,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,6 +150,8 @@ enum Format {
 enum Engine {
     /// The reference interpreter (plain Rust; the oracle).
     Interp,
+    /// Native code compiled by Cranelift.
+    Jit,
 }
 
 /// A failure with a message for the user; the exit status is 1.
@@ -179,7 +234,8 @@ fn run(command: Command) -> Result<(), Failure> {
             input,
             output,
             labels,
-            engine: Engine::Interp,
+            engine,
+            threads,
         } => {
             let graph = load_model(&model)?;
             let params = match (weights_path, seed) {
@@ -215,8 +271,11 @@ fn run(command: Command) -> Result<(), Failure> {
                     data: a.data,
                 });
             }
-            let results = interp::run(&graph, &params, &tensors)
-                .map_err(|e| Failure(format!("error: {e}")))?;
+            let results = match engine {
+                Engine::Interp => interp::run(&graph, &params, &tensors)
+                    .map_err(|e| Failure(format!("error: {e}")))?,
+                Engine::Jit => engine::run_jit(&graph, &params, &tensors, threads)?,
+            };
             if let Some(path) = labels {
                 report_accuracy(&path, &results[0])?;
             }
@@ -228,6 +287,42 @@ fn run(command: Command) -> Result<(), Failure> {
             for (path, t) in output.iter().zip(&results) {
                 npy::write_file(path, &t.shape, &t.data)?;
             }
+        }
+        Command::Bench {
+            model,
+            weights: w,
+            seed,
+            threads,
+            batch,
+            no_interp,
+        } => {
+            let graph = load_model(&model)?;
+            let params = match w {
+                Some(path) => weights::load(&graph, &path)?,
+                None => Params::init(&graph, seed),
+            };
+            engine::bench(&graph, &params, threads, batch, !no_interp)?;
+        }
+        Command::Compile {
+            model,
+            weights: w,
+            seed,
+            output,
+            header,
+            emit,
+        } => {
+            let graph = load_model(&model)?;
+            let params = match w {
+                Some(path) => weights::load(&graph, &path)?,
+                None => Params::init(&graph, seed),
+            };
+            engine::compile(
+                &graph,
+                &params,
+                output.as_deref(),
+                header.as_deref(),
+                emit.is_some(),
+            )?;
         }
     }
     Ok(())

@@ -50,11 +50,24 @@ pub fn decode(bytes: &[u8]) -> Result<(Params, Vec<(String, String)>), String> {
     let mut other = Vec::new();
     for (name, view) in file.iter() {
         if view.dtype() != Dtype::F32 {
-            other.push((name.to_string(), format!("{:?}", view.dtype()).to_lowercase()));
+            other.push((
+                name.to_string(),
+                format!("{:?}", view.dtype()).to_lowercase(),
+            ));
             continue;
         }
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        params.tensors.insert(name.to_string(), Tensor { shape: view.shape().to_vec(), data });
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        params.tensors.insert(
+            name.to_string(),
+            Tensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
     }
     other.sort();
     Ok((params, other))
@@ -63,9 +76,14 @@ pub fn decode(bytes: &[u8]) -> Result<(Params, Vec<(String, String)>), String> {
 /// Loads the parameters of `graph` from a safetensors file, checking that the
 /// file holds exactly them with the right shapes and element type.
 pub fn load(graph: &Graph, path: &Path) -> Result<Params, WeightsError> {
-    let bytes = std::fs::read(path).map_err(|source| WeightsError::Io { path: path.into(), source })?;
-    let (mut params, other) =
-        decode(&bytes).map_err(|message| WeightsError::Format { path: path.into(), message })?;
+    let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let (mut params, other) = decode(&bytes).map_err(|message| WeightsError::Format {
+        path: path.into(),
+        message,
+    })?;
     let mut error = match params.check(graph) {
         Ok(()) => ParamsError::default(),
         Err(e) => e,
@@ -79,7 +97,14 @@ pub fn load(graph: &Graph, path: &Path) -> Result<Params, WeightsError> {
             None => error.extra.push(name),
         }
     }
-    if error.is_empty() { Ok(params) } else { Err(WeightsError::Mismatch { path: path.into(), error }) }
+    if error.is_empty() {
+        Ok(params)
+    } else {
+        Err(WeightsError::Mismatch {
+            path: path.into(),
+            error,
+        })
+    }
 }
 
 /// Encodes parameters as a safetensors buffer (little-endian f32), with
@@ -88,21 +113,37 @@ pub fn encode(params: &Params, model: &str) -> Result<Vec<u8>, String> {
     let bytes: Vec<(&String, Vec<u8>, &Vec<usize>)> = params
         .tensors
         .iter()
-        .map(|(name, t)| (name, t.data.iter().flat_map(|x| x.to_le_bytes()).collect(), &t.shape))
+        .map(|(name, t)| {
+            (
+                name,
+                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                &t.shape,
+            )
+        })
         .collect();
     let mut views = Vec::with_capacity(bytes.len());
     for (name, data, shape) in &bytes {
-        let view = TensorView::new(Dtype::F32, shape.to_vec(), data).map_err(|e| format!("{name}: {e}"))?;
+        let view = TensorView::new(Dtype::F32, shape.to_vec(), data)
+            .map_err(|e| format!("{name}: {e}"))?;
         views.push((name.as_str(), view));
     }
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string()), ("onebit.model".to_string(), model.to_string())]);
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("onebit.model".to_string(), model.to_string()),
+    ]);
     safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }
 
 /// Writes parameters to a safetensors file.
 pub fn save(params: &Params, model: &str, path: &Path) -> Result<(), WeightsError> {
-    let bytes = encode(params, model).map_err(|message| WeightsError::Format { path: path.into(), message })?;
-    std::fs::write(path, bytes).map_err(|source| WeightsError::Io { path: path.into(), source })
+    let bytes = encode(params, model).map_err(|message| WeightsError::Format {
+        path: path.into(),
+        message,
+    })?;
+    std::fs::write(path, bytes).map_err(|source| WeightsError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -129,15 +170,30 @@ mod tests {
         let mut p = Params::init(&g, 7);
         p.tensors.remove("c.bias");
         p.tensors.get_mut("c.weight").unwrap().shape = vec![2, 1, 9];
-        p.tensors.insert("c.extra".into(), Tensor { shape: vec![1], data: vec![0.0] });
-        p.tensors.insert("y.num_batches_tracked".into(), Tensor { shape: vec![], data: vec![3.0] });
+        p.tensors.insert(
+            "c.extra".into(),
+            Tensor {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+        );
+        p.tensors.insert(
+            "y.num_batches_tracked".into(),
+            Tensor {
+                shape: vec![],
+                data: vec![3.0],
+            },
+        );
         let dir = std::env::temp_dir().join(format!("onebit-weights-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("w.safetensors");
         save(&p, "m", &path).unwrap();
         let err = load(&g, &path).unwrap_err().to_string();
         assert!(err.contains("missing    c.bias: f32[2]"), "{err}");
-        assert!(err.contains("misshapen  c.weight: expected f32[2, 1, 3, 3], found [2, 1, 9]"), "{err}");
+        assert!(
+            err.contains("misshapen  c.weight: expected f32[2, 1, 3, 3], found [2, 1, 9]"),
+            "{err}"
+        );
         assert!(err.contains("extra      c.extra"), "{err}");
         assert!(!err.contains("num_batches_tracked"), "{err}");
         assert!(err.contains("(3 problems)"), "{err}");

@@ -16,8 +16,13 @@ fn escape(s: &str) -> String {
 pub fn to_dot(graph: &Graph) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", escape(&graph.name));
-    let _ = writeln!(out, "  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];");
-    let order = graph.topo_order().unwrap_or_else(|_| graph.node_ids().collect());
+    let _ = writeln!(
+        out,
+        "  rankdir=TB;\n  node [shape=box, fontname=\"monospace\", fontsize=10];"
+    );
+    let order = graph
+        .topo_order()
+        .unwrap_or_else(|_| graph.node_ids().collect());
     for &id in &order {
         let n = graph.node(id);
         let style = if n.op.kind().is_binary_layer() {
@@ -38,8 +43,17 @@ pub fn to_dot(graph: &Graph) -> String {
     }
     for &id in &order {
         for (slot, o) in graph.operands(id).into_iter().enumerate() {
-            let bold = if graph.node(o).ty.dtype == DType::Bit { ", style=bold" } else { "" };
-            let _ = writeln!(out, "  n{} -> n{} [label=\"{slot}\"{bold}];", o.index(), id.index());
+            let bold = if graph.node(o).ty.dtype == DType::Bit {
+                ", style=bold"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  n{} -> n{} [label=\"{slot}\"{bold}];",
+                o.index(),
+                id.index()
+            );
         }
     }
     out.push_str("}\n");

@@ -38,7 +38,9 @@ struct NodeDoc {
 /// The graph as pretty-printed JSON.
 pub fn to_json(graph: &Graph) -> String {
     let name = |id: NodeId| graph.node(id).name.clone();
-    let order = graph.topo_order().unwrap_or_else(|_| graph.node_ids().collect());
+    let order = graph
+        .topo_order()
+        .unwrap_or_else(|_| graph.node_ids().collect());
     let doc = GraphDoc {
         model: graph.name.clone(),
         inputs: graph.inputs().iter().map(|&i| name(i)).collect(),
@@ -68,29 +70,51 @@ pub fn from_json(text: &str) -> Result<Graph, String> {
     for n in doc.nodes {
         let id = if let Op::Input = n.op {
             if !doc.inputs.contains(&n.name) {
-                return Err(format!("node `{}` is an input but not listed in `inputs`", n.name));
+                return Err(format!(
+                    "node `{}` is an input but not listed in `inputs`",
+                    n.name
+                ));
             }
-            graph.add_input(&n.name, n.ty.clone()).map_err(|e| e.to_string())?
+            graph
+                .add_input(&n.name, n.ty.clone())
+                .map_err(|e| e.to_string())?
         } else {
             let mut operands = Vec::new();
             for o in &n.operands {
-                operands.push(graph.find(o).ok_or_else(|| format!("node `{}`: unknown operand `{o}`", n.name))?);
+                operands.push(
+                    graph
+                        .find(o)
+                        .ok_or_else(|| format!("node `{}`: unknown operand `{o}`", n.name))?,
+                );
             }
-            graph.add_node(&n.name, n.op, &operands).map_err(|e| format!("node `{}`: {e}", n.name))?
+            graph
+                .add_node(&n.name, n.op, &operands)
+                .map_err(|e| format!("node `{}`: {e}", n.name))?
         };
         if graph.node(id).ty != n.ty {
-            return Err(format!("node `{}` is recorded as {} but is {}", n.name, n.ty, graph.node(id).ty));
+            return Err(format!(
+                "node `{}` is recorded as {} but is {}",
+                n.name,
+                n.ty,
+                graph.node(id).ty
+            ));
         }
     }
     let mut inputs = Vec::new();
     for i in &doc.inputs {
-        inputs.push(graph.find(i).ok_or_else(|| format!("unknown input `{i}`"))?);
+        inputs.push(
+            graph
+                .find(i)
+                .ok_or_else(|| format!("unknown input `{i}`"))?,
+        );
     }
     if inputs != graph.inputs() {
         return Err("`inputs` must list the input nodes in the order they appear".into());
     }
     for o in &doc.outputs {
-        let id = graph.find(o).ok_or_else(|| format!("unknown output `{o}`"))?;
+        let id = graph
+            .find(o)
+            .ok_or_else(|| format!("unknown output `{o}`"))?;
         graph.add_output(id);
     }
     Ok(graph)
@@ -117,6 +141,10 @@ mod tests {
     fn rejects_retyped_nodes() {
         let g = parse_str("model m { input x: f32[4]\n y = sign(x)\n output y }").unwrap();
         let json = to_json(&g).replace("\"bit\"", "\"f32\"");
-        assert!(from_json(&json).unwrap_err().contains("recorded as f32[4] but is bit[4]"));
+        assert!(
+            from_json(&json)
+                .unwrap_err()
+                .contains("recorded as f32[4] but is bit[4]")
+        );
     }
 }

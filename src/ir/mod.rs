@@ -13,7 +13,7 @@ pub use ops::{Op, OpKind};
 pub use params::{Params, Tensor};
 pub use types::{DType, Shape, TensorType};
 pub use verify::{Verified, verify};
-pub mod interp;
 pub mod dot;
+pub mod interp;
 pub mod json;
 pub mod summary;

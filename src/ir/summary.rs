@@ -52,7 +52,11 @@ pub struct Summary {
 /// MACs of node `id` per sample: `(binary, real)`.
 pub fn node_macs(graph: &Graph, id: NodeId) -> (u64, u64) {
     let node = graph.node(id);
-    let in_dims = graph.operand_types(id).first().map(|t| t.dims().to_vec()).unwrap_or_default();
+    let in_dims = graph
+        .operand_types(id)
+        .first()
+        .map(|t| t.dims().to_vec())
+        .unwrap_or_default();
     let out = node.ty.shape.elements() as u64;
     let conv = |groups: usize, kernel: [usize; 2]| {
         let per_group = in_dims.first().copied().unwrap_or(0) / groups.max(1);
@@ -71,7 +75,9 @@ pub fn node_macs(graph: &Graph, id: NodeId) -> (u64, u64) {
 impl Summary {
     /// Summarises `graph`.
     pub fn new(graph: &Graph) -> Summary {
-        let order = graph.topo_order().unwrap_or_else(|_| graph.node_ids().collect());
+        let order = graph
+            .topo_order()
+            .unwrap_or_else(|_| graph.node_ids().collect());
         let rows = order
             .into_iter()
             .map(|id| {
@@ -96,7 +102,10 @@ impl Summary {
                 }
             })
             .collect();
-        Summary { model: graph.name.clone(), rows }
+        Summary {
+            model: graph.name.clone(),
+            rows,
+        }
     }
 
     /// Sum of a column.
@@ -142,10 +151,25 @@ fn size(bytes: u64) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let header = ["layer", "op", "output", "1-bit params", "32-bit params", "1-bit MACs", "32-bit MACs", "memory KiB"];
+        let header = [
+            "layer",
+            "op",
+            "output",
+            "1-bit params",
+            "32-bit params",
+            "1-bit MACs",
+            "32-bit MACs",
+            "memory KiB",
+        ];
         let mut table: Vec<[String; 8]> = vec![header.map(str::to_string)];
         for r in &self.rows {
-            let num = |n: u64| if n == 0 { ".".to_string() } else { thousands(n) };
+            let num = |n: u64| {
+                if n == 0 {
+                    ".".to_string()
+                } else {
+                    thousands(n)
+                }
+            };
             table.push([
                 r.name.clone(),
                 r.op.to_string(),
@@ -154,7 +178,11 @@ impl fmt::Display for Summary {
                 num(r.real_params),
                 num(r.binary_macs),
                 num(r.real_macs),
-                if r.memory_bytes() == 0 { ".".into() } else { kib(r.memory_bytes()) },
+                if r.memory_bytes() == 0 {
+                    ".".into()
+                } else {
+                    kib(r.memory_bytes())
+                },
             ]);
         }
         table.push([
@@ -174,7 +202,11 @@ impl fmt::Display for Summary {
             }
         }
         writeln!(f, "model {}", self.model)?;
-        let rule: String = widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ");
+        let rule: String = widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ");
         for (i, row) in table.iter().enumerate() {
             if i == 1 || i == table.len() - 1 {
                 writeln!(f, "{rule}")?;
@@ -194,12 +226,30 @@ impl fmt::Display for Summary {
             writeln!(f, "{}", line.trim_end())?;
         }
         let (bm, rm) = (self.total(|r| r.binary_macs), self.total(|r| r.real_macs));
-        let share = if bm + rm == 0 { 0.0 } else { 100.0 * bm as f64 / (bm + rm) as f64 };
+        let share = if bm + rm == 0 {
+            0.0
+        } else {
+            100.0 * bm as f64 / (bm + rm) as f64
+        };
         writeln!(f)?;
-        writeln!(f, "MACs per sample: {} binary, {} real ({share:.1}% binary)", thousands(bm), thousands(rm))?;
+        writeln!(
+            f,
+            "MACs per sample: {} binary, {} real ({share:.1}% binary)",
+            thousands(bm),
+            thousands(rm)
+        )?;
         let (packed, float) = (self.packed_bytes(), self.float_bytes());
-        let ratio = if packed == 0 { 1.0 } else { float as f64 / packed as f64 };
-        write!(f, "model size: {} packed, {} as float32 ({ratio:.1}x smaller)", size(packed), size(float))
+        let ratio = if packed == 0 {
+            1.0
+        } else {
+            float as f64 / packed as f64
+        };
+        write!(
+            f,
+            "model size: {} packed, {} as float32 ({ratio:.1}x smaller)",
+            size(packed),
+            size(float)
+        )
     }
 }
 
@@ -222,7 +272,10 @@ mod tests {
         assert_eq!(row("b").binary_macs, 32 * 36 * 8 * 9);
         assert_eq!(row("d").binary_macs, 10 * 32 * 36);
         assert_eq!(s.float_bytes(), 4 * (16 * 27 + 16 + 32 * 72 + 10 * 1152));
-        assert_eq!(s.packed_bytes(), 4 * (16 * 27 + 16) + (32 * 72) / 8 + (10 * 1152) / 8);
+        assert_eq!(
+            s.packed_bytes(),
+            4 * (16 * 27 + 16) + (32 * 72) / 8 + (10 * 1152) / 8
+        );
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! The JIT side of the command line: `run --engine jit`, `bench`, `compile`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use onebit::codegen::{self, Options};
+use onebit::ir::{Graph, Params, Tensor, interp};
+
+use super::Failure;
+
+/// Runs `graph` with the JIT; outputs shaped `[N, ...]`.
+pub fn run_jit(
+    graph: &Graph,
+    params: &Params,
+    inputs: &[Tensor],
+    threads: usize,
+) -> Result<Vec<Tensor>, Failure> {
+    let batch = inputs
+        .first()
+        .and_then(|t| t.shape.first().copied())
+        .unwrap_or(0);
+    for (t, &id) in inputs.iter().zip(graph.inputs()) {
+        let dims = graph.node(id).ty.dims();
+        if t.shape.len() != dims.len() + 1 || t.shape[1..] != *dims || t.shape[0] != batch {
+            return Err(Failure(format!(
+                "error: input `{}` must be [{batch}, {}], found {:?}",
+                graph.node(id).name,
+                dims.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                t.shape
+            )));
+        }
+    }
+    let model = onebit::compile_graph(
+        graph,
+        params,
+        &Options {
+            threads,
+            ..Options::default()
+        },
+    )
+    .map_err(|e| Failure(format!("error: {e}")))?;
+    let refs: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
+    let outs = model
+        .run_many(&refs, batch)
+        .map_err(|e| Failure(format!("error: {e}")))?;
+    Ok(outs
+        .into_iter()
+        .zip(model.output_dims())
+        .map(|(data, dims)| {
+            let mut shape = vec![batch];
+            shape.extend(dims);
+            Tensor { shape, data }
+        })
+        .collect())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+/// Prints the benchmark table.
+pub fn bench(
+    graph: &Graph,
+    params: &Params,
+    threads: usize,
+    batch: usize,
+    with_interp: bool,
+) -> Result<(), Failure> {
+    let err = |e: onebit::Error| Failure(format!("error: {e}"));
+    let start = Instant::now();
+    let model = onebit::compile_graph(
+        graph,
+        params,
+        &Options {
+            threads,
+            ..Options::default()
+        },
+    )
+    .map_err(err)?;
+    let compile = start.elapsed();
+    let inputs: Vec<Vec<f32>> = graph
+        .inputs()
+        .iter()
+        .map(|&i| {
+            let n = batch * graph.node(i).ty.shape.elements();
+            let mut r = onebit::util::rng::Rng::new(1);
+            (0..n).map(|_| r.uniform(1.0)).collect()
+        })
+        .collect();
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let mut outs: Vec<Vec<f32>> = model
+        .output_dims()
+        .iter()
+        .map(|d| vec![0.0; batch * d.iter().product::<usize>()])
+        .collect();
+    let mut scratch = model.scratch();
+    let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+    // Warm up, then time whole runs for ~1 s (at least 5).
+    let run_err = |e: onebit::RunError| Failure(format!("error: {e}"));
+    for _ in 0..3 {
+        model
+            .run_into(&refs, &mut out_refs, batch, &mut scratch)
+            .map_err(run_err)?;
+    }
+    let mut runs = Vec::new();
+    let t0 = Instant::now();
+    while runs.len() < 5 || (t0.elapsed() < Duration::from_secs(1) && runs.len() < 10_000) {
+        let s = Instant::now();
+        model
+            .run_into(&refs, &mut out_refs, batch, &mut scratch)
+            .map_err(run_err)?;
+        runs.push(s.elapsed());
+    }
+    let whole = median(runs);
+    let mut per: Vec<Vec<Duration>> = vec![Vec::new(); model.layers().len()];
+    let t0 = Instant::now();
+    let mut reps = 0;
+    while reps < 5 || (t0.elapsed() < Duration::from_millis(700) && reps < 5_000) {
+        let times = model
+            .profile(&refs, &mut out_refs, batch, &mut scratch)
+            .map_err(run_err)?;
+        for (p, t) in per.iter_mut().zip(times) {
+            p.push(t);
+        }
+        reps += 1;
+    }
+    println!(
+        "model `{}`: batch {batch}, {} thread{}",
+        graph.name,
+        model.threads(),
+        if model.threads() == 1 { "" } else { "s" }
+    );
+    println!();
+    println!("| # | node | kernel | units | median µs |");
+    println!("|---|---|---|---|---|");
+    for (i, (layer, t)) in model.layers().iter().zip(per).enumerate() {
+        println!(
+            "| {i} | {} | {} | {} | {} |",
+            layer.node,
+            layer.kind,
+            layer.units,
+            us(median(t))
+        );
+    }
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!("| JIT compile | {:.1} ms |", compile.as_secs_f64() * 1e3);
+    println!("| JIT whole model (median) | {} µs |", us(whole));
+    println!(
+        "| JIT per sample | {} µs |",
+        us(whole / batch.max(1) as u32)
+    );
+    if with_interp {
+        let tensors: Vec<Tensor> = graph
+            .inputs()
+            .iter()
+            .zip(&inputs)
+            .map(|(&i, d)| {
+                let mut shape = vec![batch];
+                shape.extend(graph.node(i).ty.dims());
+                Tensor {
+                    shape,
+                    data: d.clone(),
+                }
+            })
+            .collect();
+        let mut times = Vec::new();
+        let t0 = Instant::now();
+        while times.len() < 3 && (times.is_empty() || t0.elapsed() < Duration::from_secs(5)) {
+            let s = Instant::now();
+            interp::run(graph, params, &tensors).map_err(|e| Failure(format!("error: {e}")))?;
+            times.push(s.elapsed());
+        }
+        let it = median(times);
+        println!("| interpreter whole model | {} µs |", us(it));
+        println!(
+            "| speed-up over the interpreter | {:.1}× |",
+            it.as_secs_f64() / whole.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// `onebit compile`.
+pub fn compile(
+    graph: &Graph,
+    params: &Params,
+    output: Option<&Path>,
+    header: Option<&Path>,
+    clif: bool,
+) -> Result<(), Failure> {
+    let verified = onebit::verify(graph).map_err(|e| Failure(format!("error: {e}")))?;
+    let options = Options {
+        emit_clif: clif,
+        ..Options::default()
+    };
+    let (bytes, lowered) = codegen::object::compile(verified, params, &options)
+        .map_err(|e| Failure(format!("error: {e}")))?;
+    if clif {
+        print!("{}", lowered.clif);
+    }
+    if let Some(path) = output {
+        std::fs::write(path, &bytes)
+            .map_err(|e| Failure(format!("error: cannot write {}: {e}", path.display())))?;
+    } else if !clif {
+        return Err(Failure("error: give -o FILE.o (or --emit clif)".into()));
+    }
+    if let Some(path) = header {
+        std::fs::write(path, codegen::object::header(&graph.name, &lowered))
+            .map_err(|e| Failure(format!("error: cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}

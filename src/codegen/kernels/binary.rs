@@ -1,0 +1,707 @@
+//! Binary convolution and dense layers: XNOR-popcount over packed bits.
+//!
+//! For ±1 vectors stored as bits (bit 1 = −1), `a·w = K − 2·popcount(a XOR w)`.
+//! The input is read directly from the packed (padded) activation, no
+//! im2col: a register tile of `nr` output pixels × 16 output channels walks
+//! the `kh·kw·⌈(C/G)/32⌉` 32-bit chunks of the receptive field, each step
+//! one 32-bit broadcast per pixel against a 64-byte weight line.
+//!
+//! * **Vector path** (`popcnt.i8x16`, one `vpopcntb` with AVX-512 BITALG+VL):
+//!   a weight line holds chunk `t` of 16 channels as four `i32x4` vectors;
+//!   `xor` with the broadcast chunk, `popcnt` per byte, `iadd` into byte
+//!   accumulators, which are widened every 31 steps (≤ 8·31 = 248 per byte)
+//!   by `iadd_pairwise(uwiden_low, uwiden_high)` (pmaddubsw) and its signed
+//!   i16 form (pmaddwd), per Mula, Kurz & Lemire, "Faster Population Counts
+//!   Using AVX2 Instructions" (2018).
+//! * **Scalar path** (`popcnt.i64`): 64-bit words, 4 channels × `nr` pixels
+//!   of independent `i64` accumulators.
+//!
+//! Padding: the input buffer is pre-padded with bit 0 (= +1), which is
+//! `pad_value=1` for free. For `pad_value=0` the padded taps' contribution
+//! `Σ sign(W)` is subtracted from a per-(border class, channel) table, LCE's
+//! zero-padding correction. The epilogue converts `dot` (as the interpreter
+//! computes it) to f32 or compares it to integer thresholds and writes bits.
+
+use cranelift_codegen::ir::{
+    Endianness, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, condcodes::IntCC,
+    types,
+};
+use cranelift_frontend::Variable;
+
+use crate::codegen::CodegenError;
+use crate::codegen::emit::Fx;
+use crate::codegen::plan::{BinConv, Epilogue};
+
+/// Steps up to which the receptive field is fully unrolled.
+const UNROLL: usize = 192;
+/// Byte accumulators hold at most 31 steps of 8 bits per byte.
+const FLUSH: usize = 31;
+
+fn le() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
+}
+
+/// How one step of the receptive field addresses its input.
+#[derive(Clone, Copy)]
+struct StepAddr {
+    /// Weight pointer for this step's segment.
+    w: Value,
+    /// Immediate offset from `w`.
+    w_imm: i64,
+    /// Runtime input offset (segment loops), added to the pixel base.
+    dyn_off: Option<Value>,
+    /// Immediate input offset.
+    in_imm: i64,
+}
+
+/// Emits `n` steps, unrolled when short, else as a loop over segments of
+/// `seg` steps reading input offsets from a table; `flush` runs after every
+/// `seg` steps and at the end.
+#[allow(clippy::too_many_arguments)]
+fn segmented(
+    fx: &mut Fx,
+    wptr: Value,
+    wstride: i64,
+    offs: &[i64],
+    seg: usize,
+    body: &mut dyn FnMut(&mut Fx, StepAddr) -> Result<(), CodegenError>,
+    flush: &mut dyn FnMut(&mut Fx) -> Result<(), CodegenError>,
+) -> Result<(), CodegenError> {
+    let n = offs.len();
+    let start = if n <= UNROLL {
+        0
+    } else {
+        let nseg = n / seg;
+        let tab: Vec<i32> = offs[..nseg * seg].iter().map(|&o| o as i32).collect();
+        let tab = fx.i32_data(&tab)?;
+        fx.for_n(nseg, |fx, si| {
+            let wseg = fx.mul_imm(si, seg as i64 * wstride);
+            let wseg = fx.b.ins().iadd(wptr, wseg);
+            let tseg = fx.mul_imm(si, seg as i64 * 4);
+            let tseg = fx.b.ins().iadd(tab, tseg);
+            for i in 0..seg {
+                let off =
+                    fx.b.ins()
+                        .sload32(crate::codegen::emit::mem(), tseg, (4 * i) as i32);
+                body(
+                    fx,
+                    StepAddr {
+                        w: wseg,
+                        w_imm: i as i64 * wstride,
+                        dyn_off: Some(off),
+                        in_imm: 0,
+                    },
+                )?;
+            }
+            flush(fx)
+        })?;
+        nseg * seg
+    };
+    for s in start..n {
+        body(
+            fx,
+            StepAddr {
+                w: wptr,
+                w_imm: s as i64 * wstride,
+                dyn_off: None,
+                in_imm: offs[s],
+            },
+        )?;
+        if (s + 1 - start) % seg == 0 && s + 1 < n {
+            flush(fx)?;
+        }
+    }
+    if start < n {
+        flush(fx)?;
+    }
+    Ok(())
+}
+
+fn pixel_addr(fx: &mut Fx, base: Value, a: &StepAddr) -> (Value, i64) {
+    match a.dyn_off {
+        Some(o) => (fx.b.ins().iadd(base, o), a.in_imm),
+        None => (base, a.in_imm),
+    }
+}
+
+/// Per-channel f32 table padded to `len` entries.
+fn padded(v: &[f32], len: usize) -> Vec<f32> {
+    let mut out = v.to_vec();
+    out.resize(len, 0.0);
+    out
+}
+
+/// Emits the step; returns its number of work units (pixel tiles).
+pub fn emit(
+    fx: &mut Fx,
+    b: &BinConv,
+    src_off: usize,
+    dst_off: usize,
+) -> Result<usize, CodegenError> {
+    let [kh, kw] = b.k;
+    let [sh, sw] = b.s;
+    let [dh, dw] = b.d;
+    let [oh, ow] = b.out;
+    let pixels = oh * ow;
+    let nr = b.nr;
+    let tiles = pixels.div_ceil(nr);
+    let g_n = b.groups;
+    let og = b.o / g_n;
+    let nb = og.div_ceil(16);
+    let o_pad = b.o + 16;
+    let ktot = (b.cg * kh * kw) as i64;
+    let bits = b.epi.bits();
+    let cwo = b.o.div_ceil(64);
+    let pix_bytes = if bits { 8 * cwo } else { 4 * b.o } as i64;
+
+    // Pixel table: (input byte offset, correction-table byte offset).
+    let (classes, class_of) = correction_classes(b);
+    let mut pix = Vec::with_capacity(2 * tiles * nr);
+    for p in 0..tiles * nr {
+        let q = p.min(pixels - 1);
+        let (i, j) = (q / ow, q % ow);
+        pix.push(((i * sh * b.wp + j * sw) * b.xw * 8) as i32);
+        pix.push((class_of[q] * o_pad * 4) as i32);
+    }
+    let pix_tab = fx.i32_data(&pix)?;
+    let corr_tab = if b.zero_pad.is_some() {
+        let mut t = Vec::with_capacity(classes.len() * o_pad);
+        for taps in &classes {
+            for o in 0..o_pad {
+                let mut sum = 0i32;
+                if o < b.o {
+                    for &(u, v) in taps {
+                        for c in 0..b.cg {
+                            sum += if b.neg[((o * b.cg + c) * kh + u) * kw + v] {
+                                -1
+                            } else {
+                                1
+                            };
+                        }
+                    }
+                }
+                t.push(sum);
+            }
+        }
+        Some(fx.i32_data(&t)?)
+    } else {
+        None
+    };
+    let vector = !b.scalar;
+    let wtab = fx.data(weights(b, vector))?;
+    let tables = EpiTables::new(fx, &b.epi, o_pad)?;
+
+    // Input offsets of the steps within a group, from the pixel base.
+    let chunk = if vector { 4 } else { 8 };
+    let per_tap = if vector { b.cg.div_ceil(32) } else { b.cwg };
+    let mut offs = Vec::with_capacity(kh * kw * per_tap);
+    for u in 0..kh {
+        for v in 0..kw {
+            for t in 0..per_tap {
+                offs.push((((u * dh) * b.wp + v * dw) * b.xw * 8 + chunk * t) as i64);
+            }
+        }
+    }
+    let steps = offs.len();
+    let wblock = if vector { steps * 64 } else { 16 * steps * 8 } as i64;
+    let src = fx.arena_at(src_off);
+    let dst = fx.arena_at(dst_off);
+    let zero_words = bits && (g_n > 1 && og % 16 != 0 || nb * 16 * g_n < cwo * 64);
+    let rmw = bits && g_n > 1 && og % 16 != 0;
+
+    fx.for_units(|fx, tile| {
+        let p0 = fx.mul_imm(tile, nr as i64);
+        let mut bases = Vec::new();
+        let mut corr = Vec::new();
+        let mut outs = Vec::new();
+        for k in 0..nr {
+            let e = fx.add_imm(p0, k as i64);
+            let e8 = fx.mul_imm(e, 8);
+            let ea = fx.b.ins().iadd(pix_tab, e8);
+            let off = fx.b.ins().sload32(crate::codegen::emit::mem(), ea, 0);
+            bases.push(fx.b.ins().iadd(src, off));
+            corr.push(match corr_tab {
+                Some(ct) => {
+                    let c = fx.b.ins().sload32(crate::codegen::emit::mem(), ea, 4);
+                    Some(fx.b.ins().iadd(ct, c))
+                }
+                None => None,
+            });
+            let ob = fx.mul_imm(e, pix_bytes);
+            let out = fx.b.ins().iadd(dst, ob);
+            if zero_words {
+                fx.zero_bytes(out, (8 * cwo) as usize);
+            }
+            outs.push(out);
+        }
+        fx.for_n(g_n, |fx, g| {
+            let goff = fx.mul_imm(g, (b.cwg * 8) as i64);
+            let gbases: Vec<Value> = bases.iter().map(|&x| fx.b.ins().iadd(x, goff)).collect();
+            let o_g = fx.mul_imm(g, og as i64);
+            let wg = fx.mul_imm(g, nb as i64 * wblock);
+            let wg = fx.b.ins().iadd(wtab, wg);
+            let block = |fx: &mut Fx, blk: Value, valid: usize| -> Result<(), CodegenError> {
+                let ob = fx.mul_imm(blk, 16);
+                let o0 = fx.b.ins().iadd(o_g, ob);
+                let wb = fx.mul_imm(blk, wblock);
+                let wb = fx.b.ins().iadd(wg, wb);
+                let counts = if vector {
+                    vector_counts(fx, &gbases, wb, &offs)?
+                } else {
+                    scalar_counts(fx, &gbases, wb, &offs, steps)?
+                };
+                epilogue(fx, b, &tables, &counts, o0, valid, ktot, &corr, &outs, rmw)
+            };
+            let full = og / 16;
+            fx.for_n(full, |fx, blk| block(fx, blk, 16))?;
+            if og % 16 != 0 {
+                let last = fx.ic(full as i64);
+                block(fx, last, og % 16)?;
+            }
+            Ok(())
+        })
+    })?;
+    Ok(tiles)
+}
+
+/// Popcount sums `[pixel][vector of 4 channels]` (i32x4) of one 16-channel
+/// block, vector path.
+fn vector_counts(
+    fx: &mut Fx,
+    bases: &[Value],
+    wb: Value,
+    offs: &[i64],
+) -> Result<Vec<[Value; 4]>, CodegenError> {
+    let nr = bases.len();
+    let z8 = {
+        let z = fx.icty(types::I8, 0);
+        fx.b.ins().splat(types::I8X16, z)
+    };
+    let z32 = {
+        let z = fx.icty(types::I32, 0);
+        fx.b.ins().splat(types::I32X4, z)
+    };
+    let acc8: Vec<[Variable; 4]> = (0..nr)
+        .map(|_| [0; 4].map(|_| fx.var(types::I8X16, z8)))
+        .collect();
+    // Wide partial sums live in a stack slot, not in registers: the 16 xmm
+    // registers hold the byte accumulators, the weight line and temporaries.
+    let single = offs.len() <= FLUSH;
+    let slot = if single {
+        None
+    } else {
+        let ss = fx.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            (64 * nr) as u32,
+            4,
+        ));
+        for k in 0..nr {
+            for r in 0..4 {
+                fx.b.ins()
+                    .stack_store(types::I64, z32, ss, (64 * k + 16 * r) as i32);
+            }
+        }
+        Some(ss)
+    };
+    let mut last: Vec<[Option<Value>; 4]> = vec![[None; 4]; nr];
+    let mut body = |fx: &mut Fx, a: StepAddr| -> Result<(), CodegenError> {
+        let w: [Value; 4] = [0, 1, 2, 3].map(|r| {
+            fx.b.ins().load(
+                types::I8X16,
+                MemFlagsData::trusted(),
+                a.w,
+                (a.w_imm + 16 * r) as i32,
+            )
+        });
+        for (k, &base) in bases.iter().enumerate() {
+            let (addr, imm) = pixel_addr(fx, base, &a);
+            let x = fx.load(types::I32, addr, imm);
+            let x = fx.b.ins().splat(types::I32X4, x);
+            let x = fx.b.ins().bitcast(types::I8X16, le(), x);
+            for r in 0..4 {
+                let t = fx.b.ins().bxor(w[r], x);
+                let c = fx.b.ins().popcnt(t);
+                let acc = fx.b.use_var(acc8[k][r]);
+                let acc = fx.b.ins().iadd(acc, c);
+                fx.b.def_var(acc8[k][r], acc);
+            }
+        }
+        Ok(())
+    };
+    let mut flush = |fx: &mut Fx| -> Result<(), CodegenError> {
+        for k in 0..nr {
+            for r in 0..4 {
+                let v = fx.b.use_var(acc8[k][r]);
+                let lo = fx.b.ins().uwiden_low(v);
+                let hi = fx.b.ins().uwiden_high(v);
+                let s16 = fx.b.ins().iadd_pairwise(lo, hi);
+                let lo = fx.b.ins().swiden_low(s16);
+                let hi = fx.b.ins().swiden_high(s16);
+                let s32 = fx.b.ins().iadd_pairwise(lo, hi);
+                match slot {
+                    None => last[k][r] = Some(s32),
+                    Some(ss) => {
+                        let off = (64 * k + 16 * r) as i32;
+                        let acc = fx.b.ins().stack_load(types::I64, types::I32X4, ss, off);
+                        let acc = fx.b.ins().iadd(acc, s32);
+                        fx.b.ins().stack_store(types::I64, acc, ss, off);
+                    }
+                }
+                fx.b.def_var(acc8[k][r], z8);
+            }
+        }
+        Ok(())
+    };
+    segmented(fx, wb, 64, offs, FLUSH, &mut body, &mut flush)?;
+    (0..nr)
+        .map(|k| {
+            let v: Vec<Value> = (0..4)
+                .map(|r| match slot {
+                    None => last[k][r].unwrap_or(z32),
+                    Some(ss) => fx.b.ins().stack_load(
+                        types::I64,
+                        types::I32X4,
+                        ss,
+                        (64 * k + 16 * r) as i32,
+                    ),
+                })
+                .collect();
+            v.try_into()
+                .map_err(|_| CodegenError::Internal("vector counts".into()))
+        })
+        .collect()
+}
+
+/// Popcount sums of one 16-channel block, scalar `popcnt.i64` path: four
+/// passes of 4 channels × `nr` pixels of i64 accumulators.
+fn scalar_counts(
+    fx: &mut Fx,
+    bases: &[Value],
+    wb: Value,
+    offs: &[i64],
+    steps: usize,
+) -> Result<Vec<[Value; 4]>, CodegenError> {
+    let nr = bases.len();
+    let mut out: Vec<[Option<Value>; 4]> = vec![[None; 4]; nr];
+    for q in 0..4 {
+        let z = fx.ic(0);
+        let acc: Vec<[Variable; 4]> = (0..nr)
+            .map(|_| [0; 4].map(|_| fx.var(types::I64, z)))
+            .collect();
+        let wq = fx.add_imm(wb, (q * 4 * steps * 8) as i64);
+        let mut body = |fx: &mut Fx, a: StepAddr| -> Result<(), CodegenError> {
+            for (k, &base) in bases.iter().enumerate() {
+                let (addr, imm) = pixel_addr(fx, base, &a);
+                let x = fx.load(types::I64, addr, imm);
+                for j in 0..4 {
+                    let w = fx.b.ins().load(
+                        types::I64,
+                        MemFlagsData::trusted(),
+                        a.w,
+                        (a.w_imm + (j * steps * 8) as i64) as i32,
+                    );
+                    let t = fx.b.ins().bxor(x, w);
+                    let c = fx.b.ins().popcnt(t);
+                    let s = fx.b.use_var(acc[k][j]);
+                    let s = fx.b.ins().iadd(s, c);
+                    fx.b.def_var(acc[k][j], s);
+                }
+            }
+            Ok(())
+        };
+        let mut flush = |_: &mut Fx| Ok(());
+        segmented(fx, wq, 8, offs, 32, &mut body, &mut flush)?;
+        for k in 0..nr {
+            let z32 = fx.icty(types::I32, 0);
+            let mut v = fx.b.ins().splat(types::I32X4, z32);
+            for j in 0..4 {
+                let s = fx.b.use_var(acc[k][j]);
+                let s = fx.b.ins().ireduce(types::I32, s);
+                v = fx.b.ins().insertlane(v, s, j as u8);
+            }
+            out[k][q] = Some(v);
+        }
+    }
+    out.into_iter()
+        .map(|a| {
+            let v: Vec<Value> = a.into_iter().flatten().collect();
+            v.try_into()
+                .map_err(|_| CodegenError::Internal("scalar counts".into()))
+        })
+        .collect()
+}
+
+/// Per-channel tables of an epilogue (addresses of padded f32/i32 arrays).
+struct EpiTables {
+    t: Vec<Value>,
+}
+
+impl EpiTables {
+    fn new(fx: &mut Fx, epi: &Epilogue, len: usize) -> Result<EpiTables, CodegenError> {
+        let mut t = Vec::new();
+        match epi {
+            Epilogue::Dot { alpha } => {
+                if let Some(a) = alpha {
+                    t.push(fx.f32_data(&padded(a, len))?);
+                }
+            }
+            Epilogue::BatchNorm {
+                alpha,
+                gamma,
+                mean,
+                std,
+                beta,
+            } => {
+                if let Some(a) = alpha {
+                    t.push(fx.f32_data(&padded(a, len))?);
+                }
+                for v in [gamma, mean, std, beta] {
+                    t.push(fx.f32_data(&padded(v, len))?);
+                }
+            }
+            Epilogue::Affine { mul, bias } => {
+                t.push(fx.f32_data(&padded(mul, len))?);
+                t.push(fx.f32_data(&padded(bias, len))?);
+            }
+            Epilogue::Threshold { dir, t: th } => {
+                let mut d = dir.clone();
+                d.resize(len, 1);
+                let mut h = th.clone();
+                h.resize(len, 0);
+                t.push(fx.i32_data(&d)?);
+                t.push(fx.i32_data(&h)?);
+            }
+        }
+        Ok(EpiTables { t })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn epilogue(
+    fx: &mut Fx,
+    b: &BinConv,
+    tables: &EpiTables,
+    counts: &[[Value; 4]],
+    o0: Value,
+    valid: usize,
+    ktot: i64,
+    corr: &[Option<Value>],
+    outs: &[Value],
+    rmw: bool,
+) -> Result<(), CodegenError> {
+    let nvec = valid.div_ceil(4);
+    let o4 = fx.mul_imm(o0, 4);
+    let tab: Vec<Value> = tables.t.iter().map(|&t| fx.b.ins().iadd(t, o4)).collect();
+    let kv = {
+        let k = fx.icty(types::I32, ktot);
+        fx.b.ins().splat(types::I32X4, k)
+    };
+    let ld = |fx: &mut Fx, ty, base: Value, r: usize| {
+        fx.b.ins()
+            .load(ty, MemFlagsData::trusted(), base, (16 * r) as i32)
+    };
+    // Per-vector loads of the tables, shared by the pixels.
+    let mut tv: Vec<Vec<Value>> = Vec::new();
+    for r in 0..nvec {
+        let ty = if b.epi.bits() {
+            types::I32X4
+        } else {
+            types::F32X4
+        };
+        tv.push(tab.iter().map(|&t| ld(fx, ty, t, r)).collect());
+    }
+    for (k, cnt) in counts.iter().enumerate() {
+        let mut bits_acc: Option<Value> = None;
+        for r in 0..nvec {
+            let twice = fx.b.ins().ishl_imm_s(cnt[r], 1);
+            let mut dot = fx.b.ins().isub(kv, twice);
+            if let Some(c) = corr[k] {
+                let cv = fx.b.ins().iadd(c, o4);
+                let cv = ld(fx, types::I32X4, cv, r);
+                dot = fx.b.ins().isub(dot, cv);
+            }
+            let t = &tv[r];
+            let lanes = (valid - 4 * r).min(4);
+            if b.epi.bits() {
+                let d = fx.b.ins().imul(dot, t[0]);
+                let plus = fx.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, d, t[1]);
+                let minus = fx.b.ins().bnot(plus);
+                let m = fx.b.ins().vhigh_bits(types::I64, minus);
+                let m = fx.b.ins().band_imm_s(m, (1i64 << lanes) - 1);
+                let m = fx.b.ins().ishl_imm_s(m, (4 * r) as i64);
+                bits_acc = Some(match bits_acc {
+                    None => m,
+                    Some(a) => fx.b.ins().bor(a, m),
+                });
+                continue;
+            }
+            let f = fx.b.ins().fcvt_from_sint(types::F32X4, dot);
+            let y = match &b.epi {
+                Epilogue::Dot { alpha } => {
+                    if alpha.is_some() {
+                        fx.b.ins().fmul(f, t[0])
+                    } else {
+                        f
+                    }
+                }
+                Epilogue::BatchNorm { alpha, .. } => {
+                    let i = usize::from(alpha.is_some());
+                    let y = if alpha.is_some() {
+                        fx.b.ins().fmul(f, t[0])
+                    } else {
+                        f
+                    };
+                    let y = fx.b.ins().fsub(y, t[i + 1]);
+                    let y = fx.b.ins().fmul(t[i], y);
+                    let y = fx.b.ins().fdiv(y, t[i + 2]);
+                    fx.b.ins().fadd(y, t[i + 3])
+                }
+                Epilogue::Affine { .. } => {
+                    let y = fx.b.ins().fmul(t[0], f);
+                    fx.b.ins().fadd(y, t[1])
+                }
+                Epilogue::Threshold { .. } => unreachable!("handled above"),
+            };
+            let addr = fx.b.ins().iadd(outs[k], o4);
+            if lanes == 4 {
+                fx.store(y, addr, (16 * r) as i64);
+            } else {
+                for l in 0..lanes {
+                    let e = fx.b.ins().extractlane(y, l as u8);
+                    fx.store(e, addr, (16 * r + 4 * l) as i64);
+                }
+            }
+        }
+        if let Some(m) = bits_acc {
+            if rmw {
+                // OR the ≤16 bits in at bit o0 (which may straddle two words).
+                let word = fx.b.ins().ushr_imm_s(o0, 6);
+                let word = fx.mul_imm(word, 8);
+                let addr = fx.b.ins().iadd(outs[k], word);
+                let sh = fx.b.ins().band_imm_s(o0, 63);
+                let lo = fx.b.ins().ishl(m, sh);
+                let old = fx.load(types::I64, addr, 0);
+                let new = fx.b.ins().bor(old, lo);
+                fx.store(new, addr, 0);
+                // Bits past the word go to the next one, only when they exist.
+                let cross = fx.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, sh, 48);
+                let then = fx.b.create_block();
+                let join = fx.b.create_block();
+                fx.b.ins().brif(cross, then, &[], join, &[]);
+                fx.b.switch_to_block(then);
+                let c64 = fx.ic(64);
+                let rsh = fx.b.ins().isub(c64, sh);
+                let hi = fx.b.ins().ushr(m, rsh);
+                let old = fx.load(types::I64, addr, 8);
+                let new = fx.b.ins().bor(old, hi);
+                fx.store(new, addr, 8);
+                fx.b.ins().jump(join, &[]);
+                fx.b.switch_to_block(join);
+            } else {
+                let byte = fx.b.ins().ushr_imm_s(o0, 3);
+                let addr = fx.b.ins().iadd(outs[k], byte);
+                fx.b.ins().istore16(crate::codegen::emit::mem(), m, addr, 0);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Border classes for `pad_value=0`: the distinct sets of padded taps, with
+/// class 0 the empty set, and the class of every output pixel.
+fn correction_classes(b: &BinConv) -> (Vec<Vec<(usize, usize)>>, Vec<usize>) {
+    let [oh, ow] = b.out;
+    let mut classes: Vec<Vec<(usize, usize)>> = vec![Vec::new()];
+    let mut of = vec![0usize; oh * ow];
+    let Some([ph, pw, h, w]) = b.zero_pad else {
+        return (classes, of);
+    };
+    let mut index = std::collections::HashMap::new();
+    index.insert(Vec::new(), 0usize);
+    for i in 0..oh {
+        for j in 0..ow {
+            let mut taps = Vec::new();
+            for u in 0..b.k[0] {
+                let r = (i * b.s[0] + u * b.d[0]) as isize - ph as isize;
+                for v in 0..b.k[1] {
+                    let c = (j * b.s[1] + v * b.d[1]) as isize - pw as isize;
+                    if r < 0 || r >= h as isize || c < 0 || c >= w as isize {
+                        taps.push((u, v));
+                    }
+                }
+            }
+            let n = index.len();
+            let id = *index.entry(taps.clone()).or_insert(n);
+            if id == classes.len() {
+                classes.push(taps);
+            }
+            of[i * ow + j] = id;
+        }
+    }
+    (classes, of)
+}
+
+/// Weight bits, re-laid for the kernel.
+///
+/// Vector: `[g][block][step][16 lanes]` u32, step = (u, v, 32-bit chunk).
+/// Scalar: `[g][block][16 channels][step]` u64, step = (u, v, 64-bit word).
+fn weights(b: &BinConv, vector: bool) -> Vec<u8> {
+    let [kh, kw] = b.k;
+    let og = b.o / b.groups;
+    let nb = og.div_ceil(16);
+    let bits = if vector { 32 } else { 64 };
+    let per_tap = b.cg.div_ceil(bits);
+    let steps = kh * kw * per_tap;
+    let word = |o: usize, u: usize, v: usize, t: usize| -> u64 {
+        let mut x = 0u64;
+        for i in 0..bits {
+            let c = t * bits + i;
+            if c < b.cg && b.neg[((o * b.cg + c) * kh + u) * kw + v] {
+                x |= 1 << i;
+            }
+        }
+        x
+    };
+    let mut out = Vec::with_capacity(b.groups * nb * steps * 16 * bits / 8);
+    for g in 0..b.groups {
+        for blk in 0..nb {
+            if vector {
+                for u in 0..kh {
+                    for v in 0..kw {
+                        for t in 0..per_tap {
+                            for lane in 0..16 {
+                                let ol = blk * 16 + lane;
+                                let x = if ol < og {
+                                    word(g * og + ol, u, v, t)
+                                } else {
+                                    0
+                                };
+                                out.extend_from_slice(&(x as u32).to_le_bytes());
+                            }
+                        }
+                    }
+                }
+            } else {
+                for lane in 0..16 {
+                    let ol = blk * 16 + lane;
+                    for u in 0..kh {
+                        for v in 0..kw {
+                            for t in 0..per_tap {
+                                let x = if ol < og {
+                                    word(g * og + ol, u, v, t)
+                                } else {
+                                    0
+                                };
+                                out.extend_from_slice(&x.to_le_bytes());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        out.resize(64, 0);
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! The kernels, one module per family. Each emits one step function body and
+//! returns the step's number of work units.
+
+pub mod binary;
+pub mod float;
+pub mod misc;

@@ -1,0 +1,63 @@
+//! Shared helpers of the JIT tests (included with `mod common`).
+#![allow(dead_code)]
+
+use onebit::ir::{Graph, Params, Tensor, interp};
+use onebit::{CompiledModel, Options};
+
+/// Deterministic pseudo-random values in [-2, 2), with exact zeros sprinkled.
+pub fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = onebit::util::rng::Rng::new(seed);
+    (0..n)
+        .map(|i| if i % 17 == 3 { 0.0 } else { rng.uniform(2.0) })
+        .collect()
+}
+
+/// Runs `graph` on the interpreter and the JIT; returns (jit, interp) outputs.
+pub fn both(
+    graph: &Graph,
+    params: &Params,
+    batch: usize,
+    seed: u64,
+    options: &Options,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let inputs: Vec<Tensor> = graph
+        .inputs()
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let dims = graph.node(i).ty.dims().to_vec();
+            let n = batch * dims.iter().product::<usize>();
+            let mut shape = vec![batch];
+            shape.extend(dims);
+            Tensor {
+                shape,
+                data: data(n, seed + k as u64),
+            }
+        })
+        .collect();
+    let expected = interp::run(graph, params, &inputs).expect("interpreter");
+    let model = CompiledModel::compile(onebit::ir::verify(graph).unwrap(), params, options)
+        .expect("compile");
+    let refs: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
+    let got = model.run_many(&refs, batch).expect("run");
+    (got, expected.into_iter().map(|t| t.data).collect())
+}
+
+/// Asserts equality: exact when `exact`, else within 1e-5 relative (with an
+/// absolute floor scaled by the output's magnitude, for cancelling sums).
+pub fn assert_match(what: &str, got: &[Vec<f32>], expected: &[Vec<f32>], exact: bool) {
+    assert_eq!(got.len(), expected.len(), "{what}: output count");
+    for (k, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert_eq!(g.len(), e.len(), "{what}: output {k} length");
+        let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in g.iter().zip(e).enumerate() {
+            let ok = if exact {
+                a == b || (a.is_nan() && b.is_nan())
+            } else {
+                (a - b).abs() <= 1e-5 * b.abs().max(1e-2 * scale).max(1e-6)
+                    || (a.is_nan() && b.is_nan())
+            };
+            assert!(ok, "{what}: output {k}[{i}]: jit {a} vs interp {b}");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Differential tests: the JIT against the interpreter on every example model.
+
+#[path = "jit_common.rs"]
+mod common;
+
+use onebit::ir::Params;
+use onebit::{Options, Popcount};
+
+fn check_example(file: &str, batch: usize) {
+    let src =
+        std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let graph = onebit::parse(&src).unwrap();
+    let params = Params::init(&graph, 11);
+    for popcount in [Popcount::Auto, Popcount::Scalar] {
+        for threads in [1, 2] {
+            let options = Options {
+                popcount,
+                threads,
+                ..Options::default()
+            };
+            let (got, expected) = common::both(&graph, &params, batch, 5, &options);
+            common::assert_match(
+                &format!("{file} {popcount:?} threads={threads}"),
+                &got,
+                &expected,
+                true,
+            );
+        }
+    }
+}
+
+#[test]
+fn mlp_digits() {
+    check_example("mlp_digits.bnn", 3);
+}
+
+#[test]
+fn digits_cnn() {
+    check_example("digits_cnn.bnn", 3);
+}
+
+#[test]
+fn bireal_block() {
+    check_example("bireal_block.bnn", 2);
+}
+
+#[test]
+fn tiny_search() {
+    check_example("tiny_search.bnn", 3);
+}
+
+#[test]
+fn resnet18_bnn() {
+    let src = std::fs::read_to_string(format!(
+        "{}/examples/resnet18_bnn.bnn",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let graph = onebit::parse(&src).unwrap();
+    let params = Params::init(&graph, 3);
+    let (got, expected) = common::both(
+        &graph,
+        &params,
+        1,
+        9,
+        &Options {
+            threads: 2,
+            ..Options::default()
+        },
+    );
+    common::assert_match("resnet18_bnn", &got, &expected, true);
+}

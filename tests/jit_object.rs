@@ -1,0 +1,111 @@
+//! Ahead-of-time compilation: the object file, linked into a C harness with
+//! `cc`, gives the JIT's results (several inputs and outputs included).
+
+use std::process::Command;
+
+use onebit::codegen::{self, Options};
+use onebit::ir::Params;
+
+const SRC: &str = "model two_io {
+  input x: f32[3, 6, 5]
+  input z: f32[16]
+  c = batchnorm(conv2d(x, 16, kernel=3, pad=1))
+  b = sign(batchnorm(bconv2d(sign(c), 16, kernel=3, pad=1)))
+  g = global_avgpool(maxpool(b, 2))
+  y = bdense(sign(add(g, z)), 10, scale=channel)
+  output y
+  output g
+}";
+
+#[test]
+fn object_file_matches_jit() {
+    if Command::new("cc").arg("--version").output().is_err() {
+        eprintln!("no C compiler; skipping");
+        return;
+    }
+    let graph = onebit::parse(SRC).unwrap();
+    let params = Params::init(&graph, 21);
+    let (bytes, lowered) = codegen::object::compile(
+        onebit::verify(&graph).unwrap(),
+        &params,
+        &Options::default(),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("onebit-aot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.o"), bytes).unwrap();
+    std::fs::write(
+        dir.join("model.h"),
+        codegen::object::header(&graph.name, &lowered),
+    )
+    .unwrap();
+    let batch = 3;
+    let x: Vec<f32> = (0..batch * 90)
+        .map(|i| ((i * 7) % 13) as f32 / 4.0 - 1.5)
+        .collect();
+    let z: Vec<f32> = (0..batch * 16)
+        .map(|i| ((i * 5) % 11) as f32 / 8.0 - 0.6)
+        .collect();
+    let list = |v: &[f32]| {
+        v.iter()
+            .map(|f| format!("{f:?}f"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let harness = format!(
+        r#"#include <stdio.h>
+#include <stdlib.h>
+#include "model.h"
+static const float x[] = {{{}}};
+static const float z[] = {{{}}};
+int main(void) {{
+  float y[{batch} * 10], g[{batch} * 16];
+  void *scratch = malloc(two_io_scratch_bytes({batch}));
+  if (two_io_run(x, z, y, g, {batch}, scratch) != 0) return 1;
+  for (int i = 0; i < {batch} * 10; i++) printf("%.9g\n", y[i]);
+  for (int i = 0; i < {batch} * 16; i++) printf("%.9g\n", g[i]);
+  free(scratch);
+  return 0;
+}}
+"#,
+        list(&x),
+        list(&z)
+    );
+    std::fs::write(dir.join("main.c"), harness).unwrap();
+    let status = Command::new("cc")
+        .current_dir(&dir)
+        .args(["-O1", "main.c", "model.o", "-o", "harness"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cc failed");
+    let out = Command::new(dir.join("harness")).output().unwrap();
+    assert!(out.status.success());
+    let c_values: Vec<f32> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let model = onebit::compile_graph(&graph, &params, &Options::default()).unwrap();
+    let jit = model.run_many(&[&x, &z], batch).unwrap();
+    let expected: Vec<f32> = jit.concat();
+    assert_eq!(c_values, expected);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn clif_text_is_available() {
+    let graph = onebit::parse(SRC).unwrap();
+    let params = Params::init(&graph, 1);
+    let options = Options {
+        emit_clif: true,
+        ..Options::default()
+    };
+    let (_, lowered) =
+        codegen::object::compile(onebit::verify(&graph).unwrap(), &params, &options).unwrap();
+    assert!(
+        lowered.clif.contains("popcnt"),
+        "{}",
+        &lowered.clif[..200.min(lowered.clif.len())]
+    );
+    assert!(lowered.clif.contains("function"));
+}
