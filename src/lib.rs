@@ -3,6 +3,7 @@
 //! The pipeline, one module per stage:
 //! - [`text`]: the `.bnn` model language: parser, lowering to IR, printer, diagnostics;
 //! - [`ir`]: the typed graph IR, its verifier, parameters and the reference interpreter;
+//! - [`passes`]: graph rewrites: batchnorm and scale folding into thresholds, packing, cell selection;
 //! - [`codegen`]: Cranelift code generation (JIT and object files);
 //! - [`runtime`]: compiled models and their execution;
 //! - [`io`]: weight (safetensors) and data (`.npy`) files.
@@ -42,6 +43,7 @@
 pub mod codegen;
 pub mod io;
 pub mod ir;
+pub mod passes;
 pub mod runtime;
 pub mod text;
 pub mod util;
@@ -69,6 +71,9 @@ pub enum Error {
     /// A run was refused.
     #[error("{0}")]
     Run(#[from] RunError),
+    /// An optimisation pass failed.
+    #[error("{0}")]
+    Pass(#[from] passes::PassError),
 }
 
 /// Parses and lowers `.bnn` source to a graph.
@@ -87,14 +92,18 @@ pub fn verify(graph: &Graph) -> Result<Verified<'_>, Error> {
     Ok(ir::verify(graph)?)
 }
 
-/// Runs the default optimisation pipeline on `graph` and `params`.
-///
-/// The pass pipeline is not part of this build yet, so this checks the
-/// parameters and leaves the graph as it is; the code generator fuses
-/// batchnorm and sign into binary layers itself.
-pub fn optimize(graph: &mut Graph, params: &mut Params) -> Result<(), Error> {
-    params.check(graph)?;
-    Ok(())
+/// Runs the default pass pipeline ([`passes`]) on `graph` and `params`:
+/// batchnorm, XNOR-Net scales and signs folded into binary layers as exact
+/// integer thresholds, binary weights packed. The model computes the same
+/// outputs (bits exactly, f32 to rounding). Returns what the passes did.
+pub fn optimize(graph: &mut Graph, params: &mut Params) -> Result<passes::PassReport, Error> {
+    Ok(passes::optimize(
+        graph,
+        params,
+        &passes::PassSelection::default_pipeline(),
+        &passes::PassOptions::default(),
+        |_, _| {},
+    )?)
 }
 
 /// Compiles a graph (after [`optimize`]) to native code.

@@ -207,3 +207,80 @@ fn run_reports_accuracy_on_the_embedded_digits() {
     );
     assert!(stdout.contains("y: [1797, 10]"), "{stdout}");
 }
+
+#[test]
+fn passes_fold_the_digits_cnn_into_thresholds() {
+    let (stdout, _) = expect(
+        0,
+        &["check", "examples/digits_cnn.bnn", "--passes", "default"],
+    );
+    assert!(stdout.contains("bconv2d threshold packed"), "{stdout}");
+    assert!(
+        stdout.contains("real ops between binary layers: none"),
+        "{stdout}"
+    );
+    let (ir, _) = expect(0, &["ir", "examples/digits_cnn.bnn", "--passes", "default"]);
+    assert!(ir.contains("output=threshold, weights=packed"), "{ir}");
+    onebit::text::parse_str(&ir).expect("the optimized IR is a valid model file");
+    let (all, _) = expect(
+        0,
+        &[
+            "ir",
+            "examples/digits_cnn.bnn",
+            "--passes",
+            "default",
+            "--print-after",
+            "all",
+        ],
+    );
+    let names = onebit::passes::PassSelection::default_pipeline().names();
+    assert_eq!(all.matches("# after ").count(), names.len(), "{all}");
+    let (_, stderr) = expect(
+        1,
+        &[
+            "ir",
+            "examples/digits_cnn.bnn",
+            "--passes",
+            "fold_batchnrom",
+        ],
+    );
+    assert!(stderr.contains("fold_batchnorm"), "no suggestion: {stderr}");
+}
+
+#[test]
+fn select_cells_prints_a_model_without_choose() {
+    let (ir, _) = expect(
+        0,
+        &[
+            "ir",
+            "examples/tiny_search.bnn",
+            "--passes",
+            "select_cells,default",
+        ],
+    );
+    assert!(!ir.contains("= choose {"), "{ir}");
+    onebit::text::parse_str(&ir).expect("the selected architecture is a valid model file");
+}
+
+#[test]
+fn jit_and_interpreter_agree_through_the_cli() {
+    let run = |engine: &str| {
+        let (stdout, _) = expect(
+            0,
+            &[
+                "run",
+                "examples/digits_cnn.bnn",
+                "--seed",
+                "2",
+                "--input",
+                "data/digits/images.npy",
+                "--engine",
+                engine,
+                "--passes",
+                "default",
+            ],
+        );
+        stdout
+    };
+    assert_eq!(run("jit"), run("interp"));
+}

@@ -12,6 +12,7 @@ mod engine;
 
 use onebit::io::{npy, weights};
 use onebit::ir::{Graph, Params, Tensor, dot, interp, json, summary::Summary};
+use onebit::passes::{self, PassOptions, PassReport, PassSelection};
 
 /// onebit: a compiler toolchain for 1-bit (binarized) neural networks.
 ///
@@ -34,9 +35,18 @@ struct Cli {
 enum Command {
     /// Verify a model and print a per-layer summary: output shapes, binary and
     /// real parameters and MACs, memory, and the model size packed vs float32.
+    ///
+    /// With --passes, the passes run first and a report follows: per layer
+    /// whether it runs binary, what was fused into it, and why a real-valued
+    /// layer between binary layers was not folded.
     Check {
         /// The model file (.bnn).
         model: PathBuf,
+        #[command(flatten)]
+        weights: WeightsArgs,
+        /// Passes to run first: `default`, `none`, or `name,name,...`.
+        #[arg(long)]
+        passes: Option<String>,
     },
     /// Print a model's IR: as text (a valid .bnn file with one op per line),
     /// JSON, or Graphviz DOT.
@@ -46,6 +56,18 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        #[command(flatten)]
+        weights: WeightsArgs,
+        /// Passes to run first: `default`, `none`, or `name,name,...`
+        /// (`select_cells` finalises a searched architecture).
+        #[arg(long, default_value = "none")]
+        passes: String,
+        /// Print the IR after this pass (or `all`), not only at the end.
+        #[arg(long)]
+        print_after: Option<String>,
+        /// `select_cells`: keep the k best alternatives of each `choose`.
+        #[arg(long, default_value_t = 1)]
+        top_k: usize,
     },
     /// Write freshly initialised parameters (PyTorch's defaults) to a
     /// safetensors file.
@@ -83,6 +105,10 @@ enum Command {
         /// The execution engine.
         #[arg(long, value_enum, default_value_t = Engine::Jit)]
         engine: Engine,
+        /// Passes to run first: `default`, `none`, or `name,name,...`
+        /// [default: `default` with the JIT, `none` with the interpreter].
+        #[arg(long)]
+        passes: Option<String>,
         /// Threads for the JIT engine.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -107,6 +133,9 @@ enum Command {
         /// Skip the interpreter (slow on large models).
         #[arg(long)]
         no_interp: bool,
+        /// Passes to run before compiling.
+        #[arg(long, default_value = "default")]
+        passes: String,
     },
     /// Compile a model ahead of time to a relocatable object file (and C header).
     Compile {
@@ -127,7 +156,49 @@ enum Command {
         /// Print the Cranelift IR instead of (or besides) writing the object.
         #[arg(long, value_enum)]
         emit: Option<Emit>,
+        /// Passes to run before compiling.
+        #[arg(long, default_value = "default")]
+        passes: String,
     },
+}
+
+/// Where the parameters come from.
+#[derive(clap::Args)]
+struct WeightsArgs {
+    /// The weights (safetensors); default: freshly initialised from --seed
+    /// (the passes then fold placeholder values, but the structure is the same).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Seed of the initialisation when no weights are given.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl WeightsArgs {
+    fn load(&self, graph: &Graph) -> Result<Params, Failure> {
+        match &self.weights {
+            Some(path) => Ok(weights::load(graph, path)?),
+            None => Ok(Params::init(graph, self.seed)),
+        }
+    }
+}
+
+/// Runs the passes `selection` names, calling `after` after each.
+fn optimize(
+    graph: &mut Graph,
+    params: &mut Params,
+    selection: &str,
+    top_k: usize,
+    after: impl FnMut(&str, &Graph),
+) -> Result<PassReport, Failure> {
+    let selection =
+        PassSelection::parse(selection).map_err(|e| Failure(format!("error: --passes: {e}")))?;
+    let options = PassOptions {
+        top_k,
+        ..PassOptions::default()
+    };
+    passes::optimize(graph, params, &selection, &options, after)
+        .map_err(|e| Failure(format!("error: {e}")))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -199,16 +270,56 @@ fn load_model(path: &Path) -> Result<Graph, Failure> {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Check { model } => {
-            let graph = load_model(&model)?;
-            println!("{}", Summary::new(&graph));
+        Command::Check {
+            model,
+            weights,
+            passes,
+        } => {
+            let mut graph = load_model(&model)?;
+            match passes {
+                None => println!("{}", Summary::new(&graph)),
+                Some(selection) => {
+                    let mut params = weights.load(&graph)?;
+                    let report = optimize(&mut graph, &mut params, &selection, 1, |_, _| {})?;
+                    println!("{}\n", Summary::new(&graph));
+                    println!("{report}");
+                }
+            }
         }
-        Command::Ir { model, format } => {
-            let graph = load_model(&model)?;
-            match format {
-                Format::Text => print!("{}", onebit::text::print(&graph)),
-                Format::Json => println!("{}", json::to_json(&graph)),
-                Format::Dot => print!("{}", dot::to_dot(&graph)),
+        Command::Ir {
+            model,
+            format,
+            weights,
+            passes,
+            print_after,
+            top_k,
+        } => {
+            let mut graph = load_model(&model)?;
+            let show = |graph: &Graph| match format {
+                Format::Text => onebit::text::print(graph),
+                Format::Json => json::to_json(graph) + "\n",
+                Format::Dot => dot::to_dot(graph),
+            };
+            if let Some(pass) = &print_after {
+                if pass != "all" && passes::pass(pass).is_none() {
+                    return Err(Failure(format!(
+                        "error: --print-after: there is no pass `{pass}`"
+                    )));
+                }
+            }
+            if passes != "none" || print_after.is_some() {
+                let mut params = weights.load(&graph)?;
+                optimize(&mut graph, &mut params, &passes, top_k, |name, g| {
+                    if print_after
+                        .as_deref()
+                        .is_some_and(|p| p == "all" || p == name)
+                    {
+                        print!("# after {name}\n{}", show(g));
+                    }
+                })?;
+            }
+            if print_after.is_none() {
+                print!("{}", show(&graph));
             }
         }
         Command::Init {
@@ -235,16 +346,28 @@ fn run(command: Command) -> Result<(), Failure> {
             output,
             labels,
             engine,
+            passes,
             threads,
         } => {
-            let graph = load_model(&model)?;
-            let params = match (weights_path, seed) {
+            let mut graph = load_model(&model)?;
+            let mut params = match (weights_path, seed) {
                 (Some(path), _) => weights::load(&graph, &path)?,
                 (None, Some(seed)) => Params::init(&graph, seed),
                 (None, None) => {
                     return Err(Failure("error: give --weights FILE or --seed N".into()));
                 }
             };
+            // Folding may rename an output node; report the declared names.
+            let output_names: Vec<String> = graph
+                .outputs()
+                .iter()
+                .map(|&o| graph.node(o).name.clone())
+                .collect();
+            let selection = passes.unwrap_or_else(|| match engine {
+                Engine::Jit => "default".into(),
+                Engine::Interp => "none".into(),
+            });
+            optimize(&mut graph, &mut params, &selection, 1, |_, _| {})?;
             if input.len() != graph.inputs().len() {
                 return Err(Failure(format!(
                     "error: model `{}` has {} input{}, but {} --input file{} given",
@@ -280,8 +403,8 @@ fn run(command: Command) -> Result<(), Failure> {
                 report_accuracy(&path, &results[0])?;
             }
             if output.is_empty() {
-                for (&id, t) in graph.outputs().iter().zip(&results) {
-                    print_tensor(&graph.node(id).name, t);
+                for (name, t) in output_names.iter().zip(&results) {
+                    print_tensor(name, t);
                 }
             }
             for (path, t) in output.iter().zip(&results) {
@@ -295,12 +418,14 @@ fn run(command: Command) -> Result<(), Failure> {
             threads,
             batch,
             no_interp,
+            passes,
         } => {
-            let graph = load_model(&model)?;
-            let params = match w {
+            let mut graph = load_model(&model)?;
+            let mut params = match w {
                 Some(path) => weights::load(&graph, &path)?,
                 None => Params::init(&graph, seed),
             };
+            optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
             engine::bench(&graph, &params, threads, batch, !no_interp)?;
         }
         Command::Compile {
@@ -310,12 +435,14 @@ fn run(command: Command) -> Result<(), Failure> {
             output,
             header,
             emit,
+            passes,
         } => {
-            let graph = load_model(&model)?;
-            let params = match w {
+            let mut graph = load_model(&model)?;
+            let mut params = match w {
                 Some(path) => weights::load(&graph, &path)?,
                 None => Params::init(&graph, seed),
             };
+            optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
             engine::compile(
                 &graph,
                 &params,
