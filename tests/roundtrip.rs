@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 /// Prints `g`, parses the text back and checks that it is the same graph and
-/// prints the same again.
+/// prints the same again; and the same through JSON.
 fn assert_round_trips(g: &Graph) -> Result<(), TestCaseError> {
     let text = onebit::text::print(g);
     let parsed = onebit::text::parse("roundtrip.bnn", text.as_bytes()).map_err(|e| {
@@ -25,7 +25,14 @@ fn assert_round_trips(g: &Graph) -> Result<(), TestCaseError> {
     parsed
         .same_as(g)
         .map_err(|d| TestCaseError::fail(format!("{d}\nin\n{text}")))?;
-    prop_assert_eq!(onebit::text::print(&parsed), text);
+    prop_assert_eq!(&onebit::text::print(&parsed), &text);
+    // The JSON view rebuilds the same graph too.
+    let json = onebit::ir::json::to_json(g);
+    let from_json = onebit::ir::json::from_json(&json)
+        .map_err(|e| TestCaseError::fail(format!("the JSON does not load: {e}\n{json}")))?;
+    from_json
+        .same_as(g)
+        .map_err(|d| TestCaseError::fail(format!("JSON: {d}\nin\n{text}")))?;
     Ok(())
 }
 
