@@ -25,6 +25,7 @@ use std::fmt;
 
 use super::{Changed, PassCx, PassError};
 use crate::ir::graph::{Graph, NodeId};
+use crate::ir::summary::thousands;
 
 /// One planned buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,10 +82,10 @@ impl fmt::Display for MemoryPlan {
         write!(
             f,
             "{} bytes per sample in {} slots (live peak {}, {} without reuse)",
-            self.arena_bytes(),
+            thousands(self.arena_bytes()),
             self.slots.len(),
-            self.live_peak_bytes(),
-            self.unshared_bytes()
+            thousands(self.live_peak_bytes()),
+            thousands(self.unshared_bytes())
         )
     }
 }

@@ -14,7 +14,7 @@ use super::plan_memory::{MemoryPlan, plan};
 use super::{Changed, PassLog};
 use crate::ir::graph::{Graph, NodeId};
 use crate::ir::ops::{BinaryOutput, Op, WeightForm};
-use crate::ir::summary::Summary;
+use crate::ir::summary::{Summary, thousands};
 use crate::ir::types::DType;
 
 /// How a node computes.
@@ -275,7 +275,8 @@ impl fmt::Display for PassReport {
         writeln!(
             f,
             "MACs per sample: {} binary, {} real ({share:.1}% binary)",
-            self.binary_macs, self.real_macs
+            thousands(self.binary_macs),
+            thousands(self.real_macs)
         )?;
         let ratio = if self.packed_bytes == 0 {
             0.0
@@ -285,7 +286,8 @@ impl fmt::Display for PassReport {
         writeln!(
             f,
             "model size: {} bytes packed, {} bytes as float32 ({ratio:.1}x smaller)",
-            self.packed_bytes, self.float_bytes
+            thousands(self.packed_bytes),
+            thousands(self.float_bytes)
         )?;
         let real: BTreeMap<&str, usize> =
             self.real_between_binary()
