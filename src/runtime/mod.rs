@@ -271,7 +271,25 @@ impl CompiledModel {
         batch: usize,
         scratch: &mut Scratch,
     ) -> Result<(), RunError> {
-        self.exec(inputs, outputs, batch, scratch, None)
+        self.exec(inputs, outputs, batch, scratch, None, 0..self.steps.len())
+    }
+
+    /// Runs only steps `range` (indices into [`layers`](Self::layers)), as
+    /// [`run_into`](Self::run_into) does, for timing a layer on its own: the
+    /// steps before `range` are assumed to have run on this `scratch` already
+    /// (their results stay in the arena). An empty or out-of-range `range` is
+    /// clamped.
+    pub fn run_steps(
+        &self,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        batch: usize,
+        scratch: &mut Scratch,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), RunError> {
+        let end = range.end.min(self.steps.len());
+        let start = range.start.min(end);
+        self.exec(inputs, outputs, batch, scratch, None, start..end)
     }
 
     /// Runs once, timing every step (summed over the batch); returns the
@@ -284,7 +302,8 @@ impl CompiledModel {
         scratch: &mut Scratch,
     ) -> Result<Vec<Duration>, RunError> {
         let mut times = vec![Duration::ZERO; self.steps.len()];
-        self.exec(inputs, outputs, batch, scratch, Some(&mut times))?;
+        let all = 0..self.steps.len();
+        self.exec(inputs, outputs, batch, scratch, Some(&mut times), all)?;
         Ok(times)
     }
 
@@ -329,6 +348,7 @@ impl CompiledModel {
         batch: usize,
         scratch: &mut Scratch,
         mut times: Option<&mut [Duration]>,
+        range: std::ops::Range<usize>,
     ) -> Result<(), RunError> {
         self.check(inputs, outputs, batch, scratch)?;
         // Base pointers and per-sample strides (elements) of the io arrays.
@@ -355,9 +375,10 @@ impl CompiledModel {
         for (t, p) in arena_ptrs.iter_mut().enumerate() {
             *p = scratch.arenas[t.min(last)].as_mut_ptr() as usize;
         }
+        let steps = range;
         let run_samples =
             |t: usize, range: std::ops::Range<usize>, times: Option<&mut [Duration]>| {
-                self.samples(arena_ptrs[t], io, range, times);
+                self.samples(arena_ptrs[t], io, range, times, steps.clone());
             };
         let pool = self.pool.as_ref().filter(|_| threads > 1 && batch > 0);
         match pool {
@@ -393,6 +414,9 @@ impl CompiledModel {
                             &heap_table
                         };
                         for (i, st) in self.steps.iter().enumerate() {
+                            if !steps.contains(&i) {
+                                continue;
+                            }
                             let start = Instant::now();
                             if t < n {
                                 let (lo, hi) = (st.units * t / n, st.units * (t + 1) / n);
@@ -435,6 +459,7 @@ impl CompiledModel {
         io: &[(usize, usize)],
         range: std::ops::Range<usize>,
         mut times: Option<&mut [Duration]>,
+        steps: std::ops::Range<usize>,
     ) {
         let mut table = [std::ptr::null_mut::<f32>(); 16];
         let mut heap = Vec::new();
@@ -450,6 +475,9 @@ impl CompiledModel {
                 &heap
             };
             for (i, st) in self.steps.iter().enumerate() {
+                if !steps.contains(&i) {
+                    continue;
+                }
                 let start = times.as_ref().map(|_| Instant::now());
                 // SAFETY: `arena` is a live arena of `arena_bytes` owned by
                 // the caller's scratch for this thread only; `tab` holds one

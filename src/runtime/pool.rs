@@ -1,5 +1,5 @@
 //! A tiny persistent thread pool for one compiled model: `n − 1` workers
-//! plus the calling thread run one job at a time, and a spin barrier
+//! plus the calling thread run one job at a time, and a spin-then-yield barrier
 //! separates the layers of a run split within layers.
 //!
 //! Workers spin briefly after a job (back-to-back runs hand over in
@@ -100,8 +100,9 @@ impl Pool {
         }
         job(0);
         let n = self.workers.len();
+        let mut spins = 0u32;
         while self.shared.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+            backoff(&mut spins);
         }
         // SAFETY: all workers are done with the job.
         unsafe { *self.shared.job.get() = None };
@@ -155,6 +156,19 @@ impl Drop for Pool {
     }
 }
 
+/// Spins `SPIN_TRIES` times, then yields the core on every call: on a
+/// shared machine the thread being waited for may have been preempted, and
+/// spinning through its time slice costs milliseconds per barrier.
+fn backoff(spins: &mut u32) {
+    const SPIN_TRIES: u32 = 4096;
+    if *spins < SPIN_TRIES {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
 /// A sense-counting spin barrier for `n` threads.
 pub struct Barrier {
     n: usize,
@@ -179,8 +193,9 @@ impl Barrier {
             self.count.store(0, Ordering::Release);
             self.generation.fetch_add(1, Ordering::AcqRel);
         } else {
+            let mut spins = 0u32;
             while self.generation.load(Ordering::Acquire) == g {
-                std::hint::spin_loop();
+                backoff(&mut spins);
             }
         }
     }

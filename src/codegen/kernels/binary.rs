@@ -12,7 +12,15 @@
 //!   accumulators, which are widened every 31 steps (≤ 8·31 = 248 per byte)
 //!   by `iadd_pairwise(uwiden_low, uwiden_high)` (pmaddubsw) and its signed
 //!   i16 form (pmaddwd), per Mula, Kurz & Lemire, "Faster Population Counts
-//!   Using AVX2 Instructions" (2018).
+//!   Using AVX2 Instructions" (2018). The steps run as a loop, one step per
+//!   iteration, with the broadcasts of the next step loaded at the end of
+//!   the current one and carried on the back-edge, so each is one
+//!   `vbroadcastss m32` (see `vector_steps`): per step and 2 × 16 tile,
+//!   4 weight loads, 2 broadcast loads and 24 vector ALU ops.
+//! * **Bit outputs** compare the popcounts themselves against per-channel
+//!   thresholds (`(c ^ s) > e`, see `count_thresholds`) and pack 16
+//!   channels with two saturating narrows and one `pmovmskb`, when no
+//!   zero-padding correction applies.
 //! * **Scalar path** (`popcnt.i64`): 64-bit words, 4 channels × `nr` pixels
 //!   of independent `i64` accumulators.
 //!
@@ -117,6 +125,118 @@ fn segmented(
     Ok(())
 }
 
+/// Emits the `n` steps of the vector path as runtime loops, one step per
+/// iteration (input offsets from a table, weights at `wptr + 64·step`),
+/// with `flush` after every segment of at most [`FLUSH`] steps.
+///
+/// * One step per iteration keeps the code small (compile time), and the
+///   back-edge anchors each step's xor/popcount/add chains: with a long
+///   straight-line receptive field, the e-graph pass of `opt_level=speed`
+///   elaborates the pure chains accumulator by accumulator after all loads,
+///   which keeps every loaded weight live and spills the tile.
+/// * The activation broadcasts are software-pipelined: step `s + 1`'s are
+///   loaded at the end of step `s` and passed along the back-edge. Each
+///   `splat` then has one use (the branch argument), so Cranelift folds the
+///   load into one `vbroadcastss m32` (a load-port µop); a splat used by four
+///   `bxor`s is "multiply used" to the lowering, which then keeps `movl;
+///   vmovd; vpbroadcastd`, two vector-ALU µops per pixel and step.
+/// * The loop overhead (a table load, a few integer adds, a compare and a
+///   branch) runs on the integer ports, beside the 24 vector ops of a step.
+fn vector_steps(
+    fx: &mut Fx,
+    bases: &[Value],
+    wptr: Value,
+    offs: &[i64],
+    acc8: &[[Variable; 4]],
+    flush: &mut dyn FnMut(&mut Fx) -> Result<(), CodegenError>,
+) -> Result<(), CodegenError> {
+    let n = offs.len();
+    if n == 0 {
+        return flush(fx);
+    }
+    // One extra entry: the pipelined loads of the last iteration read it
+    // (offset 0, the pixel itself) and discard the result.
+    let mut tab: Vec<i32> = offs.iter().map(|&o| o as i32).collect();
+    tab.push(0);
+    let tab = fx.i32_data(&tab)?;
+    let nr = bases.len();
+    // A zero read from memory: the last (discarded) table entry.
+    let opaque =
+        fx.b.ins()
+            .sload32(crate::codegen::emit::mem(), tab, 4 * n as i32);
+    // Loop-carried: the table pointer, the weight pointer, the broadcasts.
+    let bcasts = |fx: &mut Fx, tp: Value, wp: Value| -> Vec<cranelift_codegen::ir::BlockArg> {
+        let off = fx.b.ins().sload32(crate::codegen::emit::mem(), tp, 0);
+        let mut v: Vec<cranelift_codegen::ir::BlockArg> = vec![tp.into(), wp.into()];
+        for &base in bases {
+            let addr = fx.b.ins().iadd(base, off);
+            let x = fx.load(types::I32, addr, 0);
+            v.push(fx.b.ins().splat(types::I32X4, x).into());
+        }
+        v
+    };
+    let nseg = n.div_ceil(FLUSH);
+    let per = n.div_ceil(nseg);
+    fx.for_n(nseg, |fx, seg| {
+        let s0 = fx.mul_imm(seg, per as i64);
+        let s1 = fx.add_imm(s0, per as i64);
+        let s1 = if n.is_multiple_of(per) {
+            s1
+        } else {
+            let nv = fx.ic(n as i64);
+            fx.b.ins().umin(s1, nv)
+        };
+        let t0 = fx.mul_imm(s0, 4);
+        let tp0 = fx.b.ins().iadd(tab, t0);
+        let w0 = fx.mul_imm(s0, 64);
+        let wp0 = fx.b.ins().iadd(wptr, w0);
+        let t1 = fx.mul_imm(s1, 4);
+        let end = fx.b.ins().iadd(tab, t1);
+        let first = bcasts(fx, tp0, wp0);
+        let body = fx.b.create_block();
+        let tp = fx.b.append_block_param(body, types::I64);
+        let wp = fx.b.append_block_param(body, types::I64);
+        let xs: Vec<Value> = (0..nr)
+            .map(|_| fx.b.append_block_param(body, types::I32X4))
+            .collect();
+        fx.b.ins().jump(body, &first);
+        fx.b.switch_to_block(body);
+        // Weights are memory operands of the `vpxor`s: one load per use,
+        // each pixel's from its own address expression (`opaque` is a zero
+        // the optimiser cannot see through, so the e-graph does not merge
+        // the two loads of a line into one multiply used value), which
+        // leaves the registers to the accumulators and broadcasts.
+        let wflags = MemFlagsData::trusted().with_readonly().with_can_move();
+        for (k, &x) in xs.iter().enumerate() {
+            let x = fx.b.ins().bitcast(types::I8X16, le(), x);
+            let wk = if k == 0 {
+                wp
+            } else {
+                let z = fx.mul_imm(opaque, k as i64);
+                fx.b.ins().iadd(wp, z)
+            };
+            for r in 0..4 {
+                let w = fx.b.ins().load(types::I8X16, wflags, wk, 16 * r as i32);
+                let t = fx.b.ins().bxor(x, w);
+                let c = fx.b.ins().popcnt(t);
+                let acc = fx.b.use_var(acc8[k][r]);
+                let acc = fx.b.ins().iadd(acc, c);
+                fx.b.def_var(acc8[k][r], acc);
+            }
+        }
+        let tp2 = fx.b.ins().iadd_imm_s(tp, 4);
+        let wp2 = fx.b.ins().iadd_imm_s(wp, 64);
+        let next = bcasts(fx, tp2, wp2);
+        let go = fx.b.ins().icmp(IntCC::UnsignedLessThan, tp2, end);
+        let exit = fx.b.create_block();
+        fx.b.ins().brif(go, body, &next, exit, &[]);
+        fx.b.seal_block(body);
+        fx.b.switch_to_block(exit);
+        fx.b.seal_block(exit);
+        flush(fx)
+    })
+}
+
 fn pixel_addr(fx: &mut Fx, base: Value, a: &StepAddr) -> (Value, i64) {
     match a.dyn_off {
         Some(o) => (fx.b.ins().iadd(base, o), a.in_imm),
@@ -189,7 +309,7 @@ pub fn emit(
     };
     let vector = !b.scalar;
     let wtab = fx.data(weights(b, vector))?;
-    let tables = EpiTables::new(fx, &b.epi, o_pad)?;
+    let tables = EpiTables::new(fx, &b.epi, o_pad, b.cg * kh * kw)?;
 
     // Input offsets of the steps within a group, from the pixel base.
     let chunk = if vector { 4 } else { 8 };
@@ -304,30 +424,6 @@ fn vector_counts(
         Some(ss)
     };
     let mut last: Vec<[Option<Value>; 4]> = vec![[None; 4]; nr];
-    let mut body = |fx: &mut Fx, a: StepAddr| -> Result<(), CodegenError> {
-        let w: [Value; 4] = [0, 1, 2, 3].map(|r| {
-            fx.b.ins().load(
-                types::I8X16,
-                MemFlagsData::trusted(),
-                a.w,
-                (a.w_imm + 16 * r) as i32,
-            )
-        });
-        for (k, &base) in bases.iter().enumerate() {
-            let (addr, imm) = pixel_addr(fx, base, &a);
-            let x = fx.load(types::I32, addr, imm);
-            let x = fx.b.ins().splat(types::I32X4, x);
-            let x = fx.b.ins().bitcast(types::I8X16, le(), x);
-            for r in 0..4 {
-                let t = fx.b.ins().bxor(w[r], x);
-                let c = fx.b.ins().popcnt(t);
-                let acc = fx.b.use_var(acc8[k][r]);
-                let acc = fx.b.ins().iadd(acc, c);
-                fx.b.def_var(acc8[k][r], acc);
-            }
-        }
-        Ok(())
-    };
     let mut flush = |fx: &mut Fx| -> Result<(), CodegenError> {
         for k in 0..nr {
             for r in 0..4 {
@@ -352,7 +448,7 @@ fn vector_counts(
         }
         Ok(())
     };
-    segmented(fx, wb, 64, offs, FLUSH, &mut body, &mut flush)?;
+    vector_steps(fx, bases, wb, offs, &acc8, &mut flush)?;
     (0..nr)
         .map(|k| {
             let v: Vec<Value> = (0..4)
@@ -437,7 +533,12 @@ struct EpiTables {
 }
 
 impl EpiTables {
-    fn new(fx: &mut Fx, epi: &Epilogue, len: usize) -> Result<EpiTables, CodegenError> {
+    fn new(
+        fx: &mut Fx,
+        epi: &Epilogue,
+        len: usize,
+        ktot: usize,
+    ) -> Result<EpiTables, CodegenError> {
         let mut t = Vec::new();
         match epi {
             Epilogue::Dot { alpha } => {
@@ -470,10 +571,35 @@ impl EpiTables {
                 h.resize(len, 0);
                 t.push(fx.i32_data(&d)?);
                 t.push(fx.i32_data(&h)?);
+                // The same test on the popcount `c` (dot = K − 2c) without
+                // padding corrections: bit 1 (−1) iff `(c ^ s) > e`.
+                let (s, e) = count_thresholds(&d, &h, ktot as i64);
+                t.push(fx.i32_data(&s)?);
+                t.push(fx.i32_data(&e)?);
             }
         }
         Ok(EpiTables { t })
     }
+}
+
+/// Thresholds on the popcount: with `dot = K − 2c`, the bit is 1 (−1) iff
+/// `dir·dot < t`, that is `c > ⌊(K − t)/2⌋` for `dir = 1` and
+/// `c < ⌈(K + t)/2⌉ ⇔ !c > −⌈(K + t)/2⌉ − 1` for `dir = −1`; so one xor with
+/// `s ∈ {0, −1}` and one signed compare against `e` (clamped to the range
+/// `c ^ s` can take, `c ∈ [0, K]`).
+fn count_thresholds(dir: &[i32], t: &[i32], k: i64) -> (Vec<i32>, Vec<i32>) {
+    dir.iter()
+        .zip(t)
+        .map(|(&d, &t)| {
+            let t = i64::from(t);
+            if d >= 0 {
+                (0, (k - t).div_euclid(2).clamp(-1, k) as i32)
+            } else {
+                let ceil = -(-(k + t)).div_euclid(2);
+                (-1, (-ceil - 1).clamp(-k - 2, -1) as i32)
+            }
+        })
+        .unzip()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -510,9 +636,39 @@ fn epilogue(
         };
         tv.push(tab.iter().map(|&t| ld(fx, ty, t, r)).collect());
     }
+    // Bits without padding corrections: compare the popcounts directly and
+    // pack the 16 lane masks with two saturating narrows into one
+    // `pmovmskb`.
+    let direct = b.epi.bits() && corr.iter().all(Option::is_none);
     for (k, cnt) in counts.iter().enumerate() {
         let mut bits_acc: Option<Value> = None;
-        for r in 0..nvec {
+        if direct {
+            let zero = {
+                let z = fx.icty(types::I32, 0);
+                fx.b.ins().splat(types::I32X4, z)
+            };
+            let m: Vec<Value> = (0..4)
+                .map(|r| {
+                    if r < nvec {
+                        let t = &tv[r];
+                        let x = fx.b.ins().bxor(cnt[r], t[2]);
+                        fx.b.ins().icmp(IntCC::SignedGreaterThan, x, t[3])
+                    } else {
+                        zero
+                    }
+                })
+                .collect();
+            let lo = fx.b.ins().snarrow(m[0], m[1]);
+            let hi = fx.b.ins().snarrow(m[2], m[3]);
+            let m8 = fx.b.ins().snarrow(lo, hi);
+            let mask = fx.b.ins().vhigh_bits(types::I64, m8);
+            bits_acc = Some(if valid < 16 {
+                fx.b.ins().band_imm_s(mask, (1i64 << valid) - 1)
+            } else {
+                mask
+            });
+        }
+        for r in 0..if direct { 0 } else { nvec } {
             let twice = fx.b.ins().ishl_imm_s(cnt[r], 1);
             let mut dot = fx.b.ins().isub(kv, twice);
             if let Some(c) = corr[k] {
@@ -652,15 +808,27 @@ fn weights(b: &BinConv, vector: bool) -> Vec<u8> {
     let bits = if vector { 32 } else { 64 };
     let per_tap = b.cg.div_ceil(bits);
     let steps = kh * kw * per_tap;
-    let word = |o: usize, u: usize, v: usize, t: usize| -> u64 {
-        let mut x = 0u64;
-        for i in 0..bits {
-            let c = t * bits + i;
-            if c < b.cg && b.neg[((o * b.cg + c) * kh + u) * kw + v] {
-                x |= 1 << i;
+    // Sign bits packed along the input channels once, `[o][u][v][word]`, so
+    // that every kernel word below is a shift (the bool-per-weight layout
+    // made this loop a large part of the compile time of big models).
+    let cw = b.cg.div_ceil(64);
+    let mut packed = vec![0u64; b.o * kh * kw * cw];
+    let taps = kh * kw;
+    for (o, slab) in b.neg.chunks_exact(b.cg * taps).enumerate() {
+        for tap in 0..taps {
+            let row = &mut packed[(o * taps + tap) * cw..][..cw];
+            for (c, n) in slab[tap..].iter().step_by(taps).enumerate() {
+                row[c / 64] |= u64::from(*n) << (c % 64);
             }
         }
-        x
+    }
+    let word = |o: usize, u: usize, v: usize, t: usize| -> u64 {
+        let row = &packed[((o * kh + u) * kw + v) * cw..][..cw];
+        if bits == 64 {
+            row[t]
+        } else {
+            (row[t / 2] >> (32 * (t % 2))) & 0xffff_ffff
+        }
     };
     let mut out = Vec::with_capacity(b.groups * nb * steps * 16 * bits / 8);
     for g in 0..b.groups {

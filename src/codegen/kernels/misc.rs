@@ -6,7 +6,8 @@
 //! over channels in `f32x4` vectors with a scalar tail; per-channel constants
 //! come from tables. Sign packing compares four channels at a time
 //! (`fcmp ult x, 0`, true for negatives and NaN) and gathers the lanes with
-//! `vhigh_bits` (movmskps) into 64-bit words.
+//! `vhigh_bits`: sixteen channels per `pmovmskb` after two saturating
+//! narrows (full words), four per `movmskps` in the tail.
 
 use cranelift_codegen::ir::{
     Endianness, InstBuilder, MemFlagsData, Type, Value, condcodes::FloatCC, types,
@@ -217,13 +218,27 @@ pub fn elementwise(
         let full = c / 64;
         fx.for_n(full, |fx, wi| {
             let cb0 = fx.mul_imm(wi, 256);
+            // Sixteen channels at a time: four lane masks narrowed (with
+            // saturation, so all-ones stays all-ones) to one i8x16, whose
+            // `pmovmskb` is 16 bits.
             let mut word = fx.ic(0);
-            for q in 0..16 {
-                let v = at(fx, types::F32X4, cb0, 16 * q);
-                let m = minus(fx, v, types::F32X4);
-                let m = fx.b.ins().vhigh_bits(types::I64, m);
-                let m = fx.b.ins().ishl_imm_s(m, 4 * q);
-                word = fx.b.ins().bor(word, m);
+            for g in 0..4 {
+                let m: Vec<Value> = (0..4)
+                    .map(|q| {
+                        let v = at(fx, types::F32X4, cb0, 64 * g + 16 * q);
+                        minus(fx, v, types::F32X4)
+                    })
+                    .collect();
+                let lo = fx.b.ins().snarrow(m[0], m[1]);
+                let hi = fx.b.ins().snarrow(m[2], m[3]);
+                let m8 = fx.b.ins().snarrow(lo, hi);
+                let bits = fx.b.ins().vhigh_bits(types::I64, m8);
+                let bits = if g == 0 {
+                    bits
+                } else {
+                    fx.b.ins().ishl_imm_s(bits, 16 * g)
+                };
+                word = fx.b.ins().bor(word, bits);
             }
             let wa = fx.mul_imm(wi, 8);
             let wa = fx.b.ins().iadd(out, wa);
@@ -288,6 +303,234 @@ fn or_bit(fx: &mut Fx, addr: Value, idx: Value, bit: Value) {
     fx.store(new, a, 0);
 }
 
+/// `shuffle` of two `f32x4` by 32-bit lane indices (0–3 from `a`, 4–7 from
+/// `b`); the patterns used here lower to `punpck{l,h}{dq,qdq}`.
+fn shuf(fx: &mut Fx, a: Value, b: Value, lanes: [u8; 4]) -> Value {
+    let bytes: Vec<u8> = lanes.iter().flat_map(|&l| 4 * l..4 * l + 4).collect();
+    let mask = fx.b.func.dfg.immediates.push(bytes.into());
+    let a = fx.b.ins().bitcast(types::I8X16, le(), a);
+    let b = fx.b.ins().bitcast(types::I8X16, le(), b);
+    let v = fx.b.ins().shuffle(a, b, mask);
+    fx.b.ins().bitcast(types::F32X4, le(), v)
+}
+
+/// Transposes four `f32x4` rows into four columns (8 shuffles).
+fn transpose4(fx: &mut Fx, r: [Value; 4]) -> [Value; 4] {
+    let t0 = shuf(fx, r[0], r[1], [0, 4, 1, 5]);
+    let t1 = shuf(fx, r[2], r[3], [0, 4, 1, 5]);
+    let t2 = shuf(fx, r[0], r[1], [2, 6, 3, 7]);
+    let t3 = shuf(fx, r[2], r[3], [2, 6, 3, 7]);
+    [
+        shuf(fx, t0, t1, [0, 1, 4, 5]),
+        shuf(fx, t0, t1, [2, 3, 6, 7]),
+        shuf(fx, t2, t3, [0, 1, 4, 5]),
+        shuf(fx, t2, t3, [2, 3, 6, 7]),
+    ]
+}
+
+/// Where the rows of a transpose come from.
+#[derive(Clone, Copy)]
+enum Rows {
+    /// f32 rows of `stride` elements.
+    F32 { stride: usize },
+    /// Bit rows of `words` 64-bit words, read as ±1.0 (bit 1 → −1.0) through
+    /// `table`: 16 `f32x4` entries, one per nibble.
+    Bits { words: usize, table: Value },
+}
+
+/// `dst[col·dst_stride + row] = src[row][col]` for `rows` rows of `cols`
+/// columns, as f32, over row blocks `blk` (four rows each; the block index
+/// `rows / 4` holds the leftover rows): 4×4 tiles of loads, an 8-shuffle
+/// transpose and vector stores, with scalar edges.
+#[allow(clippy::too_many_arguments)]
+fn transpose_block(
+    fx: &mut Fx,
+    src: Value,
+    kind: Rows,
+    dst: Value,
+    dst_stride: usize,
+    rows: usize,
+    cols: usize,
+    blk: Value,
+) -> Result<(), CodegenError> {
+    let row_bytes = match kind {
+        Rows::F32 { stride } => 4 * stride,
+        Rows::Bits { words, .. } => 8 * words,
+    } as i64;
+    // One element, scalar.
+    let elem = |fx: &mut Fx, row: Value, col: Value| -> Value {
+        let ra = fx.mul_imm(row, row_bytes);
+        let ra = fx.b.ins().iadd(src, ra);
+        let v = match kind {
+            Rows::F32 { .. } => {
+                let c4 = fx.mul_imm(col, 4);
+                let a = fx.b.ins().iadd(ra, c4);
+                fx.load(types::F32, a, 0)
+            }
+            Rows::Bits { .. } => {
+                let bit = bit_at(fx, ra, col);
+                bit_value(fx, bit)
+            }
+        };
+        let o = fx.mul_imm(col, dst_stride as i64);
+        let o = fx.b.ins().iadd(o, row);
+        let o = fx.mul_imm(o, 4);
+        let o = fx.b.ins().iadd(dst, o);
+        fx.store(v, o, 0);
+        v
+    };
+    let full = rows / 4;
+    let c4 = cols / 4;
+    let vec_part = |fx: &mut Fx, r0: Value| -> Result<(), CodegenError> {
+        let bases: Vec<Value> = (0..4)
+            .map(|k| {
+                let r = fx.add_imm(r0, k);
+                let o = fx.mul_imm(r, row_bytes);
+                fx.b.ins().iadd(src, o)
+            })
+            .collect();
+        fx.for_n(c4, |fx, cb| {
+            let col = fx.mul_imm(cb, 4);
+            let r: Vec<Value> = bases
+                .iter()
+                .map(|&base| match kind {
+                    Rows::F32 { .. } => {
+                        let o = fx.mul_imm(col, 4);
+                        let a = fx.b.ins().iadd(base, o);
+                        fx.load(types::F32X4, a, 0)
+                    }
+                    Rows::Bits { table, .. } => {
+                        let w = fx.b.ins().ushr_imm_s(col, 6);
+                        let w = fx.mul_imm(w, 8);
+                        let a = fx.b.ins().iadd(base, w);
+                        let word = fx.load(types::I64, a, 0);
+                        let sh = fx.b.ins().band_imm_s(col, 63);
+                        let n = fx.b.ins().ushr(word, sh);
+                        let n = fx.b.ins().band_imm_s(n, 15);
+                        let n = fx.mul_imm(n, 16);
+                        let e = fx.b.ins().iadd(table, n);
+                        fx.b.ins().load(types::F32X4, MemFlagsData::trusted(), e, 0)
+                    }
+                })
+                .collect();
+            let t = transpose4(fx, [r[0], r[1], r[2], r[3]]);
+            for (k, v) in t.into_iter().enumerate() {
+                let c = fx.add_imm(col, k as i64);
+                let o = fx.mul_imm(c, dst_stride as i64);
+                let o = fx.b.ins().iadd(o, r0);
+                let o = fx.mul_imm(o, 4);
+                let a = fx.b.ins().iadd(dst, o);
+                fx.store(v, a, 0);
+            }
+            Ok(())
+        })?;
+        if !cols.is_multiple_of(4) {
+            for k in 0..4 {
+                let row = fx.add_imm(r0, k);
+                for col in 4 * c4..cols {
+                    let col = fx.ic(col as i64);
+                    elem(fx, row, col);
+                }
+            }
+        }
+        Ok(())
+    };
+    if rows.is_multiple_of(4) {
+        let r0 = fx.mul_imm(blk, 4);
+        return vec_part(fx, r0);
+    }
+    // Blocks below `full` are vector blocks; block `full` the leftover rows.
+    let is_vec = fx.b.ins().icmp_imm_s(
+        cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
+        blk,
+        full as i64,
+    );
+    let vb = fx.b.create_block();
+    let tb = fx.b.create_block();
+    let join = fx.b.create_block();
+    fx.b.ins().brif(is_vec, vb, &[], tb, &[]);
+    fx.b.switch_to_block(vb);
+    if full > 0 {
+        let r0 = fx.mul_imm(blk, 4);
+        vec_part(fx, r0)?;
+    }
+    fx.b.ins().jump(join, &[]);
+    fx.b.switch_to_block(tb);
+    for row in 4 * full..rows {
+        fx.for_n(cols, |fx, col| {
+            let row = fx.ic(row as i64);
+            elem(fx, row, col);
+            Ok(())
+        })?;
+    }
+    fx.b.ins().jump(join, &[]);
+    fx.b.switch_to_block(join);
+    Ok(())
+}
+
+/// Stores `fill` to the `n` f32 at `base + 4·at` (vectors, scalar tail).
+fn fill_f32(fx: &mut Fx, base: Value, at: usize, n: usize, fill: f32) -> Result<(), CodegenError> {
+    if n == 0 {
+        return Ok(());
+    }
+    let f = fx.fc(fill);
+    let v = fx.b.ins().splat(types::F32X4, f);
+    let at = 4 * at as i64;
+    fx.for_n(n / 4, |fx, i| {
+        let o = fx.mul_imm(i, 16);
+        let a = fx.b.ins().iadd(base, o);
+        fx.store(v, a, at);
+        Ok(())
+    })?;
+    for k in 4 * (n / 4)..n {
+        fx.store(f, base, at + 4 * k as i64);
+    }
+    Ok(())
+}
+
+/// Copies `n` f32 from `src` to `dst` (vectors, scalar tail).
+fn copy_f32(fx: &mut Fx, src: Value, dst: Value, n: usize) -> Result<(), CodegenError> {
+    fx.for_n(n / 4, |fx, i| {
+        let o = fx.mul_imm(i, 16);
+        let a = fx.b.ins().iadd(src, o);
+        let v = fx.load(types::F32X4, a, 0);
+        let d = fx.b.ins().iadd(dst, o);
+        fx.store(v, d, 0);
+        Ok(())
+    })?;
+    for k in 4 * (n / 4)..n {
+        let v = fx.load(types::F32, src, 4 * k as i64);
+        fx.store(v, dst, 4 * k as i64);
+    }
+    Ok(())
+}
+
+/// Copies `n` 64-bit words from `src` to `dst` (16-byte vectors, then a
+/// word).
+fn copy_words(fx: &mut Fx, src: Value, dst: Value, n: usize) -> Result<(), CodegenError> {
+    fx.for_n(n / 2, |fx, i| {
+        let o = fx.mul_imm(i, 16);
+        let a = fx.b.ins().iadd(src, o);
+        let v = fx.load(types::I8X16, a, 0);
+        let d = fx.b.ins().iadd(dst, o);
+        fx.store(v, d, 0);
+        Ok(())
+    })?;
+    if n % 2 == 1 {
+        let v = fx.load(types::I64, src, 8 * (n - 1) as i64);
+        fx.store(v, dst, 8 * (n - 1) as i64);
+    }
+    Ok(())
+}
+
+/// The ±1.0 nibble table of [`Rows::Bits`].
+fn nibble_table(fx: &mut Fx) -> Result<Value, CodegenError> {
+    let v: Vec<f32> = (0..16u32)
+        .flat_map(|n| (0..4).map(move |l| if n >> l & 1 == 1 { -1.0 } else { 1.0 }))
+        .collect();
+    fx.f32_data(&v)
+}
+
 /// Transposes channels-last `[P][C]` to C order `[C][P]` (f32, or bits to
 /// ±1.0 when `to_f32`, or bits to bits); `dst` is a pointer.
 fn to_c_order(
@@ -298,6 +541,18 @@ fn to_c_order(
     bits_out: bool,
 ) -> Result<(), CodegenError> {
     let (c, p) = (t.c, t.pos);
+    if !bits_out {
+        let kind = match t.dtype {
+            DType::F32 => Rows::F32 { stride: c },
+            DType::Bit => Rows::Bits {
+                words: t.cw(),
+                table: nibble_table(fx)?,
+            },
+        };
+        return fx.for_n(p.div_ceil(4), |fx, blk| {
+            transpose_block(fx, src, kind, dst, p, p, c, blk)
+        });
+    }
     if bits_out {
         fx.zero_bytes(dst, 8 * (c * p).div_ceil(64));
     }
@@ -345,22 +600,10 @@ pub fn input(
     let src = fx.io_ptr(io);
     let dst = fx.arena_at(dst_off);
     let (c, p) = (dst_t.c, dst_t.pos);
-    fx.for_n(c, |fx, ch| {
-        fx.for_n(p, |fx, q| {
-            let i = fx.mul_imm(ch, p as i64);
-            let i = fx.b.ins().iadd(i, q);
-            let i = fx.mul_imm(i, 4);
-            let a = fx.b.ins().iadd(src, i);
-            let v = fx.load(types::F32, a, 0);
-            let o = fx.mul_imm(q, c as i64);
-            let o = fx.b.ins().iadd(o, ch);
-            let o = fx.mul_imm(o, 4);
-            let o = fx.b.ins().iadd(dst, o);
-            fx.store(v, o, 0);
-            Ok(())
-        })
-    })?;
-    Ok(1)
+    // C order `[C][P]` is a transpose of channels-last `[P][C]`; the work
+    // units are blocks of four channels.
+    fx.for_units(|fx, blk| transpose_block(fx, src, Rows::F32 { stride: p }, dst, c, c, p, blk))?;
+    Ok(c.div_ceil(4))
 }
 
 /// A value to model output `io`.
@@ -438,27 +681,20 @@ pub fn pad(
     match src_t.dtype {
         DType::F32 => {
             let c = src_t.c;
-            let fv = fx.fc(fill);
-            fx.for_n(hp * wp * c, |fx, i| {
-                let o = fx.mul_imm(i, 4);
-                let o = fx.b.ins().iadd(dst, o);
-                fx.store(fv, o, 0);
-                Ok(())
-            })?;
+            // Border only, then the image rows as contiguous runs.
+            let row = wp * c;
+            fill_f32(fx, dst, 0, ph * row, fill)?;
+            fill_f32(fx, dst, (ph + h) * row, ph * row, fill)?;
             fx.for_n(h, |fx, r| {
-                fx.for_n(w * c, |fx, e| {
-                    let i = fx.mul_imm(r, (w * c) as i64);
-                    let i = fx.b.ins().iadd(i, e);
-                    let i = fx.mul_imm(i, 4);
-                    let a = fx.b.ins().iadd(src, i);
-                    let v = fx.load(types::F32, a, 0);
-                    let o = fx.mul_imm(r, (wp * c * 4) as i64);
-                    let o2 = fx.mul_imm(e, 4);
-                    let o = fx.b.ins().iadd(o, o2);
-                    let o = fx.b.ins().iadd(dst, o);
-                    fx.store(v, o, ((ph * wp + pw) * c * 4) as i64);
-                    Ok(())
-                })
+                let o = fx.mul_imm(r, (row * 4) as i64);
+                let d = fx.b.ins().iadd(dst, o);
+                let d = fx.add_imm(d, (ph * row * 4) as i64);
+                fill_f32(fx, d, 0, pw * c, fill)?;
+                fill_f32(fx, d, (pw + w) * c, pw * c, fill)?;
+                let so = fx.mul_imm(r, (w * c * 4) as i64);
+                let s = fx.b.ins().iadd(src, so);
+                let d = fx.add_imm(d, (pw * c * 4) as i64);
+                copy_f32(fx, s, d, w * c)
             })?;
         }
         DType::Bit => {
@@ -473,15 +709,39 @@ pub fn pad(
             let pad_words: Vec<u64> = (0..xw)
                 .map(|k| if pad_ones { valid(k / cwg, k % cwg) } else { 0 })
                 .collect();
-            fx.for_n(hp * wp, |fx, px| {
-                let o = fx.mul_imm(px, (8 * xw) as i64);
-                let o = fx.b.ins().iadd(dst, o);
-                for (k, &pwd) in pad_words.iter().enumerate() {
-                    let v = fx.ic(pwd as i64);
-                    fx.store(v, o, 8 * k as i64);
-                }
-                Ok(())
-            })?;
+            // Pad words into `n` pixels from byte `at` of `base`.
+            let border = |fx: &mut Fx, base: Value, at: usize, n: usize| {
+                fx.for_n(n, |fx, px| {
+                    let o = fx.mul_imm(px, (8 * xw) as i64);
+                    let o = fx.b.ins().iadd(base, o);
+                    for (k, &pwd) in pad_words.iter().enumerate() {
+                        let v = fx.ic(pwd as i64);
+                        fx.store(v, o, (at + 8 * k) as i64);
+                    }
+                    Ok(())
+                })
+            };
+            if src_t.c.is_multiple_of(64) && (groups == 1 || cg.is_multiple_of(64)) {
+                // The layout is unchanged (whole words, no regrouping): pad
+                // the border only and copy each image row as one run.
+                let px = 8 * xw;
+                border(fx, dst, 0, ph * wp)?;
+                border(fx, dst, (ph + h) * wp * px, ph * wp)?;
+                return fx
+                    .for_n(h, |fx, r| {
+                        let o = fx.mul_imm(r, (wp * px) as i64);
+                        let d = fx.b.ins().iadd(dst, o);
+                        let d = fx.add_imm(d, (ph * wp * px) as i64);
+                        border(fx, d, 0, pw)?;
+                        border(fx, d, (pw + w) * px, pw)?;
+                        let so = fx.mul_imm(r, (w * px) as i64);
+                        let s = fx.b.ins().iadd(src, so);
+                        let d = fx.add_imm(d, (pw * px) as i64);
+                        copy_words(fx, s, d, w * xw)
+                    })
+                    .map(|()| 1);
+            }
+            border(fx, dst, 0, hp * wp)?;
             fx.for_n(h, |fx, r| {
                 fx.for_n(w, |fx, col| {
                     let i = fx.mul_imm(r, w as i64);

@@ -1,0 +1,359 @@
+//! Same-run benchmark of the issue-4 layer (`benches/bconv_s1.bnn`: 3×3
+//! bconv2d 64→64 on 56×56, pad 1, batchnorm + sign folded to packed bits)
+//! against the best f32 GEMM of the same shape (M=64, N=3136, K=576, the
+//! `gemm` crate as the yardstick in `../shared/yardstick` uses it), plus
+//! `examples/resnet18_bnn.bnn` and its JIT compile time.
+//!
+//! Timing follows the yardstick's `timing.rs`: every case is warmed up,
+//! calibrated to ~20 ms per sample, then measured in rounds; each round runs
+//! one sample of every case in rotating order, so slow phases of a shared
+//! machine hit all cases alike. Reported: medians of per-call times, and
+//! ratios as medians of per-round ratios.
+//!
+//! `cargo bench --bench bconv` (env: `BENCH_ROUNDS`, default 15;
+//! `ONEBIT_OPT_LEVEL` as for the JIT).
+
+use std::time::Instant;
+
+use onebit::codegen::Options;
+use onebit::ir::Params;
+use onebit::runtime::CompiledModel;
+use onebit::util::rng::Rng;
+
+const M: usize = 64;
+const N: usize = 3136;
+const K: usize = 576;
+
+struct Case<'a> {
+    run: Box<dyn FnMut() + 'a>,
+}
+
+fn case<'a>(run: impl FnMut() + 'a) -> Case<'a> {
+    Case { run: Box::new(run) }
+}
+
+/// Per case, the per-call seconds of every round.
+fn measure(cases: &mut [Case], rounds: usize, sample_s: f64, warmup_s: f64) -> Vec<Vec<f64>> {
+    let mut iters = Vec::with_capacity(cases.len());
+    for c in cases.iter_mut() {
+        (c.run)();
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed().as_secs_f64() < warmup_s || n < 3 {
+            (c.run)();
+            n += 1;
+        }
+        let per = t0.elapsed().as_secs_f64() / n as f64;
+        iters.push(((sample_s / per).ceil() as u64).max(1));
+    }
+    let mut out = vec![Vec::with_capacity(rounds); cases.len()];
+    for r in 0..rounds {
+        for j in 0..cases.len() {
+            let i = (j + r) % cases.len();
+            let t0 = Instant::now();
+            for _ in 0..iters[i] {
+                (cases[i].run)();
+            }
+            out[i].push(t0.elapsed().as_secs_f64() / iters[i] as f64);
+        }
+    }
+    out
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+fn median_ratio(num: &[f64], den: &[f64]) -> f64 {
+    let r: Vec<f64> = num.iter().zip(den).map(|(a, b)| a / b).collect();
+    median(&r)
+}
+
+/// `gemm` crate, NHWC orientation: `C (N×M) = B (N×K) · Aᵀ`, as the yardstick.
+fn gemm_nhwc(a: &[f32], b: &[f32], c: &mut [f32]) {
+    // SAFETY: the slices hold M×K, N×K and N×M elements with the strides given.
+    unsafe {
+        gemm::gemm(
+            N,
+            M,
+            K,
+            c.as_mut_ptr(),
+            1,
+            M as isize,
+            false,
+            b.as_ptr(),
+            1,
+            K as isize,
+            a.as_ptr(),
+            K as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `gemm` crate, NCHW orientation: `C (M×N) = A (M×K) · Bᵀ (K×N)`.
+fn gemm_nchw(a: &[f32], bt: &[f32], c: &mut [f32]) {
+    // SAFETY: the slices hold M×K, K×N and M×N elements with the strides given.
+    unsafe {
+        gemm::gemm(
+            M,
+            N,
+            K,
+            c.as_mut_ptr(),
+            1,
+            N as isize,
+            false,
+            a.as_ptr(),
+            1,
+            K as isize,
+            bt.as_ptr(),
+            1,
+            N as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Random batchnorm statistics (signed scales), so the folded thresholds
+/// are non-trivial and point both ways.
+fn randomize_batchnorm(graph: &onebit::ir::Graph, params: &mut Params, seed: u64) {
+    let mut r = Rng::new(seed);
+    for (name, t) in params.tensors.iter_mut() {
+        let Some((node, field)) = name.rsplit_once('.') else {
+            continue;
+        };
+        let is_bn = graph
+            .find(node)
+            .is_some_and(|id| matches!(graph.node(id).op, onebit::ir::Op::BatchNorm(_)));
+        if !is_bn {
+            continue;
+        }
+        for x in t.data.iter_mut() {
+            *x = match field {
+                "weight" => r.uniform(1.0) + 0.1f32.copysign(r.uniform(1.0)),
+                "bias" => r.uniform(0.5),
+                "running_mean" => r.uniform(20.0),
+                _ => 0.5 + 4.0 * r.uniform(1.0).abs(),
+            };
+        }
+    }
+}
+
+struct Model {
+    model: CompiledModel,
+    input: Vec<f32>,
+    out: Vec<f32>,
+    scratch: onebit::runtime::Scratch,
+}
+
+impl Model {
+    fn new(source: &str, threads: usize, seed: u64) -> Model {
+        let graph = onebit::parse(source).expect("model parses");
+        let mut params = Params::init(&graph, seed);
+        randomize_batchnorm(&graph, &mut params, seed + 1);
+        let model = onebit::compile(
+            source,
+            &params,
+            &Options {
+                threads,
+                ..Options::default()
+            },
+        )
+        .expect("model compiles");
+        let n: usize = graph
+            .inputs()
+            .iter()
+            .map(|&i| graph.node(i).ty.shape.elements())
+            .sum();
+        let mut r = Rng::new(seed + 2);
+        let input = (0..n).map(|_| r.uniform(1.0)).collect();
+        let out = vec![0.0; model.output_dims()[0].iter().product()];
+        let scratch = model.scratch();
+        let mut m = Model {
+            model,
+            input,
+            out,
+            scratch,
+        };
+        m.run(0..usize::MAX);
+        m
+    }
+
+    fn steps(&self, pred: impl Fn(&str) -> bool) -> std::ops::Range<usize> {
+        let idx: Vec<usize> = (0..self.model.layers().len())
+            .filter(|&i| pred(self.model.layers()[i].kind))
+            .collect();
+        idx[0]..idx[idx.len() - 1] + 1
+    }
+
+    fn run(&mut self, steps: std::ops::Range<usize>) {
+        self.model
+            .run_steps(
+                &[&self.input],
+                &mut [&mut self.out],
+                1,
+                &mut self.scratch,
+                steps,
+            )
+            .expect("model runs");
+    }
+}
+
+fn main() {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let layer_src = std::fs::read_to_string(format!("{root}/benches/bconv_s1.bnn")).unwrap();
+    let resnet_src = std::fs::read_to_string(format!("{root}/examples/resnet18_bnn.bnn")).unwrap();
+    let opt = std::env::var("ONEBIT_OPT_LEVEL").unwrap_or_else(|_| "default".into());
+
+    // Compile times first, on an otherwise idle process.
+    let mut compile = Vec::new();
+    for i in 0..7 {
+        let m = Model::new(&resnet_src, 1, 10 + i);
+        compile.push(m.model.compile_time().as_secs_f64());
+    }
+    let layer_compile = Model::new(&layer_src, 1, 3).model.compile_time();
+
+    // ±1 operands for the float GEMM.
+    let mut r = Rng::new(7);
+    let mut pm1 = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| if r.next_u64() & 1 == 1 { -1.0 } else { 1.0 })
+            .collect()
+    };
+    let a = pm1(M * K);
+    let b = pm1(N * K);
+    let mut bt = vec![0f32; K * N];
+    for p in 0..N {
+        for k in 0..K {
+            bt[k * N + p] = b[p * K + k];
+        }
+    }
+    let mut c1 = vec![0f32; M * N];
+    let mut c2 = vec![0f32; M * N];
+
+    let mut l1 = Model::new(&layer_src, 1, 3);
+    let mut l2 = Model::new(&layer_src, 2, 3);
+    let mut r1 = Model::new(&resnet_src, 1, 5);
+    let mut r2 = Model::new(&resnet_src, 2, 5);
+    let kinds: Vec<String> = l1
+        .model
+        .layers()
+        .iter()
+        .map(|l| format!("{} ({} units)", l.kind, l.units))
+        .collect();
+    let packed = l1.steps(|k| k != "input" && k != "output");
+    let conv = l1.steps(|k| k.starts_with("bconv"));
+    let whole = 0..usize::MAX;
+
+    let names = [
+        "f32 GEMM nhwc (gemm, 1 thr)",
+        "f32 GEMM nchw (gemm, 1 thr)",
+        "JIT layer: pack+pad+bconv, 1 thr",
+        "JIT layer: pack+pad+bconv, 2 thr",
+        "JIT bconv step only, 1 thr",
+        "JIT bconv step only, 2 thr",
+        "JIT bconv_s1 model incl. f32 NCHW I/O, 1 thr",
+        "JIT bconv_s1 model incl. f32 NCHW I/O, 2 thr",
+        "JIT resnet18_bnn, 1 thr",
+        "JIT resnet18_bnn, 2 thr",
+    ];
+    let t = {
+        let (pa, pc) = (packed.clone(), conv.clone());
+        let (pa2, pc2) = (packed.clone(), conv.clone());
+        let (l1c, l2c) = (
+            std::cell::RefCell::new(&mut l1),
+            std::cell::RefCell::new(&mut l2),
+        );
+        let mut cases = vec![
+            case(|| gemm_nhwc(&a, &b, &mut c1)),
+            case(|| gemm_nchw(&a, &bt, &mut c2)),
+            case(|| l1c.borrow_mut().run(pa.clone())),
+            case(|| l2c.borrow_mut().run(pa2.clone())),
+            case(|| l1c.borrow_mut().run(pc.clone())),
+            case(|| l2c.borrow_mut().run(pc2.clone())),
+            case(|| l1c.borrow_mut().run(whole.clone())),
+            case(|| l2c.borrow_mut().run(whole.clone())),
+            case(|| r1.run(0..usize::MAX)),
+            case(|| r2.run(0..usize::MAX)),
+        ];
+        measure(&mut cases, rounds, 0.02, 0.15)
+    };
+    let med: Vec<f64> = t.iter().map(|v| median(v)).collect();
+    let best = if med[0] <= med[1] { 0 } else { 1 };
+    let us = |s: f64| format!("{:.1}", s * 1e6);
+
+    println!(
+        "onebit bconv benchmark: {rounds} rounds, same process, Cranelift opt_level={opt}, \
+         host threads {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("bconv_s1 steps: {}", kinds.join(", "));
+    println!();
+    println!("| case | median µs | min µs | best f32 / case (same-run) |");
+    println!("|---|---|---|---|");
+    for (i, n) in names.iter().enumerate() {
+        let min = t[i].iter().copied().fold(f64::INFINITY, f64::min);
+        let ratio = if i < 8 {
+            format!("{:.2}×", median_ratio(&t[best], &t[i]))
+        } else {
+            "".into()
+        };
+        let mark = if i == best { " (best float)" } else { "" };
+        println!("| {n}{mark} | {} | {} | {ratio} |", us(med[i]), us(min));
+    }
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| layer 2-thread speed-up (pack+pad+bconv) | {:.2}× |",
+        median_ratio(&t[2], &t[3])
+    );
+    println!(
+        "| bconv step 2-thread speed-up | {:.2}× |",
+        median_ratio(&t[4], &t[5])
+    );
+    println!(
+        "| resnet18_bnn 2-thread speed-up | {:.2}× |",
+        median_ratio(&t[8], &t[9])
+    );
+    println!(
+        "| packing+pad share of the layer (1 thr) | {:.0}% |",
+        100.0 * (1.0 - median_ratio(&t[4], &t[2]))
+    );
+    let cs: Vec<String> = compile.iter().map(|s| format!("{:.0}", s * 1e3)).collect();
+    println!(
+        "| resnet18_bnn JIT compile (median of 7) | {:.1} ms (all: {} ms) |",
+        median(&compile) * 1e3,
+        cs.join(", ")
+    );
+    println!(
+        "| bconv_s1 JIT compile | {:.1} ms |",
+        layer_compile.as_secs_f64() * 1e3
+    );
+    println!(
+        "| GMAC/s of the layer (1 thr, 115.6 M MACs) | {:.0} |",
+        (M * N * K) as f64 / med[2] / 1e9
+    );
+}
