@@ -90,8 +90,8 @@ fn valid(c: &Case) -> bool {
     } else {
         (0, 0)
     };
-    c.cin % c.groups == 0
-        && c.cout % c.groups == 0
+    c.cin.is_multiple_of(c.groups)
+        && c.cout.is_multiple_of(c.groups)
         && c.dilation.0 * (c.kernel.0 - 1) < h + 2 * pad.0
         && c.dilation.1 * (c.kernel.1 - 1) < w + 2 * pad.1
 }

@@ -300,12 +300,13 @@ fn run(command: Command) -> Result<(), Failure> {
                 Format::Json => json::to_json(graph) + "\n",
                 Format::Dot => dot::to_dot(graph),
             };
-            if let Some(pass) = &print_after {
-                if pass != "all" && passes::pass(pass).is_none() {
-                    return Err(Failure(format!(
-                        "error: --print-after: there is no pass `{pass}`"
-                    )));
-                }
+            if let Some(pass) = &print_after
+                && pass != "all"
+                && passes::pass(pass).is_none()
+            {
+                return Err(Failure(format!(
+                    "error: --print-after: there is no pass `{pass}`"
+                )));
             }
             if passes != "none" || print_after.is_some() {
                 let mut params = weights.load(&graph)?;

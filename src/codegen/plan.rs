@@ -1019,7 +1019,7 @@ impl<'g> Planner<'g> {
         let groups = g.groups;
         let cg = c / groups;
         let cwg = cg.div_ceil(64);
-        let aligned = groups == 1 || cg % 64 == 0;
+        let aligned = groups == 1 || cg.is_multiple_of(64);
         let needs_prep = g.pad != [0, 0] || !aligned;
         let prepared = if needs_prep {
             self.pad_step(name, &src, [h, wd], g.pad, 0.0, (groups, cg, cwg), false)

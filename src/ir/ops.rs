@@ -566,7 +566,7 @@ fn conv_out(op: OpKind, g: &ConvGeometry, input: &TensorType) -> Result<TensorTy
     if g.out_channels == 0 {
         return Err(attr("out_channels must be at least 1".into()));
     }
-    if g.groups == 0 || c % g.groups != 0 || g.out_channels % g.groups != 0 {
+    if g.groups == 0 || c % g.groups != 0 || !g.out_channels.is_multiple_of(g.groups) {
         return Err(attr(format!(
             "groups={} must divide both the input channels ({c}) and out_channels ({})",
             g.groups, g.out_channels

@@ -326,8 +326,8 @@ pub fn emit(
     let wblock = if vector { steps * 64 } else { 16 * steps * 8 } as i64;
     let src = fx.arena_at(src_off);
     let dst = fx.arena_at(dst_off);
-    let zero_words = bits && (g_n > 1 && og % 16 != 0 || nb * 16 * g_n < cwo * 64);
-    let rmw = bits && g_n > 1 && og % 16 != 0;
+    let zero_words = bits && (g_n > 1 && !og.is_multiple_of(16) || nb * 16 * g_n < cwo * 64);
+    let rmw = bits && g_n > 1 && !og.is_multiple_of(16);
 
     fx.for_units(|fx, tile| {
         let p0 = fx.mul_imm(tile, nr as i64);
@@ -350,7 +350,7 @@ pub fn emit(
             let ob = fx.mul_imm(e, pix_bytes);
             let out = fx.b.ins().iadd(dst, ob);
             if zero_words {
-                fx.zero_bytes(out, (8 * cwo) as usize);
+                fx.zero_bytes(out, 8 * cwo);
             }
             outs.push(out);
         }
@@ -374,7 +374,7 @@ pub fn emit(
             };
             let full = og / 16;
             fx.for_n(full, |fx, blk| block(fx, blk, 16))?;
-            if og % 16 != 0 {
+            if !og.is_multiple_of(16) {
                 let last = fx.ic(full as i64);
                 block(fx, last, og % 16)?;
             }

@@ -170,7 +170,7 @@ pub fn emit(
             };
             let full = og / 16;
             fx.for_n(full, |fx, blk| block(fx, blk, 16))?;
-            if og % 16 != 0 {
+            if !og.is_multiple_of(16) {
                 let last = fx.ic(full as i64);
                 block(fx, last, og % 16)?;
             }

@@ -245,7 +245,7 @@ pub fn elementwise(
             fx.store(word, wa, 0);
             Ok(())
         })?;
-        if c % 64 != 0 {
+        if !c.is_multiple_of(64) {
             let base = full * 64;
             let mut word = fx.ic(0);
             let mut ch = base;
