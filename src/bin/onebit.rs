@@ -118,12 +118,8 @@ enum Command {
     Bench {
         /// The model file (.bnn).
         model: PathBuf,
-        /// The weights (safetensors); default: initialised from --seed.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Seed of the initialisation when no weights are given.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        weights: WeightsArgs,
         /// Threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -141,12 +137,8 @@ enum Command {
     Compile {
         /// The model file (.bnn).
         model: PathBuf,
-        /// The weights (safetensors); default: initialised from --seed.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Seed of the initialisation when no weights are given.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        weights: WeightsArgs,
         /// The object file to write.
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -414,35 +406,27 @@ fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Bench {
             model,
-            weights: w,
-            seed,
+            weights,
             threads,
             batch,
             no_interp,
             passes,
         } => {
             let mut graph = load_model(&model)?;
-            let mut params = match w {
-                Some(path) => weights::load(&graph, &path)?,
-                None => Params::init(&graph, seed),
-            };
+            let mut params = weights.load(&graph)?;
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
             engine::bench(&graph, &params, threads, batch, !no_interp)?;
         }
         Command::Compile {
             model,
-            weights: w,
-            seed,
+            weights,
             output,
             header,
             emit,
             passes,
         } => {
             let mut graph = load_model(&model)?;
-            let mut params = match w {
-                Some(path) => weights::load(&graph, &path)?,
-                None => Params::init(&graph, seed),
-            };
+            let mut params = weights.load(&graph)?;
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
             engine::compile(
                 &graph,
