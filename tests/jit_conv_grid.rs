@@ -4,7 +4,7 @@
 //! popcount path) appears in some case; cases sample the cross product
 //! deterministically. Each case compares the JIT with the interpreter.
 
-#[path = "jit_common.rs"]
+#[path = "jit_common/mod.rs"]
 mod common;
 
 use onebit::ir::Params;

@@ -1,6 +1,6 @@
 //! Differential tests: the JIT against the interpreter on every example model.
 
-#[path = "jit_common.rs"]
+#[path = "jit_common/mod.rs"]
 mod common;
 
 use onebit::ir::Params;

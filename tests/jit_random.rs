@@ -12,7 +12,7 @@
 //! scale), and within 1e-5 relative (with a floor scaled by the output's
 //! magnitude) otherwise.
 
-#[path = "jit_common.rs"]
+#[path = "jit_common/mod.rs"]
 mod common;
 
 use onebit::ir::{Graph, Params};
