@@ -175,6 +175,16 @@ impl WeightsArgs {
     }
 }
 
+/// The output names as the model file declares them. Folding a batchnorm that
+/// is a model output renames the output node, so take them before the passes.
+fn declared_outputs(graph: &Graph) -> Vec<String> {
+    graph
+        .outputs()
+        .iter()
+        .map(|&o| graph.node(o).name.clone())
+        .collect()
+}
+
 /// Runs the passes `selection` names, calling `after` after each.
 fn optimize(
     graph: &mut Graph,
@@ -350,12 +360,7 @@ fn run(command: Command) -> Result<(), Failure> {
                     return Err(Failure("error: give --weights FILE or --seed N".into()));
                 }
             };
-            // Folding may rename an output node; report the declared names.
-            let output_names: Vec<String> = graph
-                .outputs()
-                .iter()
-                .map(|&o| graph.node(o).name.clone())
-                .collect();
+            let output_names = declared_outputs(&graph);
             let selection = passes.unwrap_or_else(|| match engine {
                 Engine::Jit => "default".into(),
                 Engine::Interp => "none".into(),
@@ -427,6 +432,7 @@ fn run(command: Command) -> Result<(), Failure> {
         } => {
             let mut graph = load_model(&model)?;
             let mut params = weights.load(&graph)?;
+            let output_names = declared_outputs(&graph);
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
             engine::compile(
                 &graph,
@@ -434,6 +440,7 @@ fn run(command: Command) -> Result<(), Failure> {
                 output.as_deref(),
                 header.as_deref(),
                 emit.is_some(),
+                &output_names,
             )?;
         }
     }
