@@ -345,3 +345,62 @@ fn bconv2d_thresholds_are_exact_with_zero_and_one_padding() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Output names
+// ---------------------------------------------------------------------------
+
+/// A layer that absorbs a chain ending in a model output takes the output's
+/// name, and its parameters follow (the absorbed batchnorm's are dropped):
+/// the optimized model has the same interface and the same values.
+#[test]
+fn a_fused_output_keeps_its_name_and_the_layer_its_parameters() {
+    let cases = [
+        (
+            "model m { input x: f32[6]  d = dense(x, 4)  y = batchnorm(d)  output y }",
+            &["y.weight", "y.bias"][..],
+        ),
+        (
+            "model m { input x: f32[6]  d = bdense(sign(x), 4, scale=channel)  y = batchnorm(d)  output y }",
+            &["y.weight", "y.multiplier", "y.bias"][..],
+        ),
+    ];
+    for (src, want) in cases {
+        let graph = parse_str(src).unwrap();
+        let params = Params::init(&graph, 3);
+        let inputs = passes_common::random_inputs(&graph, 8, 5);
+        let before = interp::run(&graph, &params, &inputs).unwrap();
+        let (mut g, mut p) = (graph.clone(), params.clone());
+        let selection = PassSelection::default_pipeline();
+        let report = optimize(
+            &mut g,
+            &mut p,
+            &selection,
+            &PassOptions::default(),
+            |_, _| {},
+        )
+        .unwrap_or_else(|e| panic!("{src}: {e}"));
+        let text = print(&g);
+        assert!(text.contains("output y"), "{text}");
+        assert!(g.find("d").is_none(), "{text}");
+        let mut names: Vec<&str> = p
+            .tensors
+            .keys()
+            .chain(p.packed.keys())
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        let mut want = want.to_vec();
+        want.sort_unstable();
+        assert_eq!(names, want, "{text}");
+        let layer = report.layers.iter().find(|l| l.name == "y").unwrap();
+        assert_eq!(layer.fused.last().unwrap(), "batchnorm `y`", "{report}");
+        let after = interp::run(&g, &p, &inputs).unwrap();
+        for (a, b) in after[0].data.iter().zip(&before[0].data) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{a} vs {b}: {text}"
+            );
+        }
+    }
+}

@@ -7,8 +7,9 @@
 //! **Rewrite 1.** With `a_o = γ_o / s_o`, `s_o = √(σ²_o + ε)` (the f32 value
 //! the interpreter divides by), the layer gets weights `W'[o, …] = a_o·W[o, …]`
 //! and bias `b'_o = a_o·(b_o − μ_o) + β_o` (`b_o = 0` without a bias), so
-//! `bias=true`. It keeps its name; the users of `y` read it; `y` and its
-//! parameters go away.
+//! `bias=true`. It keeps its name (unless `y` is a model output: then it
+//! takes `y`'s, see [`patch`](super::patch)); the users of `y` read it; `y`
+//! and its parameters go away.
 //!
 //! **Soundness 1.** Per output channel, `γ·(Σ W·x + b − μ)/s + β =
 //! Σ (a·W)·x + a·(b − μ) + β` in real arithmetic. The new parameters are

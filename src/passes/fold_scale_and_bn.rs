@@ -11,7 +11,8 @@
 //! output channel `o` a threshold `τ_o` and direction `d_o = ±1` such that
 //! `d_o·dot >= τ_o` holds exactly when the chain gives `+1`; the chain's
 //! nodes go away (their users read the layer, which now writes bits). The
-//! layer keeps its name; `τ = ±∞` marks a constant channel.
+//! layer keeps its name, or takes the chain's if its last node is a model
+//! output (see [`patch`](super::patch)); `τ = ±∞` marks a constant channel.
 //!
 //! **Soundness 1.** The chain is a function of the exact integer dot product
 //! `dot_o ∈ [−K, K]` (`K` = `(C/G)·kh·kw` or the input features). Evaluated

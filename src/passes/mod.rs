@@ -159,7 +159,8 @@ impl Default for PassOptions {
 }
 
 /// What the passes did, by node name: what each node absorbed, and why a
-/// pattern did not fire at a node. [`PassReport`] renders it.
+/// pattern did not fire at a node. [`PassReport`] renders it. Entries follow
+/// the nodes a patch renames ([`PassCx::apply`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PassLog {
     /// Node name → the ops fused into it, as `op `name`` in fusion order.
@@ -225,14 +226,28 @@ impl PassCx<'_> {
         }
     }
 
-    /// Applies a patch, mapping its error to this pass.
+    /// Applies a patch, mapping its error to this pass. The log follows the
+    /// nodes the patch renames: what the node fused and the notes at it move
+    /// to its new name, replacing those of the absorbed output that had it.
     pub fn apply(&mut self, patch: Patch, graph: &mut Graph) -> Result<(), PassError> {
-        patch
+        let renamed = patch
             .apply(graph, self.params)
             .map_err(|error| PassError::Patch {
                 pass: self.pass,
                 error: Box::new(error),
-            })
+            })?;
+        for (old, new) in renamed {
+            self.log.notes.remove(&new);
+            if let Some(n) = self.log.notes.remove(&old) {
+                self.log.notes.insert(new.clone(), n);
+            }
+            let fused = self.log.fused.remove(&old);
+            let earlier = self.log.fused.remove(&new);
+            if let Some(f) = fused.or(earlier) {
+                self.log.fused.insert(new, f);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -14,6 +14,19 @@
 //! - and two compound edits: [`Patch::fuse_chain`] (a layer absorbs the chain
 //!   of ops after it) and [`Patch::shunt`] (a node is bypassed).
 //!
+//! # Names
+//!
+//! A node keeps its name through a patch, with one exception that keeps the
+//! model's interface stable: when [`Patch::fuse_chain`] absorbs a chain whose
+//! last node is a model output, and the absorbing node is neither an output
+//! nor used by anything but the chain, the absorbing node takes the output's
+//! name (`d = bdense(..)`, `y = batchnorm(d)`, `output y` becomes
+//! `y = bdense(..)`, `output y`). Its parameters follow it (`d.weight`
+//! becomes `y.weight`, and so do the values a pass wrote under `d.` before
+//! `apply`), after the absorbed output's own parameters (`y.weight`,
+//! `y.running_mean`, ...) are dropped, so nothing collides. [`Patch::apply`]
+//! returns the renames, `(old, new)`, so that the pass log can follow them.
+//!
 //! # Why rebuild
 //!
 //! [`Graph`] has no way to change a node's op in place or to rename a node,
@@ -86,6 +99,8 @@ pub struct Patch {
     operands: BTreeMap<NodeId, Vec<NodeId>>,
     redirect: BTreeMap<NodeId, NodeId>,
     removed: BTreeSet<NodeId>,
+    /// `keep → last` of each fused chain: `keep` may take `last`'s name.
+    take_name: BTreeMap<NodeId, NodeId>,
 }
 
 impl Patch {
@@ -124,10 +139,12 @@ impl Patch {
 
     /// `keep` absorbs `chain`, the ops after it (each the only user of the
     /// one before): the users of the chain's last node use `keep`, and the
-    /// chain goes away. The caller sets `keep`'s new op.
+    /// chain goes away. The caller sets `keep`'s new op. If the chain's last
+    /// node is a model output, `keep` takes its name (see the module doc).
     pub fn fuse_chain(&mut self, keep: NodeId, chain: &[NodeId]) {
         if let Some(&last) = chain.last() {
             self.replace_uses(last, keep);
+            self.take_name.insert(keep, last);
         }
         for &n in chain {
             self.remove(n);
@@ -153,13 +170,39 @@ impl Patch {
         Ok(id)
     }
 
+    /// The nodes that take the name of the output they absorb: `keep →
+    /// last`, for the fused chains whose last node is a model output, when
+    /// `keep` survives, is not an output and only the chain uses it.
+    fn renames(&self, graph: &Graph) -> BTreeMap<NodeId, NodeId> {
+        let mut taken = HashSet::new();
+        self.take_name
+            .iter()
+            .filter(|&(&keep, &last)| {
+                graph.outputs().contains(&last)
+                    && !graph.outputs().contains(&keep)
+                    && self.removed.contains(&last)
+                    && !self.removed.contains(&keep)
+                    && graph.users(keep).iter().all(|u| self.removed.contains(u))
+                    && taken.insert(last)
+            })
+            .map(|(&k, &l)| (k, l))
+            .collect()
+    }
+
     /// Applies the patch: rebuilds `graph` with the edits, in a stable
     /// topological order, and drops the parameters that no node has any more.
-    pub fn apply(self, graph: &mut Graph, params: &mut Params) -> Result<(), PatchError> {
+    /// Returns the nodes renamed (see the module doc), as `(old, new)` names.
+    pub fn apply(
+        self,
+        graph: &mut Graph,
+        params: &mut Params,
+    ) -> Result<Vec<(String, String)>, PatchError> {
         let old_order = graph.topo_order().map_err(|_| PatchError::NotAcyclic)?;
         let position: HashMap<NodeId, usize> =
             old_order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let renames = self.renames(graph);
         let name = |id: NodeId| graph.node(id).name.clone();
+        let new_name = |id: NodeId| name(renames.get(&id).copied().unwrap_or(id));
 
         // The patched structure: op and operands of every surviving node.
         let mut nodes: BTreeMap<NodeId, (Op, Vec<NodeId>)> = BTreeMap::new();
@@ -258,16 +301,46 @@ impl Patch {
             let (op, operands) = &nodes[&id];
             let operands: Vec<NodeId> = operands.iter().map(|o| map[o]).collect();
             let new_id = new
-                .add_node(name(id), op.clone(), &operands)
+                .add_node(new_name(id), op.clone(), &operands)
                 .map_err(|error| PatchError::Node {
-                    node: name(id),
+                    node: new_name(id),
                     error: Box::new(error),
                 })?;
             map.insert(id, new_id);
         }
         new.set_outputs(outputs.iter().map(|o| map[o]).collect());
 
-        // Parameters: drop those of the old graph the new one does not have.
+        // Parameters. A renamed node's parameters move to its new name, once
+        // those of the absorbed output whose name it takes are dropped.
+        let remove = |params: &mut Params, name: &str, packed: bool| {
+            if packed {
+                params.packed.remove(name);
+            } else {
+                params.tensors.remove(name);
+            }
+        };
+        for &last in renames.values() {
+            for spec in node_params(graph, last) {
+                remove(params, &spec.name, spec.packed);
+            }
+        }
+        let mut renamed = Vec::new();
+        for &keep in renames.keys() {
+            let (old, to) = (name(keep), new_name(keep));
+            for spec in node_params(&new, map[&keep]) {
+                let suffix = spec.name.strip_prefix(&to).unwrap_or(&spec.name);
+                let from = format!("{old}{suffix}");
+                if spec.packed {
+                    if let Some(v) = params.packed.remove(&from) {
+                        params.packed.insert(spec.name, v);
+                    }
+                } else if let Some(v) = params.tensors.remove(&from) {
+                    params.tensors.insert(spec.name, v);
+                }
+            }
+            renamed.push((old, to));
+        }
+        // Drop those of the old graph the new one does not have.
         let wanted: HashSet<(String, bool)> = new
             .node_ids()
             .flat_map(|id| node_params(&new, id))
@@ -276,16 +349,12 @@ impl Patch {
         for &id in &old_order {
             for spec in node_params(graph, id) {
                 if !wanted.contains(&(spec.name.clone(), spec.packed)) {
-                    if spec.packed {
-                        params.packed.remove(&spec.name);
-                    } else {
-                        params.tensors.remove(&spec.name);
-                    }
+                    remove(params, &spec.name, spec.packed);
                 }
             }
         }
         *graph = new;
-        Ok(())
+        Ok(renamed)
     }
 }
 
