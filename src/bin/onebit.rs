@@ -175,16 +175,6 @@ impl WeightsArgs {
     }
 }
 
-/// The output names as the model file declares them. Folding a batchnorm that
-/// is a model output renames the output node, so take them before the passes.
-fn declared_outputs(graph: &Graph) -> Vec<String> {
-    graph
-        .outputs()
-        .iter()
-        .map(|&o| graph.node(o).name.clone())
-        .collect()
-}
-
 /// Runs the passes `selection` names, calling `after` after each.
 fn optimize(
     graph: &mut Graph,
@@ -360,7 +350,6 @@ fn run(command: Command) -> Result<(), Failure> {
                     return Err(Failure("error: give --weights FILE or --seed N".into()));
                 }
             };
-            let output_names = declared_outputs(&graph);
             let selection = passes.unwrap_or_else(|| match engine {
                 Engine::Jit => "default".into(),
                 Engine::Interp => "none".into(),
@@ -401,8 +390,8 @@ fn run(command: Command) -> Result<(), Failure> {
                 report_accuracy(&path, &results[0])?;
             }
             if output.is_empty() {
-                for (name, t) in output_names.iter().zip(&results) {
-                    print_tensor(name, t);
+                for (&id, t) in graph.outputs().iter().zip(&results) {
+                    print_tensor(&graph.node(id).name, t);
                 }
             }
             for (path, t) in output.iter().zip(&results) {
@@ -432,7 +421,6 @@ fn run(command: Command) -> Result<(), Failure> {
         } => {
             let mut graph = load_model(&model)?;
             let mut params = weights.load(&graph)?;
-            let output_names = declared_outputs(&graph);
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
             engine::compile(
                 &graph,
@@ -440,7 +428,6 @@ fn run(command: Command) -> Result<(), Failure> {
                 output.as_deref(),
                 header.as_deref(),
                 emit.is_some(),
-                &output_names,
             )?;
         }
     }

@@ -190,22 +190,20 @@ pub fn bench(
     Ok(())
 }
 
-/// `onebit compile`. `output_names` are the outputs as the model file
-/// declares them (before passes).
+/// `onebit compile`.
 pub fn compile(
     graph: &Graph,
     params: &Params,
     output: Option<&Path>,
     header: Option<&Path>,
     clif: bool,
-    output_names: &[String],
 ) -> Result<(), Failure> {
     let verified = onebit::verify(graph).map_err(|e| Failure(format!("error: {e}")))?;
     let options = Options {
         emit_clif: clif,
         ..Options::default()
     };
-    let (bytes, mut lowered) = codegen::object::compile(verified, params, &options)
+    let (bytes, lowered) = codegen::object::compile(verified, params, &options)
         .map_err(|e| Failure(format!("error: {e}")))?;
     if clif {
         print!("{}", lowered.clif);
@@ -215,11 +213,6 @@ pub fn compile(
             .map_err(|e| Failure(format!("error: cannot write {}: {e}", path.display())))?;
     } else if !clif {
         return Err(Failure("error: give -o FILE.o (or --emit clif)".into()));
-    }
-    // Folding a batchnorm that is a model output renames the output node;
-    // the header keeps the names the model file declares.
-    for ((name, _), declared) in lowered.plan.outputs.iter_mut().zip(output_names) {
-        name.clone_from(declared);
     }
     if let Some(path) = header {
         std::fs::write(path, codegen::object::header(&graph.name, &lowered))
