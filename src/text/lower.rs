@@ -237,6 +237,16 @@ fn referenced_names<'e>(expr: &'e Expr, names: &mut Vec<(&'e str, Span)>) {
     }
 }
 
+/// The error for `name`, used at `used_at`, depending on itself through `path`.
+fn cycle_error(used_at: Span, name: &str, path: &[&str]) -> Diagnostic {
+    Diagnostic::at(
+        used_at,
+        format!("cycle: `{name}` depends on itself"),
+        "used here before it has a value",
+    )
+    .with_note(cycle_note(path))
+}
+
 /// `the cycle: a -> b -> a`, eliding the middle of long cycles.
 fn cycle_note(path: &[&str]) -> String {
     const SHOWN: usize = 8;
@@ -313,12 +323,7 @@ fn evaluation_order(bindings: &[&ast::Binding]) -> Result<Vec<usize>, Diagnostic
                         .collect();
                     let name = bindings[dep].name.name.as_str();
                     path.push(name);
-                    return Err(Diagnostic::at(
-                        used_at,
-                        format!("cycle: `{name}` depends on itself"),
-                        "used here before it has a value",
-                    )
-                    .with_note(cycle_note(&path)));
+                    return Err(cycle_error(used_at, name, &path));
                 }
                 Mark::Done => {}
             }
@@ -825,12 +830,7 @@ impl<'a> Lowerer<'a> {
                 let start = scope.active.iter().position(|&a| a == name).unwrap_or(0);
                 let mut path: Vec<&str> = scope.active[start..].to_vec();
                 path.push(name);
-                return Err(Diagnostic::at(
-                    used_at,
-                    format!("cycle: `{name}` depends on itself"),
-                    "used here before it has a value",
-                )
-                .with_note(cycle_note(&path)));
+                return Err(cycle_error(used_at, name, &path));
             }
             State::Pending => {}
         }
