@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use crate::ir::ops::{
     BinaryOutput, ConvGeometry, Op, PadValue, Pool as PoolAttrs, Scale, WeightForm,
 };
-use crate::ir::{DType, Graph, NodeId, Params, Verified};
+use crate::ir::{DType, Graph, NodeId, Params, Verified, interp};
 
 use super::CodegenError;
 
@@ -111,9 +111,9 @@ impl Epilogue {
                 beta,
             } => {
                 let y = alpha.as_ref().map_or(s, |a| s * a[o]);
-                gamma[o] * (y - mean[o]) / std[o] + beta[o]
+                interp::batchnorm_with_std(y, gamma[o], beta[o], mean[o], std[o])
             }
-            Epilogue::Affine { mul, bias } => mul[o] * s + bias[o],
+            Epilogue::Affine { mul, bias } => interp::affine_value(s, mul[o], bias[o]),
             Epilogue::Threshold { dir, t } => {
                 if dir[o] * d >= t[o] {
                     1.0
@@ -458,17 +458,6 @@ fn param<'p>(params: &'p Params, name: &str, shape: &[usize]) -> Result<&'p [f32
     Ok(&t.data)
 }
 
-/// `α_o = mean |W_o|`, summed in order as the interpreter does.
-fn channel_scales(w: &[f32], out: usize) -> Vec<f32> {
-    let k = w.len() / out.max(1);
-    (0..out)
-        .map(|o| {
-            let sum: f32 = w[o * k..(o + 1) * k].iter().map(|v| v.abs()).sum();
-            sum / k as f32
-        })
-        .collect()
-}
-
 /// The exact integer threshold equivalent to `eval(o, d) >= 0` over
 /// `d ∈ -k..=k`, if the `+1` set is a half-line for every channel.
 pub fn exact_threshold(
@@ -554,7 +543,7 @@ impl<'g> Planner<'g> {
         let epi = match output {
             BinaryOutput::Dot => Epilogue::Dot {
                 alpha: if scale == Scale::Channel {
-                    Some(channel_scales(p("weight", shape)?, shape[0]))
+                    Some(interp::channel_scales(p("weight", shape)?, shape[0]))
                 } else {
                     None
                 },
@@ -807,7 +796,10 @@ impl<'g> Planner<'g> {
                 let beta = p("bias", &c)?.to_vec();
                 let mean = p("running_mean", &c)?.to_vec();
                 let var = p("running_var", &c)?;
-                let std: Vec<f32> = var.iter().map(|&v| (v + a.eps).sqrt()).collect();
+                let std: Vec<f32> = var
+                    .iter()
+                    .map(|&v| interp::batchnorm_std(v, a.eps))
+                    .collect();
                 let x = operands[0];
                 if self.fusable(x)
                     && let Some(&s) = self.producer.get(&x)

@@ -713,7 +713,18 @@ pub fn affine_value(x: f32, multiplier: f32, bias: f32) -> f32 {
 /// interpreter uses: `γ · (x − μ) / sqrt(σ² + eps) + β`. Passes that fold a
 /// batchnorm into a threshold evaluate this to find the exact switching point.
 pub fn batchnorm_value(x: f32, gamma: f32, beta: f32, mean: f32, var: f32, eps: f32) -> f32 {
-    gamma * (x - mean) / (var + eps).sqrt() + beta
+    batchnorm_with_std(x, gamma, beta, mean, batchnorm_std(var, eps))
+}
+
+/// `sqrt(σ² + eps)`, the divisor of [`batchnorm_value`], for engines that
+/// compute it once per channel.
+pub fn batchnorm_std(var: f32, eps: f32) -> f32 {
+    (var + eps).sqrt()
+}
+
+/// [`batchnorm_value`] with its divisor `std = batchnorm_std(σ², eps)` given.
+pub fn batchnorm_with_std(x: f32, gamma: f32, beta: f32, mean: f32, std: f32) -> f32 {
+    gamma * (x - mean) / std + beta
 }
 
 /// `y[n,o] = Σ_k w[o,k] · x[n,k]` for `w` `[O, K]` and `x` `[N, K]`.

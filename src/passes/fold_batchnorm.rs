@@ -36,6 +36,7 @@
 use super::patch::{Patch, sole_user};
 use super::{Changed, PassCx, PassError};
 use crate::ir::graph::{Graph, NodeId};
+use crate::ir::interp::batchnorm_std;
 use crate::ir::ops::{BinaryOutput, Op};
 
 /// The per-channel affine form `(a, c)` of a batchnorm, `y = a·x + c`, in
@@ -52,7 +53,7 @@ pub fn batchnorm_affine(
     let var = cx.param(&format!("{name}.running_var"), channels)?;
     let mut out = Vec::with_capacity(channels);
     for c in 0..channels {
-        let s = (var[c] + eps).sqrt();
+        let s = batchnorm_std(var[c], eps);
         if !(s > 0.0 && s.is_finite()) {
             return Ok(Err(format!(
                 "channel {c} has σ² + ε = {} (the batchnorm divides by its square root)",

@@ -33,7 +33,7 @@
 //! range (at most `2K + 1` evaluations) and accepts the result only if it is
 //! a step. Nothing is assumed about parameter values.
 
-use crate::ir::interp::{affine_value, batchnorm_value, threshold_value};
+use crate::ir::interp::{affine_value, batchnorm_std, batchnorm_value, threshold_value};
 
 /// One per-channel elementwise stage after a value, with that channel's
 /// parameters.
@@ -91,7 +91,7 @@ impl Stage {
                 eps,
             } => {
                 [gamma, beta, mean, var, eps].iter().all(|v| v.is_finite())
-                    && (var + eps).sqrt() > 0.0
+                    && batchnorm_std(var, eps) > 0.0
             }
             Stage::Affine { multiplier, bias } => multiplier.is_finite() && bias.is_finite(),
         }
@@ -109,7 +109,7 @@ impl Stage {
                 var,
                 eps,
             } => {
-                let s = f64::from((var + eps).sqrt());
+                let s = f64::from(batchnorm_std(var, eps));
                 let a = f64::from(gamma) / s;
                 (a, f64::from(beta) - a * f64::from(mean))
             }
