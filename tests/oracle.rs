@@ -315,7 +315,7 @@ fn one_op(input: Vec<usize>, binarize: bool, op: Op) -> Graph {
     let mut g = Graph::new("case");
     let mut x = g.add_input("x", TensorType::f32(input)).unwrap();
     if binarize {
-        x = g.add_node("s", Op::Sign, &[x]).unwrap();
+        x = g.add_node("s", Op::sign(), &[x]).unwrap();
     }
     let label = format!("{op:?}");
     let y = g
@@ -836,8 +836,8 @@ fn bconv2d_agrees_with_the_oracle() {
     let mut g = Graph::new("bits_paths");
     let a = g.add_input("a", TensorType::f32(vec![40, 6, 6])).unwrap();
     let b = g.add_input("b", TensorType::f32(vec![40, 3, 3])).unwrap();
-    let sa = g.add_node("sa", Op::Sign, &[a]).unwrap();
-    let sb = g.add_node("sb", Op::Sign, &[b]).unwrap();
+    let sa = g.add_node("sa", Op::sign(), &[a]).unwrap();
+    let sb = g.add_node("sb", Op::sign(), &[b]).unwrap();
     let pooled = pool([3, 3], [2, 2], [1, 1]);
     let pa = g.add_node("pa", Op::MaxPool(pooled), &[sa]).unwrap();
     let ib = g.add_node("ib", Op::Identity, &[sb]).unwrap();
@@ -931,7 +931,7 @@ fn bdense_agrees_with_the_oracle() {
     // Bits through flatten: K = 5·3·2 = 30 in C order.
     let mut g = Graph::new("flat");
     let x = g.add_input("x", TensorType::f32(vec![5, 3, 2])).unwrap();
-    let s = g.add_node("s", Op::Sign, &[x]).unwrap();
+    let s = g.add_node("s", Op::sign(), &[x]).unwrap();
     let f = g.add_node("f", Op::Flatten, &[s]).unwrap();
     let op = Op::BDense(BDense {
         out_features: 3,
@@ -1097,7 +1097,7 @@ fn pools_agree_with_the_oracle() {
 fn elementwise_and_structural_ops_agree_with_the_oracle() {
     let mut cases = Vec::new();
     let unary = [
-        ("sign", Op::Sign),
+        ("sign", Op::sign()),
         ("batchnorm", Op::BatchNorm(BatchNorm { eps: 1e-5 })),
         ("batchnorm eps=0.1", Op::BatchNorm(BatchNorm { eps: 0.1 })),
         ("relu", Op::Relu),
@@ -1135,8 +1135,8 @@ fn elementwise_and_structural_ops_agree_with_the_oracle() {
         let mut b_dims = dims.clone();
         b_dims[0] = 2;
         let b = g.add_input("b", TensorType::f32(b_dims)).unwrap();
-        let sa = g.add_node("sa", Op::Sign, &[a]).unwrap();
-        let sb = g.add_node("sb", Op::Sign, &[b]).unwrap();
+        let sa = g.add_node("sa", Op::sign(), &[a]).unwrap();
+        let sb = g.add_node("sb", Op::sign(), &[b]).unwrap();
         let r = g.add_node("r", Op::Relu, &[a]).unwrap();
         let sum = g.add_node("sum", Op::Add, &[a, sa, r]).unwrap();
         let mixed = g.add_node("mixed", Op::Concat, &[sb, a, sa]).unwrap();
@@ -1158,7 +1158,7 @@ fn spec_corner_cases_agree_with_the_oracle() {
     // softmax logits large enough to overflow a naive exp in f32.
     let mut g = Graph::new("corners");
     let x = g.add_input("x", TensorType::f32(vec![2, 4])).unwrap();
-    let s = g.add_node("s", Op::Sign, &[x]).unwrap();
+    let s = g.add_node("s", Op::sign(), &[x]).unwrap();
     let z = g.add_node("z", Op::Zero, &[x]).unwrap();
     let r = g.add_node("r", Op::Relu, &[s]).unwrap();
     let bn = g

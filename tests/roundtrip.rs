@@ -267,7 +267,7 @@ fn op(kind: Kind, a: &Attrs) -> Op {
             output,
             weights,
         }),
-        Kind::Sign => Op::Sign,
+        Kind::Sign => Op::sign(),
         Kind::BatchNorm => Op::BatchNorm(BatchNorm { eps: a.eps }),
         Kind::Relu => Op::Relu,
         Kind::PRelu => Op::PRelu,

@@ -43,6 +43,17 @@ pub enum CodegenError {
     /// Cranelift rejected a function or data object.
     #[error("cranelift: {0}")]
     Module(String),
+    /// A training-only op (a gradient, a loss, batch statistics): inference
+    /// code is generated for models, not for their training graphs.
+    #[error(
+        "`{node}` (`{op}`) belongs to a training graph; the inference compiler takes the model itself"
+    )]
+    Training {
+        /// The node.
+        node: String,
+        /// Its op.
+        op: &'static str,
+    },
     /// A bug in onebit's code generator.
     #[error("internal code generation error: {0}")]
     Internal(String),

@@ -659,7 +659,15 @@ impl<'g> Planner<'g> {
         let p =
             |suffix: &str, shape: &[usize]| param(self.params, &format!("{name}.{suffix}"), shape);
         let in_dims = |k: usize| graph.node(operands[k]).ty.dims().to_vec();
+        let training = || CodegenError::Training {
+            node: name.clone(),
+            op: node.op.name(),
+        };
+        if node.op.is_training() {
+            return Err(training());
+        }
         match &node.op {
+            Op::CrossEntropy(_) | Op::RunningStat(_) | Op::Grad(_) => return Err(training()),
             Op::Input => {
                 let io = graph
                     .inputs()
@@ -765,7 +773,7 @@ impl<'g> Planner<'g> {
                 };
                 self.floatconv(id, &name, g, w, bias, &dims)?;
             }
-            Op::Sign => {
+            Op::Sign(_) => {
                 let x = operands[0];
                 let t = self.values[&x].clone();
                 if t.dtype == DType::Bit {

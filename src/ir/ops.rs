@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{DType, Shape, TensorType};
+use super::types::{DType, Extent, Shape, TensorType};
 
 /// A `(height, width)` pair: kernel sizes, strides, paddings and dilations.
 pub type Pair = [usize; 2];
@@ -165,11 +165,179 @@ impl BDense {
     }
 }
 
+/// Which statistics a `batchnorm` normalises with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stats {
+    /// The running mean and variance (parameters): inference (the default).
+    #[default]
+    Running,
+    /// The mean and biased variance of the batch, per channel over the batch
+    /// and spatial axes (`stats=batch`): training mode. The running
+    /// statistics are updated by `running_stat` nodes.
+    Batch,
+}
+
+impl Stats {
+    /// The word of the text format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stats::Running => "running",
+            Stats::Batch => "batch",
+        }
+    }
+}
+
 /// Attributes of `batchnorm`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchNorm {
     /// Added to the variance before the square root (default 1e-5).
     pub eps: f32,
+    /// Running (inference, the default) or batch (training) statistics.
+    #[serde(default)]
+    pub stats: Stats,
+}
+
+impl BatchNorm {
+    /// An inference batchnorm (`stats=running`).
+    pub fn new(eps: f32) -> BatchNorm {
+        BatchNorm {
+            eps,
+            stats: Stats::Running,
+        }
+    }
+}
+
+/// What a `sign` passes back in place of its derivative, which is zero almost
+/// everywhere (`ir-spec/training.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignGrad {
+    /// The clipped straight-through estimator `1[|x| <= 1]` (BinaryNet,
+    /// larq's `ste_sign`; `grad=ste`, the default).
+    #[default]
+    Ste,
+    /// Bi-Real Net's ApproxSign `(2 − 2|x|)·1[|x| <= 1]` (`grad=approx`).
+    Approx,
+    /// BNN+'s SwishSign `β(2 − βx·tanh(βx/2)) / (1 + cosh(βx))`, β = 5
+    /// (`grad=swish`).
+    Swish,
+}
+
+impl SignGrad {
+    /// The word of the text format.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignGrad::Ste => "ste",
+            SignGrad::Approx => "approx",
+            SignGrad::Swish => "swish",
+        }
+    }
+}
+
+/// Attributes of `sign`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Sign {
+    /// The estimator used for its gradient when training (default `ste`).
+    #[serde(default)]
+    pub grad: SignGrad,
+}
+
+/// Attributes of `cross_entropy`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CrossEntropy {
+    /// Label smoothing `ε` in `[0, 1)`: the target `t` becomes
+    /// `(1 − ε)·t + ε/K` (default 0).
+    pub smoothing: f32,
+}
+
+/// The statistic a `running_stat` node updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Statistic {
+    /// `NODE.running_mean`.
+    Mean,
+    /// `NODE.running_var` (updated with the unbiased batch variance).
+    Var,
+}
+
+impl Statistic {
+    /// The word of the text format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Statistic::Mean => "mean",
+            Statistic::Var => "var",
+        }
+    }
+
+    /// The batchnorm parameter the statistic updates.
+    pub fn param(self) -> &'static str {
+        match self {
+            Statistic::Mean => "running_mean",
+            Statistic::Var => "running_var",
+        }
+    }
+}
+
+/// Attributes of `running_stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunningStat {
+    /// Which running statistic.
+    pub stat: Statistic,
+    /// The new value is `(1 − momentum)·old + momentum·batch` (PyTorch's
+    /// convention; default 0.1).
+    pub momentum: f32,
+}
+
+/// A trainable parameter of a node, as a `grad` node names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamRole {
+    /// `NODE.weight`.
+    Weight,
+    /// `NODE.bias`.
+    Bias,
+    /// `NODE.alpha` (the architecture weights of `choose`).
+    Alpha,
+}
+
+impl ParamRole {
+    /// The parameter's suffix, as in `NODE.weight`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamRole::Weight => "weight",
+            ParamRole::Bias => "bias",
+            ParamRole::Alpha => "alpha",
+        }
+    }
+
+    /// Every role.
+    pub const ALL: [ParamRole; 3] = [ParamRole::Weight, ParamRole::Bias, ParamRole::Alpha];
+}
+
+/// What a `grad` node differentiates the loss with respect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wrt {
+    /// The forward node's operand with this index (`wrt=0`).
+    Operand(usize),
+    /// One of the forward node's trainable parameters (`wrt=weight`).
+    Param(ParamRole),
+}
+
+/// Attributes of `grad`: one vector-Jacobian product of a forward node.
+///
+/// Operands: the forward node, then the forward node's own operands (the
+/// saved activations), then the gradient of the loss with respect to the
+/// forward node's value (absent when the forward node is the loss). The
+/// forward op is repeated here so that the typing rule sees it; the verifier
+/// checks that it equals the forward node's op.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Grad {
+    /// The forward node's op.
+    pub of: Box<Op>,
+    /// With respect to what.
+    pub wrt: Wrt,
 }
 
 /// Attributes of `hardtanh`.
@@ -209,7 +377,7 @@ pub enum Op {
     #[serde(rename = "bdense")]
     BDense(BDense),
     /// `+1` if `x >= 0`, else `−1`; the only op that makes bits.
-    Sign,
+    Sign(Sign),
     /// Inference batch normalisation over the channel axis.
     #[serde(rename = "batchnorm")]
     BatchNorm(BatchNorm),
@@ -246,6 +414,13 @@ pub enum Op {
     Threshold,
     /// Per-channel multiply-add: `multiplier_c · x + bias_c`.
     Affine,
+    /// Softmax cross-entropy of logits against target distributions, averaged
+    /// over the batch (a training loss).
+    CrossEntropy(CrossEntropy),
+    /// The next value of a batchnorm's running statistic (training).
+    RunningStat(RunningStat),
+    /// A vector-Jacobian product of a forward node (training).
+    Grad(Grad),
 }
 
 /// How many operands an op takes.
@@ -322,11 +497,17 @@ pub enum OpKind {
     Threshold,
     /// See [`Op::Affine`].
     Affine,
+    /// See [`Op::CrossEntropy`].
+    CrossEntropy,
+    /// See [`Op::RunningStat`].
+    RunningStat,
+    /// See [`Op::Grad`].
+    Grad,
 }
 
 impl OpKind {
     /// Every op kind, in the order of `ir-spec/ops.md`.
-    pub const ALL: [OpKind; 21] = [
+    pub const ALL: [OpKind; 24] = [
         OpKind::Input,
         OpKind::Conv2d,
         OpKind::BConv2d,
@@ -348,6 +529,9 @@ impl OpKind {
         OpKind::Choose,
         OpKind::Threshold,
         OpKind::Affine,
+        OpKind::CrossEntropy,
+        OpKind::RunningStat,
+        OpKind::Grad,
     ];
 
     /// The name in the text format.
@@ -374,6 +558,9 @@ impl OpKind {
             OpKind::Choose => "choose",
             OpKind::Threshold => "threshold",
             OpKind::Affine => "affine",
+            OpKind::CrossEntropy => "cross_entropy",
+            OpKind::RunningStat => "running_stat",
+            OpKind::Grad => "grad",
         }
     }
 
@@ -391,6 +578,8 @@ impl OpKind {
             OpKind::Input => Arity::Exactly(0),
             OpKind::Add => Arity::AtLeast(2),
             OpKind::Concat | OpKind::Choose => Arity::AtLeast(1),
+            OpKind::CrossEntropy | OpKind::RunningStat => Arity::Exactly(2),
+            OpKind::Grad => Arity::AtLeast(2),
             _ => Arity::Exactly(1),
         }
     }
@@ -398,6 +587,14 @@ impl OpKind {
     /// Whether the op computes with binary weights (a binary layer).
     pub fn is_binary_layer(self) -> bool {
         matches!(self, OpKind::BConv2d | OpKind::BDense)
+    }
+
+    /// Whether the op exists only in training graphs (`ir-spec/training.md`).
+    pub fn is_training(self) -> bool {
+        matches!(
+            self,
+            OpKind::CrossEntropy | OpKind::RunningStat | OpKind::Grad
+        )
     }
 }
 
@@ -416,7 +613,7 @@ impl Op {
             Op::BConv2d(_) => OpKind::BConv2d,
             Op::Dense(_) => OpKind::Dense,
             Op::BDense(_) => OpKind::BDense,
-            Op::Sign => OpKind::Sign,
+            Op::Sign(_) => OpKind::Sign,
             Op::BatchNorm(_) => OpKind::BatchNorm,
             Op::Relu => OpKind::Relu,
             Op::PRelu => OpKind::PRelu,
@@ -432,12 +629,81 @@ impl Op {
             Op::Choose => OpKind::Choose,
             Op::Threshold => OpKind::Threshold,
             Op::Affine => OpKind::Affine,
+            Op::CrossEntropy(_) => OpKind::CrossEntropy,
+            Op::RunningStat(_) => OpKind::RunningStat,
+            Op::Grad(_) => OpKind::Grad,
         }
     }
 
     /// The op's name in the text format.
     pub fn name(&self) -> &'static str {
         self.kind().name()
+    }
+
+    /// `sign` with the default gradient estimator.
+    pub fn sign() -> Op {
+        Op::Sign(Sign::default())
+    }
+
+    /// Whether the op belongs only to training graphs: a training op, or a
+    /// batchnorm on batch statistics. Inference engines and passes refuse them.
+    pub fn is_training(&self) -> bool {
+        self.kind().is_training()
+            || matches!(
+                self,
+                Op::BatchNorm(BatchNorm {
+                    stats: Stats::Batch,
+                    ..
+                })
+            )
+    }
+
+    /// The shape of the trainable parameter `role` of this op applied to
+    /// operands of types `inputs`, if it has one. Folded and packed binary
+    /// layers have none: they are trained before folding.
+    pub fn trainable_param(&self, inputs: &[&TensorType], role: ParamRole) -> Option<Vec<usize>> {
+        let channels = inputs.first().and_then(|t| t.dims().first().copied())?;
+        let conv_weight = |g: &ConvGeometry| {
+            vec![
+                g.out_channels,
+                channels / g.groups.max(1),
+                g.kernel[0],
+                g.kernel[1],
+            ]
+        };
+        let latent_dot = |output: BinaryOutput, weights: WeightForm| {
+            output == BinaryOutput::Dot && weights == WeightForm::Latent
+        };
+        match (self, role) {
+            (Op::Conv2d(a), ParamRole::Weight) => Some(conv_weight(&a.geometry)),
+            (Op::Conv2d(a), ParamRole::Bias) if a.bias => Some(vec![a.geometry.out_channels]),
+            (Op::BConv2d(a), ParamRole::Weight) if latent_dot(a.output, a.weights) => {
+                Some(conv_weight(&a.geometry))
+            }
+            (Op::Dense(a), ParamRole::Weight) => Some(vec![a.out_features, channels]),
+            (Op::Dense(a), ParamRole::Bias) if a.bias => Some(vec![a.out_features]),
+            (Op::BDense(a), ParamRole::Weight) if latent_dot(a.output, a.weights) => {
+                Some(vec![a.out_features, channels])
+            }
+            (Op::BatchNorm(_), ParamRole::Weight | ParamRole::Bias) => Some(vec![channels]),
+            (Op::PRelu, ParamRole::Weight) => Some(vec![channels]),
+            (Op::Choose, ParamRole::Alpha) => Some(vec![inputs.len()]),
+            _ => None,
+        }
+    }
+
+    /// Whether a `grad` node can differentiate this op with respect to its
+    /// operand `index`: every op of an unfolded model, except the target of a
+    /// loss. Folded forms (`threshold`, `affine`, `output=` and
+    /// `weights=packed` layers) are trained before folding.
+    pub fn differentiable_operand(&self, index: usize) -> bool {
+        match self {
+            Op::Input | Op::Threshold | Op::Affine | Op::RunningStat(_) | Op::Grad(_) => false,
+            Op::BConv2d(a) => a.output == BinaryOutput::Dot && a.weights == WeightForm::Latent,
+            Op::BDense(a) => a.output == BinaryOutput::Dot && a.weights == WeightForm::Latent,
+            Op::CrossEntropy(_) => index == 0,
+            _ => true,
+        }
     }
 }
 
@@ -500,6 +766,18 @@ pub enum TypeError {
         /// What is wrong, and what was expected.
         message: String,
     },
+    /// A value reduced over the batch where a per-sample value is needed.
+    #[error(
+        "`{op}`: operand {operand} is {found}, a value for the whole batch; `{op}` needs a per-sample value"
+    )]
+    BatchOperand {
+        /// The op.
+        op: OpKind,
+        /// Which operand.
+        operand: usize,
+        /// Its type.
+        found: TensorType,
+    },
     /// The result would be too large.
     #[error("`{op}`: the result {dims:?} has more than 2^32 elements per sample")]
     TooLarge {
@@ -516,6 +794,7 @@ impl TypeError {
         match self {
             TypeError::NeedsBits { .. } | TypeError::Rank { .. } => Some(0),
             TypeError::Mismatch { second, .. } => Some(*second),
+            TypeError::BatchOperand { operand, .. } => Some(*operand),
             _ => None,
         }
     }
@@ -725,6 +1004,22 @@ impl Op {
                 found: inputs.len(),
             });
         }
+        // Batch-extent values (losses, gradients of parameters) are results
+        // only: nothing consumes them, except a `grad` node differentiating
+        // the loss itself.
+        let skip = usize::from(kind == OpKind::Grad);
+        if let Some(operand) = inputs
+            .iter()
+            .skip(skip)
+            .position(|t| t.extent == Extent::Batch)
+            .map(|i| i + skip)
+        {
+            return Err(TypeError::BatchOperand {
+                op: kind,
+                operand,
+                found: inputs[operand].clone(),
+            });
+        }
         let ty = match self {
             Op::Input => {
                 return Err(TypeError::Attribute {
@@ -748,10 +1043,14 @@ impl Op {
                 ty.dtype = binary_dtype(a.output);
                 ty
             }
-            Op::Sign => TensorType {
+            Op::Sign(_) => TensorType {
                 dtype: DType::Bit,
                 shape: inputs[0].shape.clone(),
+                extent: Extent::Sample,
             },
+            Op::CrossEntropy(a) => return cross_entropy_type(a, inputs),
+            Op::RunningStat(a) => return running_stat_type(a, inputs),
+            Op::Grad(g) => return grad_type(g, inputs),
             Op::BatchNorm(a) => {
                 need_channels(kind, inputs[0])?;
                 if !(a.eps >= 0.0 && a.eps.is_finite()) {
@@ -763,6 +1062,7 @@ impl Op {
                 TensorType {
                     dtype: DType::F32,
                     shape: inputs[0].shape.clone(),
+                    extent: Extent::Sample,
                 }
             }
             Op::PRelu => {
@@ -770,6 +1070,7 @@ impl Op {
                 TensorType {
                     dtype: DType::F32,
                     shape: inputs[0].shape.clone(),
+                    extent: Extent::Sample,
                 }
             }
             Op::HardTanh(a) => {
@@ -788,6 +1089,7 @@ impl Op {
                 TensorType {
                     dtype: DType::F32,
                     shape: inputs[0].shape.clone(),
+                    extent: Extent::Sample,
                 }
             }
             Op::Threshold => {
@@ -795,6 +1097,7 @@ impl Op {
                 TensorType {
                     dtype: DType::Bit,
                     shape: inputs[0].shape.clone(),
+                    extent: Extent::Sample,
                 }
             }
             Op::Affine => {
@@ -802,11 +1105,13 @@ impl Op {
                 TensorType {
                     dtype: DType::F32,
                     shape: inputs[0].shape.clone(),
+                    extent: Extent::Sample,
                 }
             }
             Op::Relu | Op::Zero => TensorType {
                 dtype: DType::F32,
                 shape: inputs[0].shape.clone(),
+                extent: Extent::Sample,
             },
             Op::Identity => inputs[0].clone(),
             Op::MaxPool(p) => {
@@ -814,11 +1119,13 @@ impl Op {
                 TensorType {
                     dtype: inputs[0].dtype,
                     shape: pool_out(kind, p, inputs[0])?,
+                    extent: Extent::Sample,
                 }
             }
             Op::AvgPool(p) => TensorType {
                 dtype: DType::F32,
                 shape: pool_out(kind, p, inputs[0])?,
+                extent: Extent::Sample,
             },
             Op::GlobalAvgPool => {
                 let &[c, _, _] = inputs[0].dims() else {
@@ -837,6 +1144,7 @@ impl Op {
                 TensorType {
                     dtype: DType::F32,
                     shape: inputs[0].shape.clone(),
+                    extent: Extent::Sample,
                 }
             }
             Op::Choose => {
@@ -844,6 +1152,7 @@ impl Op {
                 TensorType {
                     dtype: DType::F32,
                     shape: inputs[0].shape.clone(),
+                    extent: Extent::Sample,
                 }
             }
             Op::Concat => {
@@ -880,5 +1189,115 @@ impl Op {
             });
         }
         Ok(ty)
+    }
+}
+
+fn attribute(op: OpKind, message: String) -> TypeError {
+    TypeError::Attribute { op, message }
+}
+
+/// `cross_entropy(logits, target)`: two f32 `[K]` vectors; one loss value
+/// for the batch.
+fn cross_entropy_type(a: &CrossEntropy, inputs: &[&TensorType]) -> Result<TensorType, TypeError> {
+    let op = OpKind::CrossEntropy;
+    if !(0.0..1.0).contains(&a.smoothing) {
+        return Err(attribute(
+            op,
+            format!("smoothing must be in [0, 1), found {}", a.smoothing),
+        ));
+    }
+    for (i, t) in inputs.iter().enumerate() {
+        if t.dims().len() != 1 || t.dtype != DType::F32 {
+            return Err(TypeError::Rank {
+                op,
+                expected: if i == 0 {
+                    "f32 logits of rank 1, [K]"
+                } else {
+                    "an f32 target distribution of rank 1, [K]"
+                },
+                found: (*t).clone(),
+                hint: "",
+            });
+        }
+    }
+    all_same_shape(op, inputs)?;
+    Ok(TensorType::batch_f32(Vec::new()))
+}
+
+/// `running_stat(bn, x)`: the batchnorm node and its operand; `[C]` for the
+/// batch. (The verifier checks that `bn` is a batchnorm of `x`.)
+fn running_stat_type(a: &RunningStat, inputs: &[&TensorType]) -> Result<TensorType, TypeError> {
+    let op = OpKind::RunningStat;
+    if !(0.0..=1.0).contains(&a.momentum) {
+        return Err(attribute(
+            op,
+            format!("momentum must be in [0, 1], found {}", a.momentum),
+        ));
+    }
+    need_channels(op, inputs[1])?;
+    Ok(TensorType::batch_f32(vec![inputs[1].dims()[0]]))
+}
+
+/// `grad(of, of's operands..., dy)`: re-types the forward op on its operands,
+/// checks the upstream gradient, and gives the gradient's type: an operand's
+/// shape per sample, or a parameter's shape for the batch.
+fn grad_type(g: &Grad, inputs: &[&TensorType]) -> Result<TensorType, TypeError> {
+    let op = OpKind::Grad;
+    let has_dy = !matches!(*g.of, Op::CrossEntropy(_));
+    let forward_operands = inputs.len() - 1 - usize::from(has_dy);
+    if forward_operands == 0 || matches!(*g.of, Op::Input | Op::Grad(_) | Op::RunningStat(_)) {
+        return Err(attribute(
+            op,
+            format!("`{}` nodes cannot be differentiated", g.of.name()),
+        ));
+    }
+    let operands = &inputs[1..1 + forward_operands];
+    let value = g.of.infer_type(operands)?;
+    if value != *inputs[0] {
+        return Err(attribute(
+            op,
+            format!(
+                "the forward node is {} but `{}` of these operands gives {value}",
+                inputs[0],
+                g.of.name()
+            ),
+        ));
+    }
+    if has_dy {
+        let dy = inputs[inputs.len() - 1];
+        if dy.dtype != DType::F32 || dy.shape != value.shape {
+            return Err(attribute(
+                op,
+                format!(
+                    "the upstream gradient must be f32{} like the forward value, found {dy}",
+                    value.shape
+                ),
+            ));
+        }
+    }
+    match g.wrt {
+        Wrt::Operand(i) => {
+            if i >= forward_operands || !g.of.differentiable_operand(i) {
+                return Err(attribute(
+                    op,
+                    format!(
+                        "`{}` cannot be differentiated with respect to operand {i}",
+                        g.of.name()
+                    ),
+                ));
+            }
+            Ok(TensorType::f32(operands[i].dims().to_vec()))
+        }
+        Wrt::Param(role) => match g.of.trainable_param(operands, role) {
+            Some(shape) => Ok(TensorType::batch_f32(shape)),
+            None => Err(attribute(
+                op,
+                format!(
+                    "`{}` here has no trainable parameter `{}`",
+                    g.of.name(),
+                    role.name()
+                ),
+            )),
+        },
     }
 }

@@ -160,7 +160,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
             false,
         )],
         Op::Input
-        | Op::Sign
+        | Op::Sign(_)
         | Op::Relu
         | Op::HardTanh(_)
         | Op::MaxPool(_)
@@ -170,7 +170,10 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
         | Op::Add
         | Op::Concat
         | Op::Zero
-        | Op::Identity => Vec::new(),
+        | Op::Identity
+        | Op::CrossEntropy(_)
+        | Op::RunningStat(_)
+        | Op::Grad(_) => Vec::new(),
     }
 }
 

@@ -1,8 +1,10 @@
-//! Tensor types: an element type and a per-sample shape.
+//! Tensor types: an element type, a shape and an extent.
 //!
 //! The batch dimension is implicit everywhere in the IR: a model is typed for one
 //! sample and run on N samples at once, so `f32[32, 8, 8]` is a `[N, 32, 8, 8]`
-//! array at run time.
+//! array at run time. Training graphs also hold values that reduce over the
+//! batch (a loss, a parameter's gradient, a batch statistic): their extent is
+//! [`Extent::Batch`] and they have no batch axis at run time.
 
 use std::fmt;
 
@@ -103,13 +105,34 @@ impl From<Vec<usize>> for Shape {
     }
 }
 
-/// The type of a value: element type and per-sample shape.
+/// Whether a value exists once per sample or once for the whole batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Extent {
+    /// One value per sample: `[N, ...shape]` at run time (every value of an
+    /// inference model).
+    #[default]
+    Sample,
+    /// One value for the whole batch, reduced over it: `shape` at run time
+    /// (losses, parameter gradients and batch statistics of training graphs).
+    Batch,
+}
+
+/// The type of a value: element type, shape and extent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TensorType {
     /// Element type.
     pub dtype: DType,
-    /// Per-sample shape (the batch dimension is implicit).
+    /// Per-sample shape (the batch dimension is implicit), or the whole shape
+    /// of a batch-extent value.
     pub shape: Shape,
+    /// Per sample (the default) or per batch.
+    #[serde(default, skip_serializing_if = "is_sample")]
+    pub extent: Extent,
+}
+
+fn is_sample(e: &Extent) -> bool {
+    *e == Extent::Sample
 }
 
 impl TensorType {
@@ -118,6 +141,23 @@ impl TensorType {
         TensorType {
             dtype,
             shape: Shape(dims),
+            extent: Extent::Sample,
+        }
+    }
+
+    /// An f32 value reduced over the batch (extent [`Extent::Batch`]).
+    pub fn batch_f32(dims: Vec<usize>) -> TensorType {
+        TensorType {
+            extent: Extent::Batch,
+            ..TensorType::f32(dims)
+        }
+    }
+
+    /// The same type with element type `dtype`.
+    pub fn with_dtype(&self, dtype: DType) -> TensorType {
+        TensorType {
+            dtype,
+            ..self.clone()
         }
     }
 
@@ -155,6 +195,10 @@ impl TensorType {
 
 impl fmt::Display for TensorType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}{}", self.dtype, self.shape)
+        write!(f, "{}{}", self.dtype, self.shape)?;
+        match self.extent {
+            Extent::Sample => Ok(()),
+            Extent::Batch => f.write_str(" per batch"),
+        }
     }
 }

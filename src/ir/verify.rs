@@ -39,6 +39,14 @@ pub enum VerifyError {
         /// Why.
         error: TypeError,
     },
+    /// A training node's operands are not laid out as its op requires.
+    #[error("node `{node}`: {message}")]
+    Training {
+        /// The node's name.
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A node's stored type differs from the one its operands give.
     #[error("node `{node}` is typed {stored} but its op and operands give {inferred}")]
     StaleType {
@@ -138,5 +146,51 @@ fn verify_node(graph: &Graph, id: NodeId) -> Result<(), VerifyError> {
             inferred: inferred.to_string(),
         });
     }
-    Ok(())
+    verify_training_operands(graph, id)
+}
+
+/// A `grad` node reads its forward node and then exactly that node's
+/// operands, and repeats its op; a `running_stat` reads a batchnorm and its
+/// operand. (The typing rule sees only types; these are facts about edges.)
+fn verify_training_operands(graph: &Graph, id: NodeId) -> Result<(), VerifyError> {
+    let node = graph.node(id);
+    let operands = graph.operands(id);
+    let bad = |message: String| {
+        Err(VerifyError::Training {
+            node: node.name.clone(),
+            message,
+        })
+    };
+    match &node.op {
+        Op::Grad(g) => {
+            let of = graph.node(operands[0]);
+            if of.op != *g.of {
+                return bad(format!(
+                    "differentiates `{}` but its first operand `{}` is a `{}`",
+                    g.of.name(),
+                    of.name,
+                    of.op.name()
+                ));
+            }
+            let forward = graph.operands(operands[0]);
+            if operands.len() < 1 + forward.len() || operands[1..=forward.len()] != forward[..] {
+                return bad(format!(
+                    "its operands after `{}` must be the operands of `{}`",
+                    of.name, of.name
+                ));
+            }
+            Ok(())
+        }
+        Op::RunningStat(_) => {
+            let bn = graph.node(operands[0]);
+            if !matches!(bn.op, Op::BatchNorm(_)) || graph.operands(operands[0]) != operands[1..] {
+                return bad(format!(
+                    "`running_stat` must read a batchnorm and that batchnorm's operand, found `{}`",
+                    bn.name
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }

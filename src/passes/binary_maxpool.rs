@@ -56,9 +56,9 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         };
         let user_name = graph.node(user).name.clone();
         match graph.node(user).op {
-            Op::Sign => {
+            Op::Sign(attrs) => {
                 // sign(maxpool(x)) → maxpool(sign(x)).
-                swap(&mut patch, graph, pool, user, x, Op::Sign);
+                swap(&mut patch, graph, pool, user, x, Op::Sign(attrs));
                 cx.clear_note(&pool_name);
             }
             Op::Threshold => {
@@ -76,7 +76,8 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
                 cx.clear_note(&pool_name);
             }
             Op::BatchNorm(bn) => {
-                let Some(sign) = sole_user(graph, user).filter(|&s| graph.node(s).op == Op::Sign)
+                let Some(sign) =
+                    sole_user(graph, user).filter(|&s| matches!(graph.node(s).op, Op::Sign(_)))
                 else {
                     cx.note(
                         &pool_name,

@@ -82,9 +82,9 @@ fn left_for_later(graph: &Graph, bn: NodeId) -> bool {
         return true;
     }
     graph.users(bn).into_iter().any(|u| match graph.node(u).op {
-        Op::Sign => true,
+        Op::Sign(_) => true,
         Op::MaxPool(_) => sole_user(graph, u)
-            .is_some_and(|v| matches!(graph.node(v).op, Op::Sign | Op::Threshold)),
+            .is_some_and(|v| matches!(graph.node(v).op, Op::Sign(_) | Op::Threshold)),
         _ => false,
     })
 }

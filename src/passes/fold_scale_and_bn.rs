@@ -125,7 +125,7 @@ fn link(
                     .collect(),
             )
         }
-        Op::Sign => Link::Decide(vec![Decision::Sign; channels]),
+        Op::Sign(_) => Link::Decide(vec![Decision::Sign; channels]),
         Op::Threshold => {
             let (t, d) = (p("threshold")?, p("direction")?);
             Link::Decide(
@@ -334,7 +334,7 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
 
     // Pattern 3: sign(batchnorm(x)) for any other x.
     for sign in graph.node_ids() {
-        if graph.node(sign).op != Op::Sign || claimed.contains(&sign) {
+        if !matches!(graph.node(sign).op, Op::Sign(_)) || claimed.contains(&sign) {
             continue;
         }
         let bn = graph.operands(sign)[0];

@@ -42,6 +42,7 @@
 //! (`fold_batchnorm`, `output=affine`).
 
 pub mod binary_maxpool;
+pub mod differentiate;
 pub mod eliminate_dead_nodes;
 pub mod eliminate_identity;
 pub mod fold_batchnorm;
@@ -93,6 +94,14 @@ pub enum PassError {
     /// An empty item in a pass list (`a,,b`).
     #[error("empty pass name in `{0}`")]
     EmptyName(String),
+    /// The passes rewrite models, not training graphs.
+    #[error("`{node}` (`{op}`) belongs to a training graph; the passes run on the model itself")]
+    TrainingGraph {
+        /// The first training node found.
+        node: String,
+        /// Its op.
+        op: &'static str,
+    },
     /// The graph does not verify before the passes run.
     #[error("the model is invalid: {0}")]
     InvalidInput(Box<VerifyError>),
@@ -412,6 +421,13 @@ pub fn optimize(
     mut print_after: impl FnMut(&str, &Graph),
 ) -> Result<PassReport, PassError> {
     verify(graph).map_err(|e| PassError::InvalidInput(Box::new(e)))?;
+    if let Some(id) = graph.node_ids().find(|&id| graph.node(id).op.is_training()) {
+        let node = graph.node(id);
+        return Err(PassError::TrainingGraph {
+            node: node.name.clone(),
+            op: node.op.name(),
+        });
+    }
     params
         .check(graph)
         .map_err(|e| PassError::InputParams(Box::new(e)))?;

@@ -124,7 +124,7 @@ fn default_reason(graph: &Graph, id: NodeId) -> String {
     };
     match node.op {
         Op::Add => "real shortcut: adds f32 values (bits cannot carry a sum)".into(),
-        Op::Sign => format!("binarizes the real output of {}", operand(0)),
+        Op::Sign(_) => format!("binarizes the real output of {}", operand(0)),
         Op::Threshold => format!(
             "binarizes the real output of {} (no layer to fuse into)",
             operand(0)

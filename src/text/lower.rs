@@ -28,8 +28,9 @@ use super::ast::{self, Arg, Expr, ExprKind, Ident, Literal, Span, Stmt};
 use super::diagnostic::Diagnostic;
 use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
-    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, Op, OpKind,
-    PadValue, Pair, Pool, Scale, TypeError, WeightForm,
+    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, CrossEntropy, Dense, Grad,
+    HardTanh, Op, OpKind, PadValue, Pair, ParamRole, Pool, RunningStat, Scale, Sign, SignGrad,
+    Statistic, Stats, TypeError, WeightForm, Wrt,
 };
 use crate::ir::types::{DType, MAX_ELEMENTS, TensorType};
 use crate::util::closest;
@@ -202,6 +203,20 @@ const WEIGHTS: [(&str, WeightForm); 2] = [
     ("packed", WeightForm::Packed),
 ];
 
+/// The words `stats=` takes (batchnorm).
+const STATS: [(&str, Stats); 2] = [("running", Stats::Running), ("batch", Stats::Batch)];
+/// The words `grad=` takes (sign).
+const SIGN_GRAD: [(&str, SignGrad); 3] = [
+    ("ste", SignGrad::Ste),
+    ("approx", SignGrad::Approx),
+    ("swish", SignGrad::Swish),
+];
+/// The words `stat=` takes (running_stat).
+const STATISTIC: [(&str, Statistic); 2] = [("mean", Statistic::Mean), ("var", Statistic::Var)];
+/// The keywords of the training ops whose values are words, never bindings
+/// (`wrt=` also takes an operand index).
+const TRAINING_WORD_KEYWORDS: [&str; 4] = ["stats", "grad", "stat", "wrt"];
+
 /// The names `expr` refers to, with where, in source order. A word given to an
 /// op (`scale=channel`) is not a reference, even if a binding has that name.
 fn referenced_names<'e>(expr: &'e Expr, names: &mut Vec<(&'e str, Span)>) {
@@ -216,6 +231,13 @@ fn referenced_names<'e>(expr: &'e Expr, names: &mut Vec<(&'e str, Span)>) {
             let op = OpKind::callable(&callee.name).is_some();
             for a in args {
                 let word = match &a.value.kind {
+                    ExprKind::Name(_)
+                        if a.keyword
+                            .as_ref()
+                            .is_some_and(|k| TRAINING_WORD_KEYWORDS.contains(&k.name.as_str())) =>
+                    {
+                        true
+                    }
                     ExprKind::Name(n) => {
                         BOOL.iter().any(|w| w.0 == n)
                             || SCALE.iter().any(|w| w.0 == n)
@@ -1405,6 +1427,36 @@ impl<'a> Lowerer<'a> {
     ) -> Result<(Op, Vec<(NodeId, Span)>), Diagnostic> {
         match kind {
             OpKind::Add | OpKind::Concat => self.variadic(scope, kind, args),
+            OpKind::CrossEntropy => {
+                let logits = self.tensor(scope, args, "input")?;
+                let target = self.tensor(scope, args, "target")?;
+                let smoothing = self.float(scope, args, "smoothing", 0.0)?;
+                Ok((
+                    Op::CrossEntropy(CrossEntropy { smoothing }),
+                    vec![logits, target],
+                ))
+            }
+            OpKind::RunningStat => {
+                let (bn, span) = self.tensor(scope, args, "of")?;
+                let Op::BatchNorm(_) = self.graph.node(bn).op else {
+                    return Err(Diagnostic::at(
+                        span,
+                        format!(
+                            "`running_stat` needs a batchnorm, found `{}`",
+                            self.graph.node(bn).op.name()
+                        ),
+                        "expected a batchnorm node",
+                    ));
+                };
+                let stat = self.word(args, "stat", &STATISTIC, Statistic::Mean)?;
+                let momentum = self.float(scope, args, "momentum", 0.1)?;
+                let x = self.graph.operands(bn)[0];
+                Ok((
+                    Op::RunningStat(RunningStat { stat, momentum }),
+                    vec![(bn, span), (x, span)],
+                ))
+            }
+            OpKind::Grad => self.grad(scope, args),
             OpKind::Input | OpKind::Choose => Err(Diagnostic::at(
                 args.callee.span,
                 format!("`{}` is not called like an op", kind.name()),
@@ -1416,6 +1468,47 @@ impl<'a> Lowerer<'a> {
                 Ok((op, vec![x]))
             }
         }
+    }
+
+    /// `grad(of, dy, wrt=...)`: the operands are the forward node, its own
+    /// operands, and the upstream gradient (none for a loss).
+    fn grad(
+        &mut self,
+        scope: &mut Scope<'a>,
+        args: &mut Args<'a>,
+    ) -> Result<(Op, Vec<(NodeId, Span)>), Diagnostic> {
+        let (of, span) = self.tensor(scope, args, "of")?;
+        let forward = self.graph.node(of).op.clone();
+        let mut operands = vec![(of, span)];
+        operands.extend(self.graph.operands(of).into_iter().map(|o| (o, span)));
+        if !matches!(forward, Op::CrossEntropy(_)) {
+            operands.push(self.tensor(scope, args, "dy")?);
+        }
+        let Some((e, _)) = args.take("wrt")? else {
+            return Err(args.missing("wrt", "an operand index or a parameter"));
+        };
+        let role = match &e.kind {
+            ExprKind::Name(w) => ParamRole::ALL.into_iter().find(|r| r.name() == w),
+            _ => None,
+        };
+        let wrt = match (&e.kind, role) {
+            (ExprKind::Literal(Literal::Int(i)), _) if *i >= 0 => Wrt::Operand(*i as usize),
+            (_, Some(role)) => Wrt::Param(role),
+            _ => {
+                return Err(Diagnostic::at(
+                    e.span,
+                    "`wrt` must be an operand index or one of `weight`, `bias`, `alpha`",
+                    "expected an operand index or a parameter",
+                ));
+            }
+        };
+        Ok((
+            Op::Grad(Grad {
+                of: Box::new(forward),
+                wrt,
+            }),
+            operands,
+        ))
     }
 
     /// The operands of `add` or `concat`: every positional argument.
@@ -1484,6 +1577,7 @@ impl<'a> Lowerer<'a> {
             }),
             OpKind::BatchNorm => Op::BatchNorm(BatchNorm {
                 eps: self.float(scope, args, "eps", 1e-5)?,
+                stats: self.word(args, "stats", &STATS, Stats::Running)?,
             }),
             OpKind::HardTanh => Op::HardTanh(HardTanh {
                 min: self.float(scope, args, "min", -1.0)?,
@@ -1491,7 +1585,9 @@ impl<'a> Lowerer<'a> {
             }),
             OpKind::MaxPool => Op::MaxPool(self.pool(scope, args)?),
             OpKind::AvgPool => Op::AvgPool(self.pool(scope, args)?),
-            OpKind::Sign => Op::Sign,
+            OpKind::Sign => Op::Sign(Sign {
+                grad: self.word(args, "grad", &SIGN_GRAD, SignGrad::Ste)?,
+            }),
             OpKind::Relu => Op::Relu,
             OpKind::PRelu => Op::PRelu,
             OpKind::GlobalAvgPool => Op::GlobalAvgPool,
@@ -1500,7 +1596,13 @@ impl<'a> Lowerer<'a> {
             OpKind::Identity => Op::Identity,
             OpKind::Threshold => Op::Threshold,
             OpKind::Affine => Op::Affine,
-            OpKind::Add | OpKind::Concat | OpKind::Input | OpKind::Choose => {
+            OpKind::Add
+            | OpKind::Concat
+            | OpKind::Input
+            | OpKind::Choose
+            | OpKind::CrossEntropy
+            | OpKind::RunningStat
+            | OpKind::Grad => {
                 unreachable!("build_op handles `{kind}` itself")
             }
         })

@@ -9,7 +9,9 @@
 use std::fmt::Write as _;
 
 use crate::ir::graph::{Graph, NodeId};
-use crate::ir::ops::{BinaryOutput, ConvGeometry, Op, PadValue, Pair, Scale, WeightForm};
+use crate::ir::ops::{
+    BinaryOutput, ConvGeometry, Op, PadValue, Pair, Scale, SignGrad, Stats, WeightForm, Wrt,
+};
 
 /// Prints `graph` as a model file.
 pub fn print(graph: &Graph) -> String {
@@ -101,6 +103,36 @@ fn call(graph: &Graph, id: NodeId) -> String {
     let mut args = operands.clone();
     match &node.op {
         Op::Choose => return format!("choose {{ {} }}", operands.join(", ")),
+        Op::Grad(g) => {
+            // The forward node's operands are implied by the forward node.
+            let mut args = vec![operands[0].clone()];
+            if !matches!(*g.of, Op::CrossEntropy(_)) {
+                args.push(operands[operands.len() - 1].clone());
+            }
+            args.push(match g.wrt {
+                Wrt::Operand(i) => format!("wrt={i}"),
+                Wrt::Param(role) => format!("wrt={}", role.name()),
+            });
+            return format!("grad({})", args.join(", "));
+        }
+        Op::RunningStat(a) => {
+            // The batchnorm's operand is implied by the batchnorm.
+            let mut args = vec![operands[0].clone(), format!("stat={}", a.stat.name())];
+            if a.momentum != 0.1 {
+                args.push(format!("momentum={}", float(a.momentum)));
+            }
+            return format!("running_stat({})", args.join(", "));
+        }
+        Op::CrossEntropy(a) => {
+            if a.smoothing != 0.0 {
+                args.push(format!("smoothing={}", float(a.smoothing)));
+            }
+        }
+        Op::Sign(a) => {
+            if a.grad != SignGrad::Ste {
+                args.push(format!("grad={}", a.grad.name()));
+            }
+        }
         Op::Conv2d(a) => {
             geometry(&mut args, &a.geometry);
             if !a.bias {
@@ -134,6 +166,9 @@ fn call(graph: &Graph, id: NodeId) -> String {
             if a.eps != 1e-5 {
                 args.push(format!("eps={}", float(a.eps)));
             }
+            if a.stats != Stats::Running {
+                args.push(format!("stats={}", a.stats.name()));
+            }
         }
         Op::HardTanh(a) => {
             if a.min != -1.0 {
@@ -153,7 +188,6 @@ fn call(graph: &Graph, id: NodeId) -> String {
             }
         }
         Op::Input
-        | Op::Sign
         | Op::Relu
         | Op::PRelu
         | Op::GlobalAvgPool

@@ -806,7 +806,7 @@ pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Res
         }
         Op::Threshold => threshold(x()?, p("threshold")?, p("direction")?)?,
         Op::Affine => affine(x()?, p("multiplier")?, p("bias")?),
-        Op::Sign => sign(x()?),
+        Op::Sign(_) => sign(x()?),
         Op::BatchNorm(a) => {
             let stats = [
                 p("weight")?,
@@ -881,7 +881,7 @@ pub fn evaluate(
             let operands = graph.operands(id);
             let args: Vec<&Value> = operands.iter().map(|o| &values[o]).collect();
             let mut out = apply(graph, params, id, &args)?;
-            if node.op == Op::Sign || node.op == Op::Threshold {
+            if matches!(node.op, Op::Sign(_) | Op::Threshold) {
                 let x = args[0];
                 let per_channel = |suffix: &str, e: usize| {
                     params

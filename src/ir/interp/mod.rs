@@ -25,12 +25,15 @@
 
 use std::collections::HashMap;
 
+mod backward;
+
 use super::graph::{Graph, Node, NodeId};
 use super::ops::{
     BConv2d, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, Op, PadValue, Pool,
-    Scale, WeightForm,
+    Scale, Stats, WeightForm,
 };
 use super::params::{Params, Tensor, graph_params};
+use super::types::Extent;
 use super::verify::{VerifyError, verify};
 
 /// Why the interpreter cannot run a graph on the given inputs and parameters.
@@ -254,8 +257,13 @@ fn evaluate(
             let operands: Vec<&Tensor> = operand_ids.iter().map(|o| &values[o]).collect();
             eval_node(graph, params, inputs, id, node, &operands)?
         };
-        debug_assert_eq!(value.shape[0], batch);
-        debug_assert_eq!(&value.shape[1..], node.ty.dims(), "node `{}`", node.name);
+        match node.ty.extent {
+            Extent::Sample => {
+                debug_assert_eq!(value.shape[0], batch);
+                debug_assert_eq!(&value.shape[1..], node.ty.dims(), "node `{}`", node.name);
+            }
+            Extent::Batch => debug_assert_eq!(value.shape, node.ty.dims(), "node `{}`", node.name),
+        }
         debug_assert_eq!(value.data.len(), value.shape.iter().product::<usize>());
         values.insert(id, value);
         if keep == Keep::Outputs {
@@ -446,7 +454,19 @@ fn eval_node(
             let c = [channels()];
             affine(x[0], p("multiplier", &c)?, p("bias", &c)?)
         }
-        Op::Sign => sign(x[0]),
+        Op::Sign(_) => sign(x[0]),
+        Op::BatchNorm(a) if a.stats == Stats::Batch => {
+            backward::batchnorm_batch(params, &node.name, a, x[0])?
+        }
+        Op::CrossEntropy(a) => backward::cross_entropy(x[0], x[1], a),
+        Op::RunningStat(a) => {
+            let bn = &graph.node(graph.operands(id)[0]).name;
+            backward::running_stat(params, bn, a, x[1])?
+        }
+        Op::Grad(g) => {
+            let of = &graph.node(graph.operands(id)[0]).name;
+            backward::grad(params, of, g, x)?
+        }
         Op::BatchNorm(a) => {
             let c = [channels()];
             let bn = BatchNormParams {
@@ -1024,7 +1044,7 @@ mod tests {
     fn binary(op: Op, dims: &[usize]) -> Graph {
         let mut g = Graph::new("m");
         let x = g.add_input("x", TensorType::f32(dims.to_vec())).unwrap();
-        let s = g.add_node("s", Op::Sign, &[x]).unwrap();
+        let s = g.add_node("s", Op::sign(), &[x]).unwrap();
         let y = g.add_node("y", op, &[s]).unwrap();
         g.add_output(y);
         g
@@ -1309,7 +1329,7 @@ mod tests {
 
     #[test]
     fn sign_of_zero_is_plus_one() {
-        let g = single(Op::Sign, &[5]);
+        let g = single(Op::sign(), &[5]);
         let x = t(&[1, 5], &[0.0, -0.0, -1e-30, 3.0, f32::NAN]);
         assert_eq!(
             run1(&g, &Params::default(), x).data,

@@ -1,0 +1,346 @@
+//! Gradient checks of the training graph, through the reference interpreter.
+//!
+//! - Real-valued paths: every parameter gradient that `differentiate` emits
+//!   is compared with central finite differences of the loss the same
+//!   training graph computes.
+//! - Binarized paths, whose derivative is zero almost everywhere, against the
+//!   estimators' written definitions: each `grad=` rule of `sign`
+//!   elementwise, and a binary layer's latent-weight gradient against the
+//!   finite-difference gradient of the equivalent real layer with weights
+//!   `α·sign(W)`, masked by `1[|W| <= 1]` (the clipped STE).
+
+use std::collections::HashMap;
+
+use onebit::ir::{Params, Tensor, interp};
+use onebit::passes::differentiate::{LossSpec, TrainingGraph, differentiate};
+use onebit::text::parse_str;
+use onebit::util::rng::Rng;
+
+/// Parameters from PyTorch's init, then every per-channel parameter
+/// randomised so that no gradient is trivially symmetric.
+fn random_params(graph: &onebit::ir::Graph, seed: u64) -> Params {
+    let mut params = Params::init(graph, seed);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let names: Vec<String> = params.tensors.keys().cloned().collect();
+    for name in names {
+        let t = params.tensors.get_mut(&name).unwrap();
+        let suffix = name.rsplit('.').next().unwrap();
+        for v in &mut t.data {
+            *v = match suffix {
+                "running_var" => 0.5 + rng.next_f32(),
+                "running_mean" => rng.uniform(0.3),
+                "alpha" => rng.uniform(1.0),
+                // BN γ and PReLU slopes away from zero, of both signs.
+                "weight" if t.shape.len() == 1 => {
+                    let m = 0.5 + rng.next_f32();
+                    if rng.next_f32() < 0.2 { -m } else { m }
+                }
+                "bias" if t.shape.len() == 1 => rng.uniform(0.5),
+                _ => *v,
+            };
+        }
+    }
+    params
+}
+
+/// A random batch of `n` inputs of the model's (single) input shape, and
+/// random target distributions over `k` classes.
+fn batch(train: &TrainingGraph, n: usize, seed: u64) -> Vec<Tensor> {
+    let mut rng = Rng::new(seed);
+    let g = &train.graph;
+    g.inputs()
+        .iter()
+        .map(|&id| {
+            let dims = g.node(id).ty.dims().to_vec();
+            let per: usize = dims.iter().product();
+            let mut data: Vec<f32> = (0..n * per).map(|_| rng.uniform(1.5)).collect();
+            if g.node(id).name == "target" {
+                for row in data.chunks_mut(per) {
+                    let w: Vec<f32> = row.iter().map(|v| v.abs() + 0.01).collect();
+                    let total: f32 = w.iter().sum();
+                    for (r, wv) in row.iter_mut().zip(w) {
+                        *r = wv / total;
+                    }
+                }
+            }
+            let mut shape = vec![n];
+            shape.extend(dims);
+            Tensor { shape, data }
+        })
+        .collect()
+}
+
+fn loss(train: &TrainingGraph, params: &Params, inputs: &[Tensor]) -> f64 {
+    interp::run(&train.graph, params, inputs).unwrap()[0].data[0] as f64
+}
+
+/// Every gradient output, by parameter name.
+fn gradients(train: &TrainingGraph, params: &Params, inputs: &[Tensor]) -> HashMap<String, Tensor> {
+    let vals = interp::run_all(&train.graph, params, inputs).unwrap();
+    train
+        .gradients
+        .iter()
+        .map(|(p, id)| (p.clone(), vals[id].clone()))
+        .collect()
+}
+
+/// Compares the gradients of the parameters `only` lists (all when empty)
+/// with central differences, on up to `per_param` elements of each.
+fn finite_differences(
+    train: &TrainingGraph,
+    params: &Params,
+    inputs: &[Tensor],
+    per_param: usize,
+    only: &[&str],
+) {
+    let mut grads = gradients(train, params, inputs);
+    grads.retain(|name, _| only.is_empty() || only.contains(&name.as_str()));
+    assert!(!grads.is_empty());
+    // Small enough that no relu, max or clip switches branch between the two
+    // evaluations (they would make the difference quotient meaningless),
+    // large enough that f32 rounding of the loss stays well below tolerance.
+    let h = 5e-4f32;
+    let mut checked = 0;
+    for (name, g) in &grads {
+        let len = g.data.len();
+        let step = (len / per_param).max(1);
+        for i in (0..len).step_by(step).take(per_param) {
+            let mut plus = params.clone();
+            plus.tensors.get_mut(name).unwrap().data[i] += h;
+            let mut minus = params.clone();
+            minus.tensors.get_mut(name).unwrap().data[i] -= h;
+            let fd = (loss(train, &plus, inputs) - loss(train, &minus, inputs)) / (2.0 * h as f64);
+            let an = g.data[i] as f64;
+            let tol = 2e-3 + 2e-2 * fd.abs().max(an.abs());
+            assert!(
+                (fd - an).abs() <= tol,
+                "{name}[{i}]: analytic {an}, finite differences {fd}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= grads.len());
+}
+
+fn check_real(source: &str, seed: u64, n: usize) {
+    let model = parse_str(source).unwrap();
+    let train = differentiate(
+        &model,
+        &LossSpec {
+            logits: None,
+            smoothing: 0.1,
+        },
+    )
+    .unwrap();
+    let params = random_params(&model, seed);
+    let inputs = batch(&train, n, seed + 1);
+    finite_differences(&train, &params, &inputs, 8, &[]);
+}
+
+#[test]
+fn convolutions_batchnorm_pools_and_prelu_match_finite_differences() {
+    check_real(
+        "model m {
+           input x: f32[4, 7, 6]
+           c = conv2d(x, 6, kernel=3, stride=2, pad=1, groups=2)
+           b = batchnorm(c)
+           a = prelu(b)
+           d = conv2d(a, 4, kernel=(2, 3), dilation=(1, 2), pad=(1, 2))
+           m = maxpool(d, 2, stride=1, pad=1)
+           v = avgpool(m, 3, stride=2, pad=1)
+           g = global_avgpool(v)
+           y = dense(g, 5)
+           output y
+         }",
+        3,
+        4,
+    );
+}
+
+#[test]
+fn dense_layers_and_graph_structure_match_finite_differences() {
+    check_real(
+        "model m {
+           input x: f32[2, 3, 3]
+           f = flatten(x)
+           h = dense(f, 8)
+           a = hardtanh(h, min=-2.0, max=2.0)
+           r = relu(dense(h, 8))
+           s = add(a, r, h)
+           k = choose { relu(s), identity(s), zero(s), dense(s, 8) }
+           c = concat(k, a)
+           n = batchnorm(c)
+           y = dense(n, 6, bias=false)
+           z = batchnorm(y)
+           output z
+         }",
+        5,
+        5,
+    );
+}
+
+#[test]
+fn batchnorm_on_images_and_concat_of_feature_maps() {
+    check_real(
+        "model m {
+           input x: f32[3, 5, 5]
+           a = conv2d(x, 4, kernel=3, pad=1)
+           b = conv2d(x, 2, kernel=1, bias=false)
+           c = concat(batchnorm(a), b)
+           y = dense(flatten(c), 4)
+           output y
+         }",
+        7,
+        3,
+    );
+}
+
+/// The `grad=` estimators, elementwise against their definitions.
+#[test]
+fn sign_estimators_follow_their_definitions() {
+    let estimators: [(&str, fn(f32) -> f32); 3] = [
+        ("ste", |x| if x.abs() <= 1.0 { 1.0 } else { 0.0 }),
+        ("approx", |x| {
+            if x.abs() <= 1.0 {
+                2.0 - 2.0 * x.abs()
+            } else {
+                0.0
+            }
+        }),
+        ("swish", |x| {
+            let b = 5.0f32;
+            b * (2.0 - b * x * (b * x / 2.0).tanh()) / (1.0 + (b * x).cosh())
+        }),
+    ];
+    for (word, rule) in estimators {
+        let source = format!(
+            "model m {{ input x: f32[12]  h = dense(x, 16)  s = sign(h, grad={word})  y = dense(s, 5)  output y }}"
+        );
+        let model = parse_str(&source).unwrap();
+        let train = differentiate(&model, &LossSpec::default()).unwrap();
+        let params = random_params(&model, 11);
+        let inputs = batch(&train, 6, 12);
+        let vals = interp::run_all(&train.graph, &params, &inputs).unwrap();
+        let value = |name: &str| &vals[&train.graph.find(name).unwrap()];
+        let (h, ds, dh) = (value("h"), value("s.grad"), value("h.grad"));
+        let mut inside = 0;
+        for i in 0..h.data.len() {
+            let expected = ds.data[i] * rule(h.data[i]);
+            assert!(
+                (dh.data[i] - expected).abs() <= 1e-6 * expected.abs().max(1e-3),
+                "grad={word}: x = {}, dL/dy = {}, dL/dx = {} (expected {expected})",
+                h.data[i],
+                ds.data[i],
+                dh.data[i]
+            );
+            inside += usize::from(h.data[i].abs() <= 1.0);
+        }
+        assert!(
+            inside > 0 && inside < h.data.len(),
+            "both sides of the clip are tested"
+        );
+    }
+}
+
+/// A binary layer's gradients equal those of the real layer computing the
+/// same function (weights `α·sign(W)` over the same ±1 input, zero padding),
+/// the latent weights' masked by `1[|W| <= 1]`.
+#[test]
+fn binary_layers_follow_the_clipped_straight_through_estimator() {
+    let cases = [
+        (
+            "bconv2d(s, 5, kernel=3, pad=1, scale=channel)",
+            "conv2d(s, 5, kernel=3, pad=1, bias=false)",
+        ),
+        (
+            "bconv2d(s, 5, kernel=(3, 2), stride=2)",
+            "conv2d(s, 5, kernel=(3, 2), stride=2, bias=false)",
+        ),
+        (
+            "bconv2d(s, 4, kernel=3, pad=1, groups=2, scale=channel)",
+            "conv2d(s, 4, kernel=3, pad=1, groups=2, bias=false)",
+        ),
+    ];
+    for (binary, real) in cases {
+        let model = |layer: &str| {
+            format!(
+                "model m {{ input x: f32[2, 6, 6]  h = conv2d(x, 4, kernel=1)  s = sign(h)
+                   c = {layer}  y = dense(flatten(batchnorm(c)), 3)  output y }}"
+            )
+        };
+        let bin = parse_str(&model(binary)).unwrap();
+        let re = parse_str(&model(real)).unwrap();
+        let train_bin = differentiate(&bin, &LossSpec::default()).unwrap();
+        let train_re = differentiate(&re, &LossSpec::default()).unwrap();
+        let mut params = random_params(&bin, 21);
+        // Latent weights on both sides of the clip.
+        let mut rng = Rng::new(22);
+        for v in &mut params.tensors.get_mut("c.weight").unwrap().data {
+            *v = rng.uniform(1.4);
+        }
+        let latent = params.tensors["c.weight"].clone();
+        let out = latent.shape[0];
+        let k = latent.data.len() / out;
+        let scaled = binary.contains("scale=channel");
+        let alpha: Vec<f32> = (0..out)
+            .map(|o| {
+                if scaled {
+                    latent.data[o * k..][..k]
+                        .iter()
+                        .map(|v| v.abs())
+                        .sum::<f32>()
+                        / k as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let mut real_params = params.clone();
+        for (i, v) in real_params
+            .tensors
+            .get_mut("c.weight")
+            .unwrap()
+            .data
+            .iter_mut()
+            .enumerate()
+        {
+            *v = alpha[i / k] * if latent.data[i] >= 0.0 { 1.0 } else { -1.0 };
+        }
+        let inputs = batch(&train_bin, 4, 23);
+
+        // The real twin's weight gradient is itself checked by finite differences.
+        // (Only downstream of the sign: finite differences cannot see through it.)
+        finite_differences(
+            &train_re,
+            &real_params,
+            &inputs,
+            6,
+            &["c.weight", "c.batchnorm.weight", "y.weight"],
+        );
+        let g_re = gradients(&train_re, &real_params, &inputs);
+        let g_bin = gradients(&train_bin, &params, &inputs);
+        let (gb, gr) = (&g_bin["c.weight"], &g_re["c.weight"]);
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 + 1e-3 * a.abs().max(b.abs());
+        for i in 0..gb.data.len() {
+            let mask = if latent.data[i].abs() <= 1.0 {
+                1.0
+            } else {
+                0.0
+            };
+            // The twin's dL/dV is Σ dy·s; through `α·sign(W)` with α held
+            // constant, the latent weight gets α·Σ dy·s where |W| <= 1.
+            let want = mask * alpha[i / k] * gr.data[i];
+            assert!(
+                close(gb.data[i], want),
+                "{binary}: c.weight[{i}] {} vs {want}",
+                gb.data[i]
+            );
+        }
+        // Everything upstream of the layer gets the same gradient.
+        for p in ["h.weight", "h.bias"] {
+            for (a, b) in g_bin[p].data.iter().zip(&g_re[p].data) {
+                assert!(close(*a, *b), "{binary}: {p}: {a} vs {b}");
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The training-step graph: `differentiate` on every example gives a graph
+//! that verifies, prints, parses back to the same graph, and is snapshotted.
+
+use onebit::passes::differentiate::{LossSpec, differentiate};
+use onebit::text::{parse_str, print};
+
+const EXAMPLES: [&str; 4] = ["digits_cnn", "mlp_digits", "tiny_search", "bireal_block"];
+
+fn source(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/examples/{name}.bnn",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("example exists")
+}
+
+#[test]
+fn training_graphs_print_parse_and_verify() {
+    for name in EXAMPLES {
+        let model = parse_str(&source(name)).unwrap();
+        let train = differentiate(&model, &LossSpec::default()).unwrap();
+        let text = print(&train.graph);
+        let reparsed = parse_str(&text).unwrap_or_else(|e| panic!("{name}: {e:?}\n{text}"));
+        reparsed
+            .same_as(&train.graph)
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+        insta::assert_snapshot!(format!("training_graph__{name}"), text);
+    }
+}
