@@ -1098,8 +1098,8 @@ fn elementwise_and_structural_ops_agree_with_the_oracle() {
     let mut cases = Vec::new();
     let unary = [
         ("sign", Op::sign()),
-        ("batchnorm", Op::BatchNorm(BatchNorm { eps: 1e-5 })),
-        ("batchnorm eps=0.1", Op::BatchNorm(BatchNorm { eps: 0.1 })),
+        ("batchnorm", Op::BatchNorm(BatchNorm::new(1e-5))),
+        ("batchnorm eps=0.1", Op::BatchNorm(BatchNorm::new(0.1))),
         ("relu", Op::Relu),
         ("prelu", Op::PRelu),
         (
@@ -1162,7 +1162,7 @@ fn spec_corner_cases_agree_with_the_oracle() {
     let z = g.add_node("z", Op::Zero, &[x]).unwrap();
     let r = g.add_node("r", Op::Relu, &[s]).unwrap();
     let bn = g
-        .add_node("bn", Op::BatchNorm(BatchNorm { eps: 0.0 }), &[s])
+        .add_node("bn", Op::BatchNorm(BatchNorm::new(0.0)), &[s])
         .unwrap();
     let clamp = HardTanh { min: 0.3, max: 0.3 };
     let h = g.add_node("h", Op::HardTanh(clamp), &[bn]).unwrap();

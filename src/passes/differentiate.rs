@@ -347,10 +347,14 @@ fn reaches(model: &Graph, target: NodeId) -> HashSet<NodeId> {
     seen
 }
 
-/// The nodes whose value depends on a trainable parameter.
+/// The nodes whose value depends on a trainable parameter (a `zero` depends
+/// on nothing).
 fn influenced_by_parameters(model: &Graph, order: &[NodeId]) -> HashSet<NodeId> {
     let mut set = HashSet::new();
     for &id in order {
+        if let Op::Zero = model.node(id).op {
+            continue;
+        }
         let types = model.operand_types(id);
         let own = ParamRole::ALL
             .into_iter()

@@ -1350,7 +1350,7 @@ mod tests {
 
     #[test]
     fn batchnorm_rank_1_and_rank_3() {
-        let op = Op::BatchNorm(BatchNorm { eps: 1.0 });
+        let op = Op::BatchNorm(BatchNorm::new(1.0));
         let g = single(op.clone(), &[2]);
         let y = run1(&g, &bn_params(), t(&[1, 2], &[5.0, 0.0]));
         assert_eq!(y.data, [3.0, 1.0]);
