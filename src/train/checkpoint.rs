@@ -31,8 +31,13 @@
 //! point leaves the previous checkpoint as it was.
 //!
 //! Reproducible resumption: the data order and augmentation come from
-//! [`derive_seed`](super::data::derive_seed)`(seed, epoch, ...)`, so `seed`,
-//! `epoch` and `batch` restore them; `rng_state` is for any other generator.
+//! [`derive_seed`](super::data::derive_seed)`(seed, epoch, ...)` (see
+//! [`Augment::apply`](super::data::Augment::apply)), so `seed`, `epoch` and
+//! `batch` restore them, and a run resumed from a checkpoint, even one taken
+//! mid-epoch, computes exactly what the uninterrupted run does (tested below).
+//! `rng_state` is for any other generator the loop keeps across epochs
+//! (`Rng::new(rng_state)` restores a SplitMix64 whose state is `rng_state`;
+//! `Rng` has no accessor for its state yet).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -51,7 +56,9 @@ pub struct Checkpoint {
     /// The model's parameters (only `tensors`; packed weights are not saved,
     /// training has none).
     pub params: Params,
-    /// The optimizer's state tensors (`NAME/m`, `NAME/v`).
+    /// The optimizer's state tensors (`NAME/m`, `NAME/v`), as
+    /// [`Optimizer::state`](super::optim::Optimizer::state) gives them; sorted
+    /// by name after [`load`].
     pub optim: Vec<(String, Vec<usize>, Vec<f32>)>,
     /// The optimizer's per-parameter step counts.
     pub optim_steps: Vec<(String, u64)>,
@@ -471,7 +478,8 @@ mod tests {
         let bytes = encode(&sample()).unwrap();
         let dir = temp_dir("meta");
         let p = dir.join("ck.safetensors");
-        let cases: Vec<(Box<dyn Fn(&mut HashMap<String, String>)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut HashMap<String, String>)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|m| {
                     m.insert("onebit.checkpoint".into(), "2".into());

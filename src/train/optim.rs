@@ -538,7 +538,8 @@ impl Optimizer {
 /// Contiguous ranges covering `0..n`, one per thread (one range for small `n`).
 fn ranges(n: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     if n == 0 {
-        return vec![0..0];
+        // One empty range, so that callers always run the update once.
+        return std::iter::once(0..0).collect();
     }
     let t = if n > PARALLEL_THRESHOLD {
         threads.max(1)
@@ -1087,8 +1088,8 @@ mod tests {
             assert!(results.windows(2).all(|r| r[0] == r[1]), "{config:?}");
         }
         assert_eq!(ranges(n, 4).len(), 4);
-        assert_eq!(ranges(10, 4), vec![0..10]);
-        assert_eq!(ranges(0, 4), vec![0..0]);
+        assert_eq!((ranges(10, 4).len(), ranges(10, 4)[0].clone()), (1, 0..10));
+        assert_eq!((ranges(0, 4).len(), ranges(0, 4)[0].clone()), (1, 0..0));
     }
 
     #[test]
