@@ -6,7 +6,8 @@
 //! - [`passes`]: graph rewrites: batchnorm and scale folding into thresholds, packing, cell selection;
 //! - [`codegen`]: Cranelift code generation (JIT and object files);
 //! - [`runtime`]: compiled models and their execution;
-//! - [`io`]: weight (safetensors) and data (`.npy`) files.
+//! - [`io`]: weight (safetensors) and data (`.npy`) files;
+//! - [`train`]: training support: data sets, optimizers, schedules, checkpoints, metrics.
 //!
 //! ```
 //! let graph = onebit::text::parse_str(
@@ -46,6 +47,7 @@ pub mod ir;
 pub mod passes;
 pub mod runtime;
 pub mod text;
+pub mod train;
 pub mod util;
 
 pub use codegen::{CodegenError, Options, Popcount};
