@@ -390,7 +390,10 @@ fn random_graphs_cover_every_op() {
             .iter()
             .flat_map(|g| g.node_ids().map(move |id| g.node(id)))
     };
-    for kind in onebit::ir::OpKind::ALL.into_iter().filter(|k| !k.is_training()) {
+    for kind in onebit::ir::OpKind::ALL
+        .into_iter()
+        .filter(|k| !k.is_training())
+    {
         assert!(
             nodes().any(|n| n.op.kind() == kind),
             "no random graph has a `{kind}` node"

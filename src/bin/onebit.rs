@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 #[path = "onebit/engine.rs"]
 mod engine;
+#[path = "onebit/train.rs"]
+mod train;
 
 use onebit::io::{npy, weights};
 use onebit::ir::{Graph, Params, Tensor, dot, interp, json, summary::Summary};
@@ -133,6 +135,14 @@ enum Command {
         #[arg(long, default_value = "default")]
         passes: String,
     },
+    /// Train a model on a data set: the training step is derived by the
+    /// `differentiate` pass; the weights, a checkpoint per epoch, metrics and
+    /// curves are written; the last line is the test accuracy of the
+    /// JIT-compiled model.
+    Train(train::TrainArgs),
+    /// Accuracy and confusion matrix of a trained model on the held-out
+    /// split `train` used (or the training part, or all), on the JIT.
+    Eval(train::EvalArgs),
     /// Compile a model ahead of time to a relocatable object file (and C header).
     Compile {
         /// The model file (.bnn).
@@ -262,6 +272,8 @@ fn load_model(path: &Path) -> Result<Graph, Failure> {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
+        Command::Train(args) => train::train(args)?,
+        Command::Eval(args) => train::eval(args)?,
         Command::Check {
             model,
             weights,

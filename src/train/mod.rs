@@ -11,3 +11,4 @@ pub mod data;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;

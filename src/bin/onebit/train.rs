@@ -1,0 +1,455 @@
+//! `onebit train` and `onebit eval`: the training loop over a data set, and
+//! the deployed model's accuracy on the same held-out split.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use onebit::io::weights;
+use onebit::ir::{Graph, Params};
+use onebit::train::checkpoint::{self, Checkpoint};
+use onebit::train::data::{self, Augment, Batches, Dataset, LabelColumn, Normalize, derive_seed};
+use onebit::train::metrics::{EpochMetrics, MetricsWriter, Progress, plot_curves};
+use onebit::train::optim::OptimizerConfig;
+use onebit::train::schedule::{LrSchedule, Schedule};
+use onebit::train::trainer::{Evaluation, Trainer, TrainerConfig, evaluate, evaluate_interpreted};
+use onebit::util::rng::Rng;
+
+use super::Failure;
+
+/// The data set of a run, and how it is split and normalised.
+#[derive(clap::Args, Clone)]
+pub struct DataArgs {
+    /// `digits` (embedded, 1,797 8×8 images), `fashion-mnist` (Debian's
+    /// dataset-fashion-mnist, or --data-dir), or a file of images: IDX
+    /// (raw or gzip) or .npy with --labels, or CSV (label last) [.gz].
+    #[arg(long)]
+    pub data: String,
+    /// The directory holding the Fashion-MNIST files.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The labels file of an IDX or .npy image file.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// The shape of one CSV sample, e.g. `1,28,28` [default: the model's input].
+    #[arg(long, value_delimiter = ',')]
+    pub sample_shape: Vec<usize>,
+    /// The held-out fraction, for data sets without a test set of their own.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f32,
+    /// Seed of the stratified train/test split (the same for train and eval).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// Input normalisation: `none`, `digits` (0..16 to −1..1), `mnist`
+    /// (0..255 to −1..1) or `standardize` (per-channel mean and std of the
+    /// training part) [default: `digits` for digits, `mnist` for
+    /// Fashion-MNIST, `none` for files].
+    #[arg(long)]
+    pub normalize: Option<String>,
+}
+
+/// Loads the data set and splits it: (train, test).
+fn load_data(args: &DataArgs, model: &Graph) -> Result<(Dataset, Dataset), Failure> {
+    let fail = |e: data::DataError| Failure(format!("error: {e}"));
+    let (mut train, mut test, default_norm) = match args.data.as_str() {
+        "digits" => {
+            let all = data::digits();
+            let (train, test) = data::split(&all, args.test_fraction, args.split_seed);
+            (train, test, "digits")
+        }
+        "fashion-mnist" => {
+            let (train, test) = data::fashion_mnist(args.data_dir.as_deref()).map_err(fail)?;
+            (train, test, "mnist")
+        }
+        path => {
+            let path = Path::new(path);
+            let name = path.to_string_lossy();
+            let all = if name.ends_with(".csv") || name.ends_with(".csv.gz") {
+                let shape = if args.sample_shape.is_empty() {
+                    model.node(model.inputs()[0]).ty.dims().to_vec()
+                } else {
+                    args.sample_shape.clone()
+                };
+                data::read_csv(path, LabelColumn::Last, &shape).map_err(fail)?
+            } else {
+                let labels = args.labels.as_deref().ok_or_else(|| {
+                    Failure(format!(
+                        "error: --data {}: give the labels file with --labels",
+                        path.display()
+                    ))
+                })?;
+                if name.ends_with(".npy") {
+                    data::load_npy_pair(path, labels).map_err(fail)?
+                } else {
+                    data::load_idx_pair(path, labels, &name).map_err(fail)?
+                }
+            };
+            let (train, test) = data::split(&all, args.test_fraction, args.split_seed);
+            (train, test, "none")
+        }
+    };
+    let normalize = match args.normalize.as_deref().unwrap_or(default_norm) {
+        "none" => Normalize::None,
+        "digits" => Normalize::digits(),
+        "mnist" => Normalize::mnist(),
+        "standardize" => Normalize::fit(&train),
+        other => {
+            return Err(Failure(format!(
+                "error: --normalize: `{other}` is not one of none, digits, mnist, standardize"
+            )));
+        }
+    };
+    normalize.apply(&mut train).map_err(fail)?;
+    normalize.apply(&mut test).map_err(fail)?;
+    let input = model.node(model.inputs()[0]);
+    if train.sample_shape != input.ty.dims() {
+        return Err(Failure(format!(
+            "error: the {} samples are {:?}, but model input `{}` is {}",
+            train.name, train.sample_shape, input.name, input.ty
+        )));
+    }
+    Ok((train, test))
+}
+
+/// `onebit train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// The model file (.bnn).
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Where to write the trained weights (safetensors).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Epochs.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Learning rate (of the real-valued parameters with Bop) [default:
+    /// 1e-3 for adam, 0.01 for sgd and bop].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Optimizer: `adam`, `sgd` (momentum 0.9) or `bop` (with Adam for the
+    /// real-valued parameters).
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// Weight decay of the real-valued parameters.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Learning-rate schedule: `constant`, `step:EVERY:GAMMA`, `exp:GAMMA`,
+    /// `cosine` or `cosine:MIN_FACTOR` (per epoch).
+    #[arg(long, default_value = "cosine")]
+    pub schedule: String,
+    /// Warm-up epochs.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.0)]
+    pub smoothing: f32,
+    /// Random-crop padding for image data (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub crop: usize,
+    /// Random horizontal flips.
+    #[arg(long)]
+    pub flip: bool,
+    /// Seed of the initialisation, the batch order and the augmentation.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Start from these weights instead of a fresh initialisation.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Continue from this checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// The checkpoint written after every epoch [default: OUTPUT.ckpt].
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Per-epoch metrics: `.csv` or `.jsonl`.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Loss and accuracy curves (PNG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+fn optimizer(args: &TrainArgs) -> Result<OptimizerConfig, Failure> {
+    let adam = |lr: f32| match OptimizerConfig::adam() {
+        OptimizerConfig::Adam {
+            beta1,
+            beta2,
+            eps,
+            decoupled,
+            ..
+        } => OptimizerConfig::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay: args.weight_decay,
+            decoupled,
+        },
+        other => other,
+    };
+    Ok(match args.optimizer.as_str() {
+        "adam" => adam(args.lr.unwrap_or(1e-3)),
+        "sgd" => OptimizerConfig::Sgd {
+            lr: args.lr.unwrap_or(0.01),
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: args.weight_decay,
+        },
+        "bop" => match OptimizerConfig::bop() {
+            OptimizerConfig::Bop { gamma, tau, .. } => OptimizerConfig::Bop {
+                gamma,
+                tau,
+                real: Box::new(adam(args.lr.unwrap_or(0.01))),
+            },
+            other => other,
+        },
+        other => {
+            return Err(Failure(format!(
+                "error: --optimizer: `{other}` is not one of adam, sgd, bop"
+            )));
+        }
+    })
+}
+
+/// `onebit train`: trains, checkpoints every epoch, writes the weights and
+/// ends with the test accuracy of the JIT-compiled model.
+pub fn train(args: TrainArgs) -> Result<(), Failure> {
+    let model = super::load_model(&args.model)?;
+    let (train_set, test_set) = load_data(&args.data, &model)?;
+    if args.batch == 0 || args.epochs == 0 {
+        return Err(Failure(
+            "error: --batch and --epochs must be at least 1".into(),
+        ));
+    }
+    let schedule = LrSchedule {
+        schedule: args
+            .schedule
+            .parse::<Schedule>()
+            .map_err(|e| Failure(format!("error: --schedule: {e}")))?,
+        warmup: args.warmup,
+    }
+    .with_total(args.epochs);
+    let config = TrainerConfig {
+        optimizer: optimizer(&args)?,
+        smoothing: args.smoothing,
+        clip_latent: true,
+        threads: args.threads.max(1),
+    };
+    let fail = |e: &dyn std::fmt::Display| Failure(format!("error: {e}"));
+    let mut params = match &args.init {
+        Some(path) => weights::load(&model, path)?,
+        None => Params::init(&model, args.seed),
+    };
+    let mut start_epoch = 0;
+    let resumed = match &args.resume {
+        Some(path) => {
+            let c = checkpoint::load(path).map_err(|e| fail(&e))?;
+            params = c.params.clone();
+            start_epoch = c.epoch;
+            Some(c)
+        }
+        None => None,
+    };
+    let mut trainer = Trainer::new(&model, params, &config).map_err(|e| fail(&e))?;
+    if let Some(c) = &resumed {
+        trainer
+            .optimizer_mut()
+            .load_state(c.optim.clone(), &c.optim_steps, c.step)
+            .map_err(|e| fail(&e))?;
+    }
+    let checkpoint_path = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.ckpt", args.output.display())));
+    let mut writer = match &args.metrics {
+        Some(path) => Some(MetricsWriter::open(path).map_err(|e| fail(&e))?),
+        None => None,
+    };
+    let augment = Augment {
+        crop_pad: args.crop,
+        flip: args.flip,
+    };
+    let batches_per_epoch = train_set.len().div_ceil(args.batch);
+    let mut progress = Progress::new(args.epochs, batches_per_epoch);
+    progress.note(&format!(
+        "training `{}` on {} ({} train / {} test samples), {} epochs of {} batches",
+        model.name,
+        train_set.name,
+        train_set.len(),
+        test_set.len(),
+        args.epochs,
+        batches_per_epoch
+    ));
+    let mut history = Vec::new();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut last: Option<Evaluation> = None;
+    for epoch in start_epoch..args.epochs {
+        progress.start_epoch(epoch);
+        let started = Instant::now();
+        let lr_scale = schedule.factor(epoch);
+        let batches = Batches::new(train_set.len(), args.batch, args.seed, epoch);
+        for (b, indices) in batches.iter().enumerate() {
+            data::fill(&train_set, indices, &mut x, &mut y);
+            let mut rng = Rng::new(derive_seed(args.seed, epoch as u64, 1 + b as u64));
+            augment.apply(&mut x, &train_set.sample_shape, &mut rng);
+            let m = trainer.step(&x, &y, lr_scale).map_err(|e| fail(&e))?;
+            progress.batch_done(m.loss, m.correct, m.count);
+        }
+        let train_seconds = started.elapsed().as_secs_f32();
+        let eval = evaluate(&model, trainer.params(), &test_set, 256, args.threads)
+            .map_err(|e| fail(&e))?;
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: progress.epoch_loss(),
+            train_accuracy: progress.epoch_accuracy(),
+            test_loss: None,
+            test_accuracy: Some(eval.accuracy() as f32),
+            lr: base_lr(&config.optimizer) * lr_scale,
+            seconds: started.elapsed().as_secs_f32(),
+            samples_per_second: progress.epoch_samples() as f32 / train_seconds.max(1e-9),
+        };
+        progress.finish_epoch(&metrics);
+        if let Some(w) = &mut writer {
+            w.write(&metrics).map_err(|e| fail(&e))?;
+        }
+        history.push(metrics);
+        last = Some(eval);
+        let c = Checkpoint {
+            params: trainer.params().clone(),
+            optim: trainer.optimizer().state(),
+            optim_steps: trainer.optimizer().param_steps(),
+            epoch: epoch + 1,
+            batch: 0,
+            step: trainer.optimizer().step_count(),
+            seed: args.seed,
+            rng_state: 0,
+            extra: [("model".to_string(), args.model.display().to_string())].into(),
+        };
+        checkpoint::save(&checkpoint_path, &c).map_err(|e| fail(&e))?;
+    }
+    weights::save(trainer.params(), &model.name, &args.output)?;
+    if let Some(path) = &args.plot {
+        plot_curves(path, &history).map_err(|e| fail(&e))?;
+    }
+    let eval = match last {
+        Some(e) => e,
+        None => evaluate(&model, trainer.params(), &test_set, 256, args.threads)
+            .map_err(|e| fail(&e))?,
+    };
+    eprintln!("wrote {}", args.output.display());
+    println!(
+        "test accuracy {:.2}% ({}/{})",
+        100.0 * eval.accuracy(),
+        eval.correct,
+        eval.total
+    );
+    Ok(())
+}
+
+fn base_lr(config: &OptimizerConfig) -> f32 {
+    match config {
+        OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr,
+        OptimizerConfig::Bop { real, .. } => base_lr(real),
+    }
+}
+
+/// Which part of the data `eval` uses.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Split {
+    /// The held-out part (what `train` reports).
+    Test,
+    /// The training part.
+    Train,
+    /// Both.
+    All,
+}
+
+/// The engine `eval` runs on.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum EvalEngine {
+    /// The default passes, then the JIT: the deployed model.
+    Jit,
+    /// The reference interpreter on the model as written.
+    Interp,
+}
+
+/// `onebit eval`.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// The model file (.bnn).
+    pub model: PathBuf,
+    /// The weights (safetensors).
+    #[arg(long)]
+    pub weights: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Which samples.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    /// The engine.
+    #[arg(long, value_enum, default_value_t = EvalEngine::Jit)]
+    pub engine: EvalEngine,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Print one JSON object: accuracy, correct, total, confusion.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `onebit eval`: accuracy and confusion matrix.
+pub fn eval(args: EvalArgs) -> Result<(), Failure> {
+    let model = super::load_model(&args.model)?;
+    let params = weights::load(&model, &args.weights)?;
+    let (train_set, test_set) = load_data(&args.data, &model)?;
+    let set = match args.split {
+        Split::Test => test_set,
+        Split::Train => train_set,
+        Split::All => {
+            let mut all = train_set;
+            all.images.extend_from_slice(&test_set.images);
+            all.labels.extend_from_slice(&test_set.labels);
+            all
+        }
+    };
+    let e = match args.engine {
+        EvalEngine::Jit => evaluate(&model, &params, &set, 256, args.threads),
+        EvalEngine::Interp => evaluate_interpreted(&model, &params, &set, 256),
+    }
+    .map_err(|e| Failure(format!("error: {e}")))?;
+    if args.json {
+        let value = serde_json::json!({
+            "accuracy": e.accuracy(),
+            "correct": e.correct,
+            "total": e.total,
+            "confusion": e.confusion,
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!(
+        "accuracy {:.2}% ({}/{}) on {} {} samples",
+        100.0 * e.accuracy(),
+        e.correct,
+        e.total,
+        set.name,
+        match args.split {
+            Split::Test => "test",
+            Split::Train => "train",
+            Split::All => "",
+        }
+    );
+    println!("confusion (rows: label, columns: predicted)");
+    for (label, row) in e.confusion.iter().enumerate() {
+        let cells: Vec<String> = row.iter().map(|c| format!("{c:5}")).collect();
+        println!("{label:>3} {}", cells.join(""));
+    }
+    Ok(())
+}
