@@ -70,6 +70,10 @@ enum Command {
         /// `select_cells`: keep the k best alternatives of each `choose`.
         #[arg(long, default_value_t = 1)]
         top_k: usize,
+        /// Print the training-step graph (`differentiate`) instead: the
+        /// forward pass in training mode, the loss and every gradient.
+        #[arg(long, conflicts_with_all = ["passes", "print_after"])]
+        train: bool,
     },
     /// Write freshly initialised parameters (PyTorch's defaults) to a
     /// safetensors file.
@@ -297,8 +301,14 @@ fn run(command: Command) -> Result<(), Failure> {
             passes,
             print_after,
             top_k,
+            train,
         } => {
             let mut graph = load_model(&model)?;
+            if train {
+                graph = onebit::passes::differentiate::differentiate(&graph, &Default::default())
+                    .map_err(|e| Failure(format!("error: {e}")))?
+                    .graph;
+            }
             let show = |graph: &Graph| match format {
                 Format::Text => onebit::text::print(graph),
                 Format::Json => json::to_json(graph) + "\n",

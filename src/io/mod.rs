@@ -1,4 +1,5 @@
 //! Reading and writing data files.
 
+pub mod canonical;
 pub mod npy;
 pub mod weights;

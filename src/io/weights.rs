@@ -131,7 +131,7 @@ pub fn encode(params: &Params, model: &str) -> Result<Vec<u8>, String> {
         ("format".to_string(), "pt".to_string()),
         ("onebit.model".to_string(), model.to_string()),
     ]);
-    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+    super::canonical::serialize(views, metadata)
 }
 
 /// Writes parameters to a safetensors file.

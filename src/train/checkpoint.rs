@@ -194,7 +194,7 @@ pub fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, String> {
             .map_err(|e| format!("tensor {name}: {e}"))?;
         views.push((name.as_str(), view));
     }
-    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+    crate::io::canonical::serialize(views, metadata)
 }
 
 /// Parses checkpoint bytes; `Err` holds the message (and whether it is a

@@ -2,13 +2,15 @@
 //! the deployed model's accuracy on the same held-out split.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use onebit::io::weights;
 use onebit::ir::{Graph, Params};
 use onebit::train::checkpoint::{self, Checkpoint};
 use onebit::train::data::{self, Augment, Batches, Dataset, LabelColumn, Normalize, derive_seed};
-use onebit::train::metrics::{EpochMetrics, MetricsWriter, Progress, plot_curves};
+use onebit::train::metrics::{EpochMetrics, MetricsWriter, Progress, plot_curves, read_history};
 use onebit::train::optim::OptimizerConfig;
 use onebit::train::schedule::{LrSchedule, Schedule};
 use onebit::train::trainer::{Evaluation, Trainer, TrainerConfig, evaluate, evaluate_interpreted};
@@ -100,12 +102,17 @@ fn load_data(args: &DataArgs, model: &Graph) -> Result<(Dataset, Dataset), Failu
     };
     normalize.apply(&mut train).map_err(fail)?;
     normalize.apply(&mut test).map_err(fail)?;
+    // Samples of the same size are taken in C order: 8×8 images feed an
+    // `f32[64]` input as a flattened vector.
     let input = model.node(model.inputs()[0]);
-    if train.sample_shape != input.ty.dims() {
+    if train.sample_len() != input.ty.shape.elements() {
         return Err(Failure(format!(
             "error: the {} samples are {:?}, but model input `{}` is {}",
             train.name, train.sample_shape, input.name, input.ty
         )));
+    }
+    for set in [&mut train, &mut test] {
+        set.sample_shape = input.ty.dims().to_vec();
     }
     Ok((train, test))
 }
@@ -247,12 +254,19 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         Some(path) => weights::load(&model, path)?,
         None => Params::init(&model, args.seed),
     };
-    let mut start_epoch = 0;
+    let (mut start_epoch, mut start_batch) = (0, 0);
     let resumed = match &args.resume {
         Some(path) => {
             let c = checkpoint::load(path).map_err(|e| fail(&e))?;
+            if c.seed != args.seed {
+                return Err(Failure(format!(
+                    "error: {} was written by a run with --seed {}; resume with the same seed (the batch order depends on it)",
+                    path.display(),
+                    c.seed
+                )));
+            }
             params = c.params.clone();
-            start_epoch = c.epoch;
+            (start_epoch, start_batch) = (c.epoch, c.batch);
             Some(c)
         }
         None => None,
@@ -287,7 +301,37 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         args.epochs,
         batches_per_epoch
     ));
-    let mut history = Vec::new();
+    // Ctrl-C finishes the batch under way, writes a checkpoint and stops.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = Arc::clone(&interrupted);
+        if ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).is_err() {
+            progress
+                .note("note: Ctrl-C cannot be caught here; checkpoints are written per epoch only");
+        }
+    }
+    let mut history = match (&args.resume, &args.metrics) {
+        (Some(_), Some(path)) if path.exists() => read_history(path)
+            .map_err(|e| fail(&e))?
+            .into_iter()
+            .filter(|m| m.epoch <= start_epoch)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let save_checkpoint = |trainer: &Trainer, epoch: usize, batch: usize| {
+        let c = Checkpoint {
+            params: trainer.params().clone(),
+            optim: trainer.optimizer().state(),
+            optim_steps: trainer.optimizer().param_steps(),
+            epoch,
+            batch,
+            step: trainer.optimizer().step_count(),
+            seed: args.seed,
+            rng_state: 0,
+            extra: [("model".to_string(), args.model.display().to_string())].into(),
+        };
+        checkpoint::save(&checkpoint_path, &c).map_err(|e| fail(&e))
+    };
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut last: Option<Evaluation> = None;
     for epoch in start_epoch..args.epochs {
@@ -295,12 +339,24 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         let started = Instant::now();
         let lr_scale = schedule.factor(epoch);
         let batches = Batches::new(train_set.len(), args.batch, args.seed, epoch);
-        for (b, indices) in batches.iter().enumerate() {
+        // A run resumed in the middle of an epoch skips the batches done.
+        let skip = if epoch == start_epoch { start_batch } else { 0 };
+        for (b, indices) in batches.iter().enumerate().skip(skip) {
             data::fill(&train_set, indices, &mut x, &mut y);
             let mut rng = Rng::new(derive_seed(args.seed, epoch as u64, 1 + b as u64));
             augment.apply(&mut x, &train_set.sample_shape, &mut rng);
             let m = trainer.step(&x, &y, lr_scale).map_err(|e| fail(&e))?;
             progress.batch_done(m.loss, m.correct, m.count);
+            if interrupted.load(Ordering::SeqCst) {
+                save_checkpoint(&trainer, epoch, b + 1)?;
+                return Err(Failure(format!(
+                    "interrupted in epoch {} after batch {}: checkpoint written to {}; continue with --resume {}",
+                    epoch + 1,
+                    b + 1,
+                    checkpoint_path.display(),
+                    checkpoint_path.display()
+                )));
+            }
         }
         let train_seconds = started.elapsed().as_secs_f32();
         let eval = evaluate(&model, trainer.params(), &test_set, 256, args.threads)
@@ -321,18 +377,7 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         }
         history.push(metrics);
         last = Some(eval);
-        let c = Checkpoint {
-            params: trainer.params().clone(),
-            optim: trainer.optimizer().state(),
-            optim_steps: trainer.optimizer().param_steps(),
-            epoch: epoch + 1,
-            batch: 0,
-            step: trainer.optimizer().step_count(),
-            seed: args.seed,
-            rng_state: 0,
-            extra: [("model".to_string(), args.model.display().to_string())].into(),
-        };
-        checkpoint::save(&checkpoint_path, &c).map_err(|e| fail(&e))?;
+        save_checkpoint(&trainer, epoch + 1, 0)?;
     }
     weights::save(trainer.params(), &model.name, &args.output)?;
     if let Some(path) = &args.plot {

@@ -1,0 +1,205 @@
+//! `onebit train` and `onebit eval` end to end: a seeded run reproduces bit
+//! for bit, the JIT and the interpreter report the same accuracy, a run
+//! stopped after an epoch or by Ctrl-C in the middle of one and resumed ends
+//! with the weights of an uninterrupted run, and bad checkpoints are refused
+//! without being overwritten.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const ONEBIT: &str = env!("CARGO_BIN_EXE_onebit");
+
+fn example(name: &str) -> String {
+    format!("{}/examples/{name}.bnn", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("onebit-train-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `onebit train` on the digits MLP with a constant schedule (so a run's
+/// first epochs do not depend on how many epochs it has).
+fn train_args(out: &Path, epochs: usize) -> Vec<String> {
+    [
+        "train",
+        &example("mlp_digits"),
+        "--data",
+        "digits",
+        "-o",
+        out.to_str().unwrap(),
+        "--epochs",
+        &epochs.to_string(),
+        "--batch",
+        "16",
+        "--schedule",
+        "constant",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn onebit(args: &[String]) -> Output {
+    Command::new(ONEBIT).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_seeded_run_reproduces_and_the_jit_agrees_with_the_interpreter() {
+    let dir = scratch("seeded");
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    let mut args = train_args(&a, 3);
+    args.extend(["--metrics".into(), dir.join("m.csv").display().to_string()]);
+    args.extend([
+        "--plot".into(),
+        dir.join("curves.png").display().to_string(),
+    ]);
+    let stdout = ok(onebit(&args));
+    let last = stdout.lines().last().unwrap();
+    assert!(last.starts_with("test accuracy "), "{stdout}");
+    ok(onebit(&train_args(&b, 3)));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let csv = std::fs::read_to_string(dir.join("m.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(std::fs::metadata(dir.join("curves.png")).unwrap().len() > 1000);
+
+    let eval = |engine: &str| {
+        let out = ok(onebit(
+            &[
+                "eval",
+                &example("mlp_digits"),
+                "--weights",
+                a.to_str().unwrap(),
+                "--data",
+                "digits",
+                "--engine",
+                engine,
+                "--json",
+            ]
+            .map(String::from),
+        ));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        (
+            v["accuracy"].as_f64().unwrap(),
+            v["correct"].as_u64().unwrap(),
+            v["total"].as_u64().unwrap(),
+        )
+    };
+    let jit = eval("jit");
+    assert_eq!(jit, eval("interp"));
+    // The held-out split is 20% of 1,797, stratified; the MLP learns.
+    assert_eq!(jit.2, 359);
+    assert!(jit.0 > 0.8, "accuracy {}", jit.0);
+    assert!(
+        last.contains(&format!("({}/{})", jit.1, jit.2)),
+        "{last} vs {jit:?}"
+    );
+}
+
+#[test]
+fn a_run_resumed_after_an_epoch_ends_like_an_uninterrupted_one() {
+    let dir = scratch("resume");
+    let whole = dir.join("whole.safetensors");
+    ok(onebit(&train_args(&whole, 3)));
+    let part = dir.join("part.safetensors");
+    ok(onebit(&train_args(&part, 2)));
+    let mut args = train_args(&part, 3);
+    args.extend(["--resume".into(), format!("{}.ckpt", part.display())]);
+    ok(onebit(&args));
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&part).unwrap()
+    );
+}
+
+#[test]
+fn ctrl_c_in_the_middle_of_an_epoch_checkpoints_and_resumes_exactly() {
+    let dir = scratch("sigint");
+    let whole = dir.join("whole.safetensors");
+    let started = Instant::now();
+    ok(onebit(&train_args(&whole, 3)));
+    let run_time = started.elapsed();
+
+    let cut = dir.join("cut.safetensors");
+    let mut child = Command::new(ONEBIT)
+        .args(train_args(&cut, 3))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Half-way through the run, almost surely inside an epoch.
+    std::thread::sleep(run_time / 2);
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ckpt = format!("{}.ckpt", cut.display());
+    if out.status.success() {
+        // The machine was so fast the run ended first: nothing to resume.
+        assert!(run_time < Duration::from_millis(200), "{stderr}");
+        return;
+    }
+    assert!(stderr.contains("interrupted in epoch"), "{stderr}");
+    assert!(!cut.exists(), "an interrupted run writes no weights");
+    let mut args = train_args(&cut, 3);
+    args.extend(["--resume".into(), ckpt]);
+    ok(onebit(&args));
+    assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&cut).unwrap());
+}
+
+#[test]
+fn a_bad_checkpoint_is_refused_and_kept() {
+    let dir = scratch("badckpt");
+    let out = dir.join("w.safetensors");
+    ok(onebit(&train_args(&out, 1)));
+    let ckpt = PathBuf::from(format!("{}.ckpt", out.display()));
+    let good = std::fs::read(&ckpt).unwrap();
+    let truncated = dir.join("truncated.ckpt");
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    let mut args = train_args(&out, 2);
+    args.extend(["--resume".into(), truncated.display().to_string()]);
+    args.extend(["--checkpoint".into(), ckpt.display().to_string()]);
+    let result = onebit(&args);
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("truncated.ckpt"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        good,
+        "the last good checkpoint is kept"
+    );
+}
+
+#[test]
+fn the_training_graph_prints_and_parses_back() {
+    let out = ok(onebit(&[
+        "ir".into(),
+        example("digits_cnn"),
+        "--train".into(),
+    ]));
+    assert!(out.contains("loss = cross_entropy(y, target)"), "{out}");
+    let dir = scratch("ir");
+    let path = dir.join("train.bnn");
+    std::fs::write(&path, &out).unwrap();
+    let again = ok(onebit(&["ir".into(), path.display().to_string()]));
+    assert_eq!(again, out);
+}
