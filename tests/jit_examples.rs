@@ -70,3 +70,13 @@ fn resnet18_bnn() {
     );
     common::assert_match("resnet18_bnn", &got, &expected, true);
 }
+
+#[test]
+fn fashion_mlp() {
+    check_example("fashion_mlp.bnn", 3);
+}
+
+#[test]
+fn fashion_cnn() {
+    check_example("fashion_cnn.bnn", 2);
+}

@@ -70,7 +70,7 @@ use std::time::{Duration, Instant};
 use onebit::ir::interp;
 use onebit::ir::ops::{
     BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, PadValue,
-    Pool, Scale, WeightForm,
+    Pool, Scale, WeightForm, WeightKind,
 };
 use onebit::ir::{DType, Graph, NodeId, Op, Params, Tensor, TensorType};
 use onebit::util::rng::Rng;
@@ -1043,23 +1043,38 @@ fn conv2d_and_dense_agree_with_the_oracle() {
         assert_eq!(geometry.groups, groups);
         for (h, w) in [(7, 7), (8, 5), (9, 12)] {
             for bias in [true, false] {
-                let op = Op::Conv2d(Conv2d { geometry, bias });
+                let op = Op::Conv2d(Conv2d::new(geometry, bias));
                 // Bits read as ±1 in a real convolution.
                 let binarize = h == 8 && !bias;
                 let label = format!("conv2d C={c} {h}x{w} {name} bias={bias} bits={binarize}");
                 cases.push((label, one_op(vec![c, h, w], binarize, op)));
+                let scale = if bias { Scale::Channel } else { Scale::None };
+                let op = Op::Conv2d(Conv2d {
+                    weights: WeightKind::Binary,
+                    scale,
+                    ..Conv2d::new(geometry, bias)
+                });
+                let label = format!("conv2d C={c} {h}x{w} {name} weights=binary scale={scale:?}");
+                cases.push((label, one_op(vec![c, h, w], false, op)));
             }
         }
     }
     for k in [1, 17, 64, 1000] {
         for bias in [true, false] {
-            let op = Op::Dense(Dense {
-                out_features: 9,
-                bias,
-            });
+            let op = Op::Dense(Dense::new(9, bias));
             for binarize in [false, true] {
                 let label = format!("dense K={k} bias={bias} bits={binarize}");
                 cases.push((label, one_op(vec![k], binarize, op.clone())));
+            }
+            // Binary weights over a real input (BinaryNet's first layer).
+            for scale in [Scale::None, Scale::Channel] {
+                let op = Op::Dense(Dense {
+                    weights: WeightKind::Binary,
+                    scale,
+                    ..Dense::new(9, bias)
+                });
+                let label = format!("dense K={k} bias={bias} weights=binary scale={scale:?}");
+                cases.push((label, one_op(vec![k], false, op)));
             }
         }
     }

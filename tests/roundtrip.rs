@@ -243,10 +243,7 @@ fn op(kind: Kind, a: &Attrs) -> Op {
         pad: [a.pad[0].min(a.kernel[0] / 2), a.pad[1].min(a.kernel[1] / 2)],
     };
     match kind {
-        Kind::Conv2d => Op::Conv2d(Conv2d {
-            geometry: geometry(a),
-            bias: a.bias,
-        }),
+        Kind::Conv2d => Op::Conv2d(Conv2d::new(geometry(a), a.bias)),
         Kind::BConv2d => Op::BConv2d(BConv2d {
             geometry: geometry(a),
             pad_value: if a.pad_value {
@@ -258,10 +255,7 @@ fn op(kind: Kind, a: &Attrs) -> Op {
             output,
             weights,
         }),
-        Kind::Dense => Op::Dense(Dense {
-            out_features: a.out,
-            bias: a.bias,
-        }),
+        Kind::Dense => Op::Dense(Dense::new(a.out, a.bias)),
         Kind::BDense => Op::BDense(BDense {
             out_features: a.out,
             scale,

@@ -344,3 +344,92 @@ fn binary_layers_follow_the_clipped_straight_through_estimator() {
         }
     }
 }
+
+/// `weights=binary` over a real input: the gradients of the twin with real
+/// weights `α·sign(W)`, the latent weights' masked by `1[|W| <= 1]` and
+/// times α.
+#[test]
+fn binary_weights_over_real_inputs_follow_the_estimator() {
+    for (binary, real, scaled) in [
+        (
+            "dense(x, 7, weights=binary, scale=channel)",
+            "dense(x, 7)",
+            true,
+        ),
+        (
+            "dense(x, 7, bias=false, weights=binary)",
+            "dense(x, 7, bias=false)",
+            false,
+        ),
+    ] {
+        let model = |layer: &str| {
+            format!(
+                "model m {{ input x: f32[12]  c = {layer}  y = dense(batchnorm(c), 3)  output y }}"
+            )
+        };
+        let bin = parse_str(&model(binary)).unwrap();
+        let re = parse_str(&model(real)).unwrap();
+        let train_bin = differentiate(&bin, &LossSpec::default()).unwrap();
+        let train_re = differentiate(&re, &LossSpec::default()).unwrap();
+        let mut params = random_params(&bin, 31);
+        let mut rng = Rng::new(32);
+        for v in &mut params.tensors.get_mut("c.weight").unwrap().data {
+            *v = rng.uniform(1.4);
+        }
+        let latent = params.tensors["c.weight"].clone();
+        let k = 12;
+        let alpha: Vec<f32> = (0..7)
+            .map(|o| {
+                if scaled {
+                    latent.data[o * k..][..k]
+                        .iter()
+                        .map(|v| v.abs())
+                        .sum::<f32>()
+                        / k as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let mut real_params = params.clone();
+        for (i, v) in real_params
+            .tensors
+            .get_mut("c.weight")
+            .unwrap()
+            .data
+            .iter_mut()
+            .enumerate()
+        {
+            *v = alpha[i / k] * if latent.data[i] >= 0.0 { 1.0 } else { -1.0 };
+        }
+        let inputs = batch(&train_bin, 5, 33);
+        finite_differences(&train_re, &real_params, &inputs, 8, &[]);
+        let (g_bin, g_re) = (
+            gradients(&train_bin, &params, &inputs),
+            gradients(&train_re, &real_params, &inputs),
+        );
+        for i in 0..latent.data.len() {
+            let mask = if latent.data[i].abs() <= 1.0 {
+                1.0
+            } else {
+                0.0
+            };
+            let want = mask * alpha[i / k] * g_re["c.weight"].data[i];
+            let got = g_bin["c.weight"].data[i];
+            assert!(
+                (got - want).abs() <= 1e-4 + 1e-3 * want.abs(),
+                "{binary}: c.weight[{i}] {got} vs {want}"
+            );
+        }
+        for (name, g) in &g_re {
+            if name != "c.weight" {
+                for (a, b) in g.data.iter().zip(&g_bin[name].data) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 + 1e-3 * a.abs(),
+                        "{binary}: {name}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}

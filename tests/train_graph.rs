@@ -4,7 +4,14 @@
 use onebit::passes::differentiate::{LossSpec, differentiate};
 use onebit::text::{parse_str, print};
 
-const EXAMPLES: [&str; 4] = ["digits_cnn", "mlp_digits", "tiny_search", "bireal_block"];
+const EXAMPLES: [&str; 6] = [
+    "digits_cnn",
+    "mlp_digits",
+    "tiny_search",
+    "bireal_block",
+    "fashion_mlp",
+    "fashion_cnn",
+];
 
 fn source(name: &str) -> String {
     std::fs::read_to_string(format!(

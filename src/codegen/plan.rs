@@ -746,8 +746,8 @@ impl<'g> Planner<'g> {
                 let w = p(
                     "weight",
                     &[g.out_channels, d[0] / g.groups, g.kernel[0], g.kernel[1]],
-                )?
-                .to_vec();
+                )?;
+                let w = interp::layer_weights(a.weights, a.scale, w, g.out_channels).into_owned();
                 let bias = if a.bias {
                     Some(p("bias", &[g.out_channels])?.to_vec())
                 } else {
@@ -757,7 +757,8 @@ impl<'g> Planner<'g> {
             }
             Op::Dense(a) => {
                 let k = in_dims(0)[0];
-                let w = p("weight", &[a.out_features, k])?.to_vec();
+                let w = p("weight", &[a.out_features, k])?;
+                let w = interp::layer_weights(a.weights, a.scale, w, a.out_features).into_owned();
                 let bias = if a.bias {
                     Some(p("bias", &[a.out_features])?.to_vec())
                 } else {

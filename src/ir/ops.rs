@@ -25,10 +25,11 @@ pub enum PadValue {
 }
 
 /// The output scaling of a binary layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scale {
     /// No scaling: the output is the ±1 dot product.
+    #[default]
     None,
     /// XNOR-Net: output channel `o` is multiplied by `mean |W_o|` of its latent weights.
     Channel,
@@ -94,6 +95,30 @@ pub struct ConvGeometry {
     pub groups: usize,
 }
 
+/// The weights of a real-valued layer (`conv2d`, `dense`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightKind {
+    /// Real weights (`weights=real`, the default).
+    #[default]
+    Real,
+    /// Binary weights over the real input: the layer computes with
+    /// `α_o·sign(W)` of its latent weights `W` (`weights=binary`; BinaryNet's
+    /// first layer, BNAS's search mode), `α_o = mean|W_o|` with
+    /// `scale=channel`, else 1.
+    Binary,
+}
+
+impl WeightKind {
+    /// The word of the text format.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightKind::Real => "real",
+            WeightKind::Binary => "binary",
+        }
+    }
+}
+
 /// Attributes of `conv2d`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Conv2d {
@@ -101,6 +126,24 @@ pub struct Conv2d {
     pub geometry: ConvGeometry,
     /// Whether the layer adds a learned bias (default true).
     pub bias: bool,
+    /// Real (default) or binary weights.
+    #[serde(default)]
+    pub weights: WeightKind,
+    /// The XNOR-Net scale of binary weights (default none).
+    #[serde(default)]
+    pub scale: Scale,
+}
+
+impl Conv2d {
+    /// A real-valued convolution.
+    pub fn new(geometry: ConvGeometry, bias: bool) -> Conv2d {
+        Conv2d {
+            geometry,
+            bias,
+            weights: WeightKind::Real,
+            scale: Scale::None,
+        }
+    }
 }
 
 /// Attributes of `bconv2d`.
@@ -138,6 +181,24 @@ pub struct Dense {
     pub out_features: usize,
     /// Whether the layer adds a learned bias (default true).
     pub bias: bool,
+    /// Real (default) or binary weights.
+    #[serde(default)]
+    pub weights: WeightKind,
+    /// The XNOR-Net scale of binary weights (default none).
+    #[serde(default)]
+    pub scale: Scale,
+}
+
+impl Dense {
+    /// A real-valued dense layer.
+    pub fn new(out_features: usize, bias: bool) -> Dense {
+        Dense {
+            out_features,
+            bias,
+            weights: WeightKind::Real,
+            scale: Scale::None,
+        }
+    }
 }
 
 /// Attributes of `bdense`.
@@ -951,6 +1012,17 @@ fn binary_form(
     Ok(())
 }
 
+/// The XNOR-Net scale belongs to binary weights.
+fn real_weights_form(op: OpKind, weights: WeightKind, scale: Scale) -> Result<(), TypeError> {
+    if scale == Scale::Channel && weights != WeightKind::Binary {
+        return Err(TypeError::Attribute {
+            op,
+            message: "`scale=channel` needs `weights=binary`".into(),
+        });
+    }
+    Ok(())
+}
+
 fn need_bits(op: OpKind, input: &TensorType) -> Result<(), TypeError> {
     if input.dtype == DType::Bit {
         Ok(())
@@ -1027,7 +1099,10 @@ impl Op {
                     message: "an input's type is declared, not inferred".into(),
                 });
             }
-            Op::Conv2d(a) => conv_out(kind, &a.geometry, inputs[0])?,
+            Op::Conv2d(a) => {
+                real_weights_form(kind, a.weights, a.scale)?;
+                conv_out(kind, &a.geometry, inputs[0])?
+            }
             Op::BConv2d(a) => {
                 need_bits(kind, inputs[0])?;
                 binary_form(kind, a.scale, a.output, a.weights)?;
@@ -1035,7 +1110,10 @@ impl Op {
                 ty.dtype = binary_dtype(a.output);
                 ty
             }
-            Op::Dense(a) => dense_out(kind, a.out_features, inputs[0])?,
+            Op::Dense(a) => {
+                real_weights_form(kind, a.weights, a.scale)?;
+                dense_out(kind, a.out_features, inputs[0])?
+            }
             Op::BDense(a) => {
                 need_bits(kind, inputs[0])?;
                 binary_form(kind, a.scale, a.output, a.weights)?;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::graph::{Graph, NodeId};
-use super::ops::{BinaryOutput, Op, WeightForm};
+use super::ops::{BinaryOutput, Op, WeightForm, WeightKind};
 use crate::util::rng::Rng;
 
 /// How a parameter starts out.
@@ -100,7 +100,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
                 "weight",
                 vec![g.out_channels, per_group, g.kernel[0], g.kernel[1]],
                 fan_bound(fan_in),
-                false,
+                a.weights == WeightKind::Binary,
             )];
             if a.bias {
                 v.push(spec("bias", vec![g.out_channels], fan_bound(fan_in), false));
@@ -118,7 +118,13 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
         }
         Op::Dense(a) => {
             let k = channels();
-            let mut v = vec![spec("weight", vec![a.out_features, k], fan_bound(k), false)];
+            let binary = a.weights == WeightKind::Binary;
+            let mut v = vec![spec(
+                "weight",
+                vec![a.out_features, k],
+                fan_bound(k),
+                binary,
+            )];
             if a.bias {
                 v.push(spec("bias", vec![a.out_features], fan_bound(k), false));
             }

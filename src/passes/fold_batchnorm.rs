@@ -2,7 +2,11 @@
 //! remaining batchnorms into `affine`.
 //!
 //! **Pattern 1.** `y = batchnorm(z)`, `z = conv2d(x, ...)` or `dense(x, ...)`,
-//! `y` the only use of `z` (not a model output either).
+//! `y` the only use of `z` (not a model output either). A layer with
+//! `weights=binary` is left alone when a later pass folds `y` exactly (it
+//! feeds a sign: the weights stay one bit each, and the batchnorm and sign
+//! become a `threshold`); otherwise its weights fold as the real weights
+//! `α·sign(W)` they stand for and the layer becomes a real one.
 //!
 //! **Rewrite 1.** With `a_o = γ_o / s_o`, `s_o = √(σ²_o + ε)` (the f32 value
 //! the interpreter divides by), the layer gets weights `W'[o, …] = a_o·W[o, …]`
@@ -37,7 +41,7 @@ use super::patch::{Patch, sole_user};
 use super::{Changed, PassCx, PassError};
 use crate::ir::graph::{Graph, NodeId};
 use crate::ir::interp::batchnorm_std;
-use crate::ir::ops::{BinaryOutput, Op};
+use crate::ir::ops::{BinaryOutput, Op, Scale, WeightKind};
 
 /// The per-channel affine form `(a, c)` of a batchnorm, `y = a·x + c`, in
 /// f64; `None` (with the reason) if it is not finite.
@@ -102,8 +106,8 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         let x = graph.operands(bn)[0];
         let x_name = graph.node(x).name.clone();
         let layer = match &graph.node(x).op {
-            Op::Conv2d(a) => Some((a.bias, a.geometry.out_channels)),
-            Op::Dense(a) => Some((a.bias, a.out_features)),
+            Op::Conv2d(a) => Some((a.bias, a.geometry.out_channels, a.weights, a.scale)),
+            Op::Dense(a) => Some((a.bias, a.out_features, a.weights, a.scale)),
             _ => None,
         };
         let folded = match batchnorm_affine(cx, &bn_name, attrs.eps, channels)? {
@@ -113,8 +117,11 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
                 continue;
             }
         };
-        if let Some((has_bias, out)) = layer {
-            if sole_user(graph, x) == Some(bn) {
+        if let Some((has_bias, out, kind, scale)) = layer {
+            // Binary weights stay binary where a later pass folds the
+            // batchnorm and its sign into a threshold instead.
+            let keep_binary = kind == WeightKind::Binary && left_for_later(graph, bn);
+            if sole_user(graph, x) == Some(bn) && !keep_binary {
                 // Pattern 1: fold into the layer.
                 let w_name = format!("{x_name}.weight");
                 let w = cx.params.tensors.get(&w_name).cloned().ok_or_else(|| {
@@ -123,14 +130,16 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
                         name: w_name.clone(),
                     }
                 })?;
+                // Binary weights fold as the real weights `α·sign(W)` they
+                // stand for; the layer becomes a real one.
+                let effective = crate::ir::interp::layer_weights(kind, scale, &w.data, out);
                 let per_row = w.data.len() / out.max(1);
                 let bias = if has_bias {
                     cx.param(&format!("{x_name}.bias"), out)?.to_vec()
                 } else {
                     vec![0.0; out]
                 };
-                let new_w: Vec<f32> = w
-                    .data
+                let new_w: Vec<f32> = effective
                     .iter()
                     .enumerate()
                     .map(|(i, &v)| (folded[i / per_row].0 * f64::from(v)) as f32)
@@ -156,8 +165,12 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
                 params.push((format!("{x_name}.bias"), vec![out], new_b));
                 let mut op = graph.node(x).op.clone();
                 match &mut op {
-                    Op::Conv2d(a) => a.bias = true,
-                    Op::Dense(a) => a.bias = true,
+                    Op::Conv2d(a) => {
+                        (a.bias, a.weights, a.scale) = (true, WeightKind::Real, Scale::None)
+                    }
+                    Op::Dense(a) => {
+                        (a.bias, a.weights, a.scale) = (true, WeightKind::Real, Scale::None)
+                    }
                     _ => unreachable!("matched above"),
                 }
                 patch.set_op(x, op);

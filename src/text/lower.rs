@@ -30,7 +30,7 @@ use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
     BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, CrossEntropy, Dense, Grad,
     HardTanh, Op, OpKind, PadValue, Pair, ParamRole, Pool, RunningStat, Scale, Sign, SignGrad,
-    Statistic, Stats, TypeError, WeightForm, Wrt,
+    Statistic, Stats, TypeError, WeightForm, WeightKind, Wrt,
 };
 use crate::ir::types::{DType, MAX_ELEMENTS, TensorType};
 use crate::util::closest;
@@ -203,6 +203,9 @@ const WEIGHTS: [(&str, WeightForm); 2] = [
     ("packed", WeightForm::Packed),
 ];
 
+/// The words `weights=` takes (real-valued layers).
+const WEIGHT_KIND: [(&str, WeightKind); 2] =
+    [("real", WeightKind::Real), ("binary", WeightKind::Binary)];
 /// The words `stats=` takes (batchnorm).
 const STATS: [(&str, Stats); 2] = [("running", Stats::Running), ("batch", Stats::Batch)];
 /// The words `grad=` takes (sign).
@@ -243,6 +246,7 @@ fn referenced_names<'e>(expr: &'e Expr, names: &mut Vec<(&'e str, Span)>) {
                             || SCALE.iter().any(|w| w.0 == n)
                             || OUTPUT.iter().any(|w| w.0 == n)
                             || WEIGHTS.iter().any(|w| w.0 == n)
+                            || WEIGHT_KIND.iter().any(|w| w.0 == n)
                     }
                     _ => false,
                 };
@@ -1557,6 +1561,8 @@ impl<'a> Lowerer<'a> {
             OpKind::Conv2d => Op::Conv2d(Conv2d {
                 geometry: self.geometry(scope, args)?,
                 bias: self.word(args, "bias", &BOOL, true)?,
+                weights: self.word(args, "weights", &WEIGHT_KIND, WeightKind::Real)?,
+                scale: self.word(args, "scale", &SCALE, Scale::None)?,
             }),
             OpKind::BConv2d => Op::BConv2d(BConv2d {
                 geometry: self.geometry(scope, args)?,
@@ -1568,6 +1574,8 @@ impl<'a> Lowerer<'a> {
             OpKind::Dense => Op::Dense(Dense {
                 out_features: self.int(scope, args, "out_features", None, 1)?,
                 bias: self.word(args, "bias", &BOOL, true)?,
+                weights: self.word(args, "weights", &WEIGHT_KIND, WeightKind::Real)?,
+                scale: self.word(args, "scale", &SCALE, Scale::None)?,
             }),
             OpKind::BDense => Op::BDense(BDense {
                 out_features: self.int(scope, args, "out_features", None, 1)?,

@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 
 use crate::ir::graph::{Graph, NodeId};
 use crate::ir::ops::{
-    BinaryOutput, ConvGeometry, Op, PadValue, Pair, Scale, SignGrad, Stats, WeightForm, Wrt,
+    BinaryOutput, ConvGeometry, Op, PadValue, Pair, Scale, SignGrad, Stats, WeightForm, WeightKind,
+    Wrt,
 };
 
 /// Prints `graph` as a model file.
@@ -92,6 +93,15 @@ fn binary_form(args: &mut Vec<String>, output: BinaryOutput, weights: WeightForm
     }
 }
 
+fn real_layer_weights(args: &mut Vec<String>, weights: WeightKind, scale: Scale) {
+    if weights != WeightKind::Real {
+        args.push(format!("weights={}", weights.name()));
+    }
+    if scale == Scale::Channel {
+        args.push("scale=channel".into());
+    }
+}
+
 /// The right-hand side of node `id`'s binding.
 fn call(graph: &Graph, id: NodeId) -> String {
     let node = graph.node(id);
@@ -138,6 +148,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
             if !a.bias {
                 args.push("bias=false".into());
             }
+            real_layer_weights(&mut args, a.weights, a.scale);
         }
         Op::BConv2d(a) => {
             geometry(&mut args, &a.geometry);
@@ -154,6 +165,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
             if !a.bias {
                 args.push("bias=false".into());
             }
+            real_layer_weights(&mut args, a.weights, a.scale);
         }
         Op::BDense(a) => {
             args.push(a.out_features.to_string());

@@ -29,7 +29,9 @@
 
 use std::collections::HashMap;
 
-use onebit::ir::ops::{BConv2d, BinaryOutput, ConvGeometry, PadValue, Pool, Scale, WeightForm};
+use onebit::ir::ops::{
+    BConv2d, BinaryOutput, ConvGeometry, PadValue, Pool, Scale, WeightForm, WeightKind,
+};
 use onebit::ir::{Graph, NodeId, Op, Params, Tensor};
 
 /// The relative tolerance of every comparison, applied to the magnitude `m`.
@@ -778,6 +780,32 @@ fn affine(x: &Value, multiplier: &Tensor, bias: &Tensor) -> Value {
     out
 }
 
+/// `weights=binary`: each output row `o` of the latent weights becomes
+/// `a_o · (±1)`, with `a_o` the mean absolute value of row `o` under
+/// `scale=channel` (in f64, rounded once) and 1 otherwise; the sign of zero
+/// is +1.
+fn real_layer_weight(w: &Tensor, kind: WeightKind, scale: Scale) -> Tensor {
+    if kind == WeightKind::Real {
+        return w.clone();
+    }
+    let rows = w.shape[0];
+    let per = w.data.len() / rows;
+    let mut out = w.clone();
+    for o in 0..rows {
+        let row = &w.data[o * per..(o + 1) * per];
+        let a = match scale {
+            Scale::Channel => {
+                (row.iter().map(|v| f64::from(v.abs())).sum::<f64>() / per as f64) as f32
+            }
+            Scale::None => 1.0,
+        };
+        for (dst, &v) in out.data[o * per..(o + 1) * per].iter_mut().zip(row) {
+            *dst = if v < 0.0 { -a } else { a };
+        }
+    }
+    out
+}
+
 /// Applies the op of node `id` to operand values.
 pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Result<Value, String> {
     let node = graph.node(id);
@@ -792,7 +820,8 @@ pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Res
         }
         Op::Conv2d(a) => {
             let bias = if a.bias { Some(p("bias")?) } else { None };
-            conv2d(x()?, p("weight")?, bias, &a.geometry)?
+            let w = real_layer_weight(p("weight")?, a.weights, a.scale);
+            conv2d(x()?, &w, bias, &a.geometry)?
         }
         Op::BConv2d(a) => {
             let weight = binary_weight(params, &node.name, a.weights, &[a.geometry.out_channels])?;
@@ -801,7 +830,8 @@ pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Res
         }
         Op::Dense(a) => {
             let bias = if a.bias { Some(p("bias")?) } else { None };
-            dense(x()?, p("weight")?, bias)?
+            let w = real_layer_weight(p("weight")?, a.weights, a.scale);
+            dense(x()?, &w, bias)?
         }
         Op::BDense(a) => {
             let weight = binary_weight(params, &node.name, a.weights, &[a.out_features])?;

@@ -10,11 +10,11 @@
 
 use super::{
     InterpError, batchnorm_std, batchnorm_with_std, channel_scales, conv_weight_shape, dims4,
-    out_size, param, sign_of,
+    layer_weights, out_size, param, sign_of,
 };
 use crate::ir::ops::{
     BatchNorm, ConvGeometry, CrossEntropy, Grad, Op, PadValue, ParamRole, Pool, RunningStat, Scale,
-    SignGrad, Statistic, Stats, Wrt,
+    SignGrad, Statistic, Stats, WeightKind, Wrt,
 };
 use crate::ir::params::{Params, Tensor};
 
@@ -186,11 +186,18 @@ pub(super) fn grad(
 
         (Op::Conv2d(a), Wrt::Operand(0)) => {
             let w = p("weight", &conv_weight_shape(&a.geometry, channels))?;
-            convolve_transpose(dy, &a.geometry, w, dims4(forward[0]))
+            let w = layer_weights(a.weights, a.scale, w, a.geometry.out_channels);
+            convolve_transpose(dy, &a.geometry, &w, dims4(forward[0]))
         }
-        (Op::Conv2d(a), Wrt::Param(ParamRole::Weight)) => {
-            conv_weight_grad(forward[0], dy, &a.geometry, 0.0)
-        }
+        (Op::Conv2d(a), Wrt::Param(ParamRole::Weight)) => match a.weights {
+            WeightKind::Real => conv_weight_grad(forward[0], dy, &a.geometry, 0.0),
+            WeightKind::Binary => {
+                let shape = conv_weight_shape(&a.geometry, channels);
+                let latent = p("weight", &shape)?;
+                let dy = scaled(dy, a.scale, latent, shape[0]);
+                latent_ste(conv_weight_grad(forward[0], &dy, &a.geometry, 0.0), latent)
+            }
+        },
         (Op::Conv2d(_), Wrt::Param(ParamRole::Bias))
         | (Op::Dense(_), Wrt::Param(ParamRole::Bias)) => channel_sums(dy),
         (Op::BConv2d(a), Wrt::Operand(0)) => {
@@ -213,9 +220,17 @@ pub(super) fn grad(
 
         (Op::Dense(a), Wrt::Operand(0)) => {
             let w = p("weight", &[a.out_features, channels])?;
-            matvec_transpose(dy, w, channels)
+            let w = layer_weights(a.weights, a.scale, w, a.out_features);
+            matvec_transpose(dy, &w, channels)
         }
-        (Op::Dense(_), Wrt::Param(ParamRole::Weight)) => outer_sum(dy, forward[0]),
+        (Op::Dense(a), Wrt::Param(ParamRole::Weight)) => match a.weights {
+            WeightKind::Real => outer_sum(dy, forward[0]),
+            WeightKind::Binary => {
+                let latent = p("weight", &[a.out_features, channels])?;
+                let dy = scaled(dy, a.scale, latent, a.out_features);
+                latent_ste(outer_sum(&dy, forward[0]), latent)
+            }
+        },
         (Op::BDense(a), Wrt::Operand(0)) => {
             let latent = p("weight", &[a.out_features, channels])?;
             let signs: Vec<f32> = latent.iter().map(|&v| sign_of(v)).collect();

@@ -30,11 +30,12 @@ mod backward;
 use super::graph::{Graph, Node, NodeId};
 use super::ops::{
     BConv2d, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, Op, PadValue, Pool,
-    Scale, Stats, WeightForm,
+    Scale, Stats, WeightForm, WeightKind,
 };
 use super::params::{Params, Tensor, graph_params};
 use super::types::Extent;
 use super::verify::{VerifyError, verify};
+use std::borrow::Cow;
 
 /// Why the interpreter cannot run a graph on the given inputs and parameters.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -414,6 +415,7 @@ fn eval_node(
         }
         Op::Conv2d(a) => {
             let w = p("weight", &conv_weight_shape(&a.geometry, channels()))?;
+            let w = &layer_weights(a.weights, a.scale, w, a.geometry.out_channels);
             let b = if a.bias {
                 Some(p("bias", &[a.geometry.out_channels])?)
             } else {
@@ -429,6 +431,7 @@ fn eval_node(
         }
         Op::Dense(a) => {
             let w = p("weight", &[a.out_features, channels()])?;
+            let w = &layer_weights(a.weights, a.scale, w, a.out_features);
             let b = if a.bias {
                 Some(p("bias", &[a.out_features])?)
             } else {
@@ -528,6 +531,29 @@ pub fn channel_scales(w: &[f32], out: usize) -> Vec<f32> {
             sum / k as f32
         })
         .collect()
+}
+
+/// The weights a real-valued layer computes with: `W` itself, or for
+/// `weights=binary` `α_o·sign(W)` (`α_o = mean|W_o|` with `scale=channel`,
+/// else 1). `α·(±1)` is exact, so every engine that multiplies by these
+/// values computes the same products. `w` is `[O, …]`.
+pub fn layer_weights(kind: WeightKind, scale: Scale, w: &[f32], out: usize) -> Cow<'_, [f32]> {
+    match kind {
+        WeightKind::Real => Cow::Borrowed(w),
+        WeightKind::Binary => {
+            let alpha = match scale {
+                Scale::Channel => channel_scales(w, out),
+                Scale::None => vec![1.0; out],
+            };
+            let k = w.len() / out.max(1);
+            Cow::Owned(
+                w.iter()
+                    .enumerate()
+                    .map(|(i, &v)| alpha[i / k.max(1)] * sign_of(v))
+                    .collect(),
+            )
+        }
+    }
 }
 
 /// `y[j] += a · x[j·stride]` for every `j < y.len()`.
@@ -1066,10 +1092,10 @@ mod tests {
 
     #[test]
     fn conv2d_3x3_with_padding_and_bias() {
-        let op = Op::Conv2d(Conv2d {
-            geometry: geom(1, [3, 3], [1, 1], [1, 1], [1, 1], 1),
-            bias: true,
-        });
+        let op = Op::Conv2d(Conv2d::new(
+            geom(1, [3, 3], [1, 1], [1, 1], [1, 1], 1),
+            true,
+        ));
         let g = single(op, &[1, 3, 3]);
         // W[0,0] = 1, W[1,1] = −1, W[2,2] = 2, so
         // y[i,j] = 0.5 + x[i−1,j−1] − x[i,j] + 2·x[i+1,j+1] (0 outside).
@@ -1095,10 +1121,10 @@ mod tests {
     fn conv2d_groups_read_their_own_channels() {
         // O = 4, C = 4, G = 2: outputs 0, 1 read channels 0, 1; outputs 2, 3
         // read channels 2, 3.
-        let op = Op::Conv2d(Conv2d {
-            geometry: geom(4, [1, 1], [1, 1], [0, 0], [1, 1], 2),
-            bias: false,
-        });
+        let op = Op::Conv2d(Conv2d::new(
+            geom(4, [1, 1], [1, 1], [0, 0], [1, 1], 2),
+            false,
+        ));
         let g = single(op, &[4, 1, 1]);
         let w = [1.0, 10.0, 100.0, 1000.0, 1.0, 10.0, 100.0, 1000.0];
         let p = params(&[("y.weight", &[4, 2, 1, 1], &w)]);
@@ -1115,10 +1141,10 @@ mod tests {
     }
 
     fn ones_conv(kernel: Pair, stride: Pair, pad: Pair, dilation: Pair) -> (Graph, Params) {
-        let op = Op::Conv2d(Conv2d {
-            geometry: geom(1, kernel, stride, pad, dilation, 1),
-            bias: false,
-        });
+        let op = Op::Conv2d(Conv2d::new(
+            geom(1, kernel, stride, pad, dilation, 1),
+            false,
+        ));
         let w = vec![1.0; kernel[0] * kernel[1]];
         let p = params(&[("y.weight", &[1, 1, kernel[0], kernel[1]], &w)]);
         (single(op, &[1, 5, 5]), p)
@@ -1312,10 +1338,7 @@ mod tests {
 
     #[test]
     fn dense_with_bias() {
-        let op = Op::Dense(Dense {
-            out_features: 2,
-            bias: true,
-        });
+        let op = Op::Dense(Dense::new(2, true));
         let g = single(op, &[3]);
         let p = params(&[
             ("y.weight", &[2, 3], &[1.0, 2.0, 3.0, -1.0, 0.0, 0.5]),
@@ -1478,10 +1501,10 @@ mod tests {
     #[test]
     fn samples_are_independent() {
         // The same sample run alone and at position 1 of a batch of 3.
-        let op = Op::Conv2d(Conv2d {
-            geometry: geom(2, [3, 3], [2, 1], [1, 1], [1, 1], 1),
-            bias: true,
-        });
+        let op = Op::Conv2d(Conv2d::new(
+            geom(2, [3, 3], [2, 1], [1, 1], [1, 1], 1),
+            true,
+        ));
         let g = single(op, &[1, 5, 5]);
         let p = Params::init(&g, 7);
         let one = run1(&g, &p, ramp());
@@ -1495,10 +1518,10 @@ mod tests {
 
     #[test]
     fn batch_size_zero_gives_empty_outputs() {
-        let op = Op::Conv2d(Conv2d {
-            geometry: geom(2, [3, 3], [1, 1], [1, 1], [1, 1], 1),
-            bias: true,
-        });
+        let op = Op::Conv2d(Conv2d::new(
+            geom(2, [3, 3], [1, 1], [1, 1], [1, 1], 1),
+            true,
+        ));
         let g = single(op, &[1, 3, 3]);
         let p = Params::init(&g, 1);
         let y = run1(&g, &p, t(&[0, 1, 3, 3], &[]));
@@ -1545,10 +1568,10 @@ mod tests {
 
     #[test]
     fn error_missing_and_misshapen_params() {
-        let op = Op::Conv2d(Conv2d {
-            geometry: geom(2, [3, 3], [1, 1], [1, 1], [1, 1], 1),
-            bias: true,
-        });
+        let op = Op::Conv2d(Conv2d::new(
+            geom(2, [3, 3], [1, 1], [1, 1], [1, 1], 1),
+            true,
+        ));
         let g = single(op, &[1, 3, 3]);
         let x = t(&[1, 1, 3, 3], &[0.0; 9]);
         let p = params(&[("y.weight", &[2, 1, 3, 3], &[0.0; 18])]);
@@ -1589,10 +1612,7 @@ mod tests {
     fn error_instead_of_panic_on_absurd_sizes() {
         // Empty samples let the input claim any batch size; dense then makes
         // 4 values per sample, which overflows.
-        let op = Op::Dense(Dense {
-            out_features: 4,
-            bias: false,
-        });
+        let op = Op::Dense(Dense::new(4, false));
         let g = single(op, &[0]);
         let p = params(&[("y.weight", &[4, 0], &[])]);
         let err = run(&g, &p, &[t(&[usize::MAX / 2, 0], &[])]).unwrap_err();
@@ -1600,10 +1620,10 @@ mod tests {
 
         // A 1x1 output whose padded input would have 2^64 elements.
         let big = 1 << 31;
-        let op = Op::Conv2d(Conv2d {
-            geometry: geom(1, [3, 3], [1, 1], [big, big], [big, big], 1),
-            bias: false,
-        });
+        let op = Op::Conv2d(Conv2d::new(
+            geom(1, [3, 3], [1, 1], [big, big], [big, big], 1),
+            false,
+        ));
         let g = single(op, &[1, 1, 1]);
         assert_eq!(g.node(g.outputs()[0]).ty.dims(), [1, 1, 1]);
         let p = params(&[("y.weight", &[1, 1, 3, 3], &[0.0; 9])]);
