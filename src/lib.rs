@@ -46,6 +46,7 @@ pub mod ir;
 pub mod passes;
 pub mod runtime;
 pub mod text;
+pub mod train;
 pub mod util;
 
 pub use codegen::{CodegenError, Options, Popcount};
