@@ -413,13 +413,17 @@ fn random_model(ops: &[u8], c: usize, hw: usize, classes: usize) -> String {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
     #[test]
     fn random_training_graphs_match_the_interpreter(
         ops in proptest::collection::vec(0u8..36, 1..5),
         c in 1usize..4,
         hw in 2usize..6,
-        n in 1usize..6,
+        // At least 3 samples: the classifier's batchnorm normalises over the
+        // batch alone, and over one or two values its output hardly depends
+        // on its input, so its gradient amplifies the last-bit differences
+        // of the GEMM before it without bound (it would compare noise).
+        n in 3usize..7,
         threads in 1usize..3,
         seed in 0u64..1000,
     ) {
