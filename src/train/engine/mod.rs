@@ -206,6 +206,19 @@ pub struct StepEngine {
     binary: Vec<BinaryWeights>,
     bn: Vec<BnCache>,
     scratch: Vec<Scratch>,
+    /// Per step: seconds spent and runs, while profiling.
+    profile: Option<Vec<(f64, u64)>>,
+}
+
+/// Time spent in one kind of step, from [`StepEngine::profile`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpTime {
+    /// The op, `grad(OP, wrt)` for gradients.
+    pub kind: String,
+    /// Total seconds over the profiled runs.
+    pub seconds: f64,
+    /// Steps of this kind run.
+    pub calls: u64,
 }
 
 impl std::fmt::Debug for StepEngine {
@@ -247,7 +260,51 @@ impl StepEngine {
             threads,
             pool,
             arenas: Vec::new(),
+            profile: None,
         })
+    }
+
+    /// Starts (or, with `false`, stops and clears) timing every step.
+    /// Timing costs a clock read per step.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![(0.0, 0); self.plan.steps.len()]);
+    }
+
+    /// Where the profiled runs spent their time, by kind of step, most
+    /// first. Empty unless profiling.
+    pub fn profile(&self) -> Vec<OpTime> {
+        let mut by_kind: Vec<OpTime> = Vec::new();
+        let Some(p) = &self.profile else {
+            return by_kind;
+        };
+        for (step, &(seconds, calls)) in self.plan.steps.iter().zip(p) {
+            if calls == 0 {
+                continue;
+            }
+            let kind = match &step.op {
+                crate::ir::ops::Op::Grad(g) => {
+                    let wrt = match g.wrt {
+                        crate::ir::ops::Wrt::Operand(i) => format!("operand {i}"),
+                        crate::ir::ops::Wrt::Param(r) => r.name().to_string(),
+                    };
+                    format!("grad({}, {wrt})", g.of.name())
+                }
+                op => op.name().to_string(),
+            };
+            match by_kind.iter_mut().find(|t| t.kind == kind) {
+                Some(t) => {
+                    t.seconds += seconds;
+                    t.calls += calls;
+                }
+                None => by_kind.push(OpTime {
+                    kind,
+                    seconds,
+                    calls,
+                }),
+            }
+        }
+        by_kind.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        by_kind
     }
 
     /// Same contract as `onebit::ir::interp::run(graph, params, inputs)`:
@@ -279,9 +336,12 @@ impl StepEngine {
                 scratch: &mut self.scratch,
             };
             let plan = &self.plan;
+            let profile = self.profile.as_deref_mut();
             match &self.pool {
-                Some(pool) => pool.install(|| run_steps(plan, &cx, &mut st, &mut arena, inputs)),
-                None => run_steps(plan, &cx, &mut st, &mut arena, inputs),
+                Some(pool) => {
+                    pool.install(|| run_steps(plan, &cx, &mut st, &mut arena, inputs, profile))
+                }
+                None => run_steps(plan, &cx, &mut st, &mut arena, inputs, profile),
             }
         };
         let outputs = result.map(|()| self.collect(&arena, inputs));
@@ -454,6 +514,7 @@ fn run_steps(
     st: &mut exec::State,
     arena: &mut Arena,
     inputs: &[Tensor],
+    mut profile: Option<&mut [(f64, u64)]>,
 ) -> Result<(), EngineError> {
     for (pos, step) in plan.steps.iter().enumerate() {
         let Loc::Buf(b) = arena.loc[pos] else {
@@ -465,6 +526,7 @@ fn run_steps(
         // Take the output buffer out so the operands can be borrowed from
         // the others: the assignment never gives a step an operand's buffer.
         let mut out = std::mem::take(&mut arena.bufs[b]);
+        let start = profile.as_ref().map(|_| std::time::Instant::now());
         let result = {
             let x: Vec<&[f32]> = step
                 .operands
@@ -474,6 +536,10 @@ fn run_steps(
             exec::exec(cx, st, step, &x, &mut out[..arena.lens[pos]])
         };
         arena.bufs[b] = out;
+        if let (Some(p), Some(t0)) = (profile.as_deref_mut(), start) {
+            p[pos].0 += t0.elapsed().as_secs_f64();
+            p[pos].1 += 1;
+        }
         result?;
     }
     Ok(())
