@@ -93,10 +93,7 @@ pub(super) fn grad(
             latent_ste(out, latent, alpha, o);
         }
         (Op::Sign(a), Wrt::Operand(0)) => {
-            let est = a.grad;
-            ew::zip(par, dy, forward[0], out, move |d, v| {
-                d * ew::sign_grad(est, v)
-            });
+            ew::sign_backward(par, a.grad, dy, forward[0], out);
         }
         (Op::BatchNorm(a), wrt) => {
             let inner = inner(d0);

@@ -34,6 +34,8 @@ pub(super) struct Scratch {
     pub tmp: Vec<f32>,
     /// A partial weight gradient.
     pub part: Vec<f32>,
+    /// One padded input (or input-gradient) plane.
+    pub plane: Vec<f32>,
 }
 
 /// Grows `v` to at least `n` elements (never shrinks, so a buffer reaches
@@ -109,56 +111,40 @@ impl Conv {
         (BLOCK_ELEMENTS / (self.c * self.kk() * self.p()).max(1)).max(1)
     }
 
-    /// For kernel offset `v` (column) and output column `j`: the input
-    /// column, if inside. Returns the output columns `[j0, j1)` whose input
-    /// column is inside.
-    fn valid_cols(&self, v: usize) -> (usize, usize) {
-        let off = v * self.dw;
-        // x = j·sw + off − pw must be in [0, w).
-        let j0 = if off >= self.pw {
-            0
-        } else {
-            (self.pw - off).div_ceil(self.sw)
-        };
-        let j1 = if self.w + self.pw > off {
-            (self.w + self.pw - off).div_ceil(self.sw).min(self.ow)
-        } else {
-            0
-        };
-        (j0.min(j1), j1)
+    /// Padded plane sizes `(Hp, Wp)`.
+    fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.ph, self.w + 2 * self.pw)
     }
 
     /// `cols[r, s·P + i·OW + j] = xpad[s, c, i·sh + u·dh, j·sw + v·dw]`, with
-    /// `r = (c·kh + u)·kw + v`, for the `samples` samples of `x`.
-    fn im2col(&self, x: &[f32], samples: usize, pad: f32, cols: &mut [f32]) {
+    /// `r = (c·kh + u)·kw + v`, for the `samples` samples of `x`. Each input
+    /// plane is first copied into a padded plane (`xpad`, the border holding
+    /// `pad`), so the patch rows are straight strided copies with no
+    /// bounds logic.
+    fn im2col(&self, x: &[f32], samples: usize, pad: f32, xpad: &mut Vec<f32>, cols: &mut [f32]) {
         let (p, ld) = (self.p(), samples * self.p());
-        for c in 0..self.c {
-            for u in 0..self.kh {
-                for v in 0..self.kw {
-                    let r = (c * self.kh + u) * self.kw + v;
-                    let (j0, j1) = self.valid_cols(v);
-                    let row = &mut cols[r * ld..][..ld];
-                    for s in 0..samples {
-                        let plane = &x[(s * self.c + c) * self.h * self.w..][..self.h * self.w];
-                        for i in 0..self.oh {
-                            let dst = &mut row[s * p + i * self.ow..][..self.ow];
-                            let y = (i * self.sh + u * self.dh) as isize - self.ph as isize;
-                            if y < 0 || y >= self.h as isize {
-                                dst.fill(pad);
-                                continue;
-                            }
-                            let src = &plane[y as usize * self.w..][..self.w];
-                            dst[..j0].fill(pad);
-                            dst[j1..].fill(pad);
-                            let x0 = j0 * self.sw + v * self.dw - self.pw;
+        let (hp, wp) = self.padded();
+        let xpad = ensure(xpad, hp * wp);
+        xpad.fill(pad);
+        let hw = self.h * self.w;
+        for s in 0..samples {
+            for c in 0..self.c {
+                let plane = &x[(s * self.c + c) * hw..][..hw];
+                for r in 0..self.h {
+                    xpad[(r + self.ph) * wp + self.pw..][..self.w]
+                        .copy_from_slice(&plane[r * self.w..][..self.w]);
+                }
+                for u in 0..self.kh {
+                    for v in 0..self.kw {
+                        let row = (c * self.kh + u) * self.kw + v;
+                        let dst = &mut cols[row * ld + s * p..][..p];
+                        for (i, d) in dst.chunks_exact_mut(self.ow).enumerate() {
+                            let src = &xpad[(i * self.sh + u * self.dh) * wp + v * self.dw..];
                             if self.sw == 1 {
-                                dst[j0..j1].copy_from_slice(&src[x0..x0 + (j1 - j0)]);
+                                d.copy_from_slice(&src[..self.ow]);
                             } else {
-                                for (d, &sv) in dst[j0..j1]
-                                    .iter_mut()
-                                    .zip(src[x0..].iter().step_by(self.sw))
-                                {
-                                    *d = sv;
+                                for (dv, &sv) in d.iter_mut().zip(src.iter().step_by(self.sw)) {
+                                    *dv = sv;
                                 }
                             }
                         }
@@ -168,45 +154,38 @@ impl Conv {
         }
     }
 
-    /// The adjoint of [`Conv::im2col`]: `dx` (zeroed here) gets every
-    /// in-input entry of `cols` added back.
-    fn col2im(&self, cols: &[f32], samples: usize, dx: &mut [f32]) {
-        dx.fill(0.0);
+    /// The adjoint of [`Conv::im2col`]: every entry of `cols` is added onto
+    /// a padded plane, whose interior becomes `dx` (padding is dropped).
+    fn col2im(&self, cols: &[f32], samples: usize, xpad: &mut Vec<f32>, dx: &mut [f32]) {
         let (p, ld) = (self.p(), samples * self.p());
-        for c in 0..self.c {
-            for u in 0..self.kh {
-                for v in 0..self.kw {
-                    let r = (c * self.kh + u) * self.kw + v;
-                    let (j0, j1) = self.valid_cols(v);
-                    if j0 >= j1 {
-                        continue;
-                    }
-                    let row = &cols[r * ld..][..ld];
-                    for s in 0..samples {
-                        let plane =
-                            &mut dx[(s * self.c + c) * self.h * self.w..][..self.h * self.w];
-                        for i in 0..self.oh {
-                            let y = (i * self.sh + u * self.dh) as isize - self.ph as isize;
-                            if y < 0 || y >= self.h as isize {
-                                continue;
-                            }
-                            let src = &row[s * p + i * self.ow..][..self.ow];
-                            let dst = &mut plane[y as usize * self.w..][..self.w];
-                            let x0 = j0 * self.sw + v * self.dw - self.pw;
+        let (hp, wp) = self.padded();
+        let dpad = ensure(xpad, hp * wp);
+        let hw = self.h * self.w;
+        for s in 0..samples {
+            for c in 0..self.c {
+                dpad.fill(0.0);
+                for u in 0..self.kh {
+                    for v in 0..self.kw {
+                        let row = (c * self.kh + u) * self.kw + v;
+                        let src = &cols[row * ld + s * p..][..p];
+                        for (i, sr) in src.chunks_exact(self.ow).enumerate() {
+                            let d = &mut dpad[(i * self.sh + u * self.dh) * wp + v * self.dw..];
                             if self.sw == 1 {
-                                for (d, &sv) in dst[x0..x0 + (j1 - j0)].iter_mut().zip(&src[j0..j1])
-                                {
-                                    *d += sv;
+                                for (dv, &sv) in d[..self.ow].iter_mut().zip(sr) {
+                                    *dv += sv;
                                 }
                             } else {
-                                for (d, &sv) in
-                                    dst[x0..].iter_mut().step_by(self.sw).zip(&src[j0..j1])
-                                {
-                                    *d += sv;
+                                for (dv, &sv) in d.iter_mut().step_by(self.sw).zip(sr) {
+                                    *dv += sv;
                                 }
                             }
                         }
                     }
+                }
+                let plane = &mut dx[(s * self.c + c) * hw..][..hw];
+                for r in 0..self.h {
+                    plane[r * self.w..][..self.w]
+                        .copy_from_slice(&dpad[(r + self.ph) * wp + self.pw..][..self.w]);
                 }
             }
         }
@@ -233,7 +212,7 @@ impl Conv {
             while s < n {
                 let b = self.block().min(n - s);
                 let cols = ensure(&mut sc.cols, self.c * self.kk() * b * p);
-                self.im2col(&x[(s0 + s) * il..][..b * il], b, pad, cols);
+                self.im2col(&x[(s0 + s) * il..][..b * il], b, pad, &mut sc.plane, cols);
                 let tmp = ensure(&mut sc.tmp, self.o * b * p);
                 for g in 0..self.groups {
                     matmul(
@@ -301,7 +280,7 @@ impl Conv {
                         Mat::rows(&tmp[g * og * b * p..], b * p),
                     );
                 }
-                self.col2im(cols, b, &mut dxs[s * il..][..b * il]);
+                self.col2im(cols, b, &mut sc.plane, &mut dxs[s * il..][..b * il]);
                 s += b;
             }
         });
@@ -330,7 +309,7 @@ impl Conv {
             while s < range.end {
                 let b = self.block().min(range.end - s);
                 let cols = ensure(&mut sc.cols, self.c * self.kk() * b * p);
-                self.im2col(&x[s * il..][..b * il], b, pad, cols);
+                self.im2col(&x[s * il..][..b * il], b, pad, &mut sc.plane, cols);
                 let tmp = ensure(&mut sc.tmp, self.o * b * p);
                 self.gather(&dy[s * ol..][..b * ol], b, tmp);
                 for g in 0..self.groups {

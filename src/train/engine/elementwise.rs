@@ -78,6 +78,21 @@ pub(super) fn sign_grad(estimator: SignGrad, x: f32) -> f32 {
     }
 }
 
+/// `dx = dy · sign_grad(x)`, one loop per estimator (so each vectorises).
+pub(super) fn sign_backward(par: Par, estimator: SignGrad, dy: &[f32], x: &[f32], dx: &mut [f32]) {
+    match estimator {
+        SignGrad::Ste => zip(par, dy, x, dx, |d, v| if v.abs() <= 1.0 { d } else { 0.0 }),
+        SignGrad::Approx => zip(par, dy, x, dx, |d, v| {
+            if v.abs() <= 1.0 {
+                d * (2.0 - 2.0 * v.abs())
+            } else {
+                0.0
+            }
+        }),
+        SignGrad::Swish => zip(par, dy, x, dx, |d, v| d * sign_grad(SignGrad::Swish, v)),
+    }
+}
+
 /// `y = x_0 + x_1 + …`, left to right.
 pub(super) fn add(par: Par, xs: &[&[f32]], y: &mut [f32]) {
     par.rows(y, 1, y.len() * xs.len(), |i0, ys| {

@@ -51,9 +51,47 @@ impl Window {
             ..(j * self.sw + self.kw).saturating_sub(self.pw).min(self.w)
     }
 
+    /// Whether every window lies inside the input (no padding): then the
+    /// windows need no clipping.
+    fn unpadded(&self) -> bool {
+        self.ph == 0 && self.pw == 0
+    }
+
+    /// The first position of the maximum of the unpadded window `(i, j)`
+    /// of plane `xp`, in row-major window order (a NaN never wins), and the
+    /// maximum; `None` if every value is NaN or −∞.
+    #[inline]
+    fn argmax(&self, xp: &[f32], i: usize, j: usize) -> (Option<usize>, f32) {
+        let mut m = f32::NEG_INFINITY;
+        let mut best = None;
+        for u in 0..self.kh {
+            let r0 = (i * self.sh + u) * self.w + j * self.sw;
+            for (v, &x) in xp[r0..r0 + self.kw].iter().enumerate() {
+                if x > m {
+                    m = x;
+                    best = Some(r0 + v);
+                }
+            }
+        }
+        (best, m)
+    }
+
     /// Max pooling forward.
     pub fn max(&self, par: Par, x: &[f32], y: &mut [f32]) {
         let (hw, ohw) = (self.h * self.w, self.oh * self.ow);
+        if self.unpadded() {
+            par.rows(y, ohw, x.len(), |p0, ys| {
+                for (pl, yp) in ys.chunks_mut(ohw.max(1)).enumerate() {
+                    let xp = &x[(p0 + pl) * hw..][..hw];
+                    for i in 0..self.oh {
+                        for j in 0..self.ow {
+                            yp[i * self.ow + j] = self.argmax(xp, i, j).1;
+                        }
+                    }
+                }
+            });
+            return;
+        }
         par.rows(y, ohw, x.len(), |p0, ys| {
             for (pl, yp) in ys.chunks_mut(ohw.max(1)).enumerate() {
                 let xp = &x[(p0 + pl) * hw..][..hw];
@@ -106,6 +144,16 @@ impl Window {
             for (pl, dp) in ds.chunks_mut(hw.max(1)).enumerate() {
                 let xp = &x[(p0 + pl) * hw..][..hw];
                 let dyp = &dy[(p0 + pl) * ohw..][..ohw];
+                if self.unpadded() {
+                    for i in 0..self.oh {
+                        for j in 0..self.ow {
+                            if let (Some(b), _) = self.argmax(xp, i, j) {
+                                dp[b] += dyp[i * self.ow + j];
+                            }
+                        }
+                    }
+                    continue;
+                }
                 for i in 0..self.oh {
                     let rows = self.rows(i);
                     for j in 0..self.ow {
