@@ -15,7 +15,8 @@
 //!
 //! `cargo bench --bench train_step` (env: `BENCH_ROUNDS`, default 11;
 //! `BENCH_ONLY=digits|mlp`). On a shared machine the median includes other
-//! processes' load; the best round shows what the code reaches unhindered.
+//! processes' load; the best round, and the CPU time of the single-threaded
+//! engine per step, show what the code reaches unhindered.
 
 use std::time::Instant;
 
@@ -70,6 +71,29 @@ fn measure(cases: &mut [Case], rounds: usize, sample_s: f64, warmup_s: f64) -> V
         }
     }
     out
+}
+
+/// CPU time this process's threads have been on a core, in seconds
+/// (`/proc/self/task/*/schedstat`, first field, in ns); `None` off Linux.
+fn cpu_seconds() -> Option<f64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total as f64 * 1e-9)
+}
+
+/// Seconds of CPU per call of `f` over `calls` calls: with one thread, the
+/// time the step itself takes on a core, whatever else the machine runs.
+fn cpu_per_call(calls: usize, mut f: impl FnMut()) -> Option<f64> {
+    f();
+    let c0 = cpu_seconds()?;
+    for _ in 0..calls {
+        f();
+    }
+    Some((cpu_seconds()? - c0) / calls as f64)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -186,6 +210,16 @@ fn bench(name: &str, source: &str, batch: usize, rounds: usize) {
             batch as f64 / m,
             flop / m / 1e9,
             flop / best / 1e9
+        );
+    }
+    if let Some(cpu) = cpu_per_call(200, || {
+        one.run(&params, &x).unwrap();
+    }) {
+        println!(
+            "  engine, 1 thread, CPU time: {:.3} ms/step  {:8.0} samples/s  {:6.1} GFLOP/s",
+            cpu * 1e3,
+            batch as f64 / cpu,
+            flop / cpu / 1e9
         );
     }
     println!(

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 /// Below this many elements of work an op runs on the calling thread.
-const MIN_PARALLEL_WORK: usize = 16 * 1024;
+const MIN_PARALLEL_WORK: usize = 64 * 1024;
 
 /// The thread count of a run.
 #[derive(Clone, Copy, Debug)]
