@@ -193,6 +193,7 @@ impl Conv {
 
     /// Forward: `y = conv(x, w)` with `pad_value` in the padding, then
     /// `epilogue(o, values)` on each output plane (bias or scale).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         par: Par,

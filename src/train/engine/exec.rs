@@ -35,6 +35,8 @@ pub(super) struct State<'a> {
     pub bn: &'a mut [BnCache],
     /// Per-thread convolution buffers.
     pub scratch: &'a mut [Scratch],
+    /// Per-thread packed input rows of `bdense`.
+    pub bits: &'a mut [Vec<u64>],
 }
 
 impl Ctx<'_> {
@@ -226,7 +228,7 @@ pub(super) fn exec(
             conv.forward(par, x[0], w, 0.0, st.scratch, out, &|ch, v| {
                 if let Some(b) = bias {
                     for e in v {
-                        *e = b[ch] + *e;
+                        *e += b[ch];
                     }
                 }
             });
@@ -253,7 +255,7 @@ pub(super) fn exec(
                 let b = cx.param(&step.name, "bias", &[o])?;
                 for row in out.chunks_mut(o) {
                     for (e, &bv) in row.iter_mut().zip(b) {
-                        *e = bv + *e;
+                        *e += bv;
                     }
                 }
             }
@@ -261,7 +263,7 @@ pub(super) fn exec(
         Op::BDense(a) => {
             let o = a.out_features;
             let bw = &cx.binary[cache(step)?];
-            dense_forward(par, x[0], &bw.signs, c0, o, out);
+            super::xnor::dense_forward(par, x[0], &bw.packed, c0, o, st.bits, out);
             let ep = epilogue(cx, step, a.output, a.scale, bw, o)?;
             if a.output != BinaryOutput::Dot || a.scale == Scale::Channel {
                 for row in out.chunks_mut(o) {

@@ -15,6 +15,7 @@
 //! they return. Each run first checks the inputs and parameters, prepares
 //! every binary layer's `sign(W)`, `α_o·sign(W_o)` and XNOR scale once, then
 //! runs the steps on a rayon pool of [`EngineOptions::threads`] threads:
+//! - the forward dot products of `bdense` as XNOR-popcount ([`xnor`]);
 //! - dense and convolution products (forward, input and weight gradients)
 //!   as f32 GEMMs ([`gemm`], [`conv`]: im2col/col2im in cache-sized blocks of
 //!   samples), split over samples or output channels;
@@ -39,6 +40,7 @@ mod norm;
 mod par;
 mod plan;
 mod pool;
+mod xnor;
 
 use crate::ir::graph::Graph;
 use crate::ir::ops::Scale;
@@ -181,6 +183,8 @@ struct BinaryWeights {
     scaled: Vec<f32>,
     /// `α_o = mean |W_o|` (empty without `scale=channel`).
     alpha: Vec<f32>,
+    /// `sign(W)` packed for the XNOR-popcount kernel (dense layers only).
+    packed: Vec<u64>,
 }
 
 /// The buffers of one batch size.
@@ -206,6 +210,7 @@ pub struct StepEngine {
     binary: Vec<BinaryWeights>,
     bn: Vec<BnCache>,
     scratch: Vec<Scratch>,
+    bits: Vec<Vec<u64>>,
     /// Per step: seconds spent and runs, while profiling.
     profile: Option<Vec<(f64, u64)>>,
 }
@@ -256,6 +261,7 @@ impl StepEngine {
             binary: vec![BinaryWeights::default(); plan.binary.len()],
             bn: vec![BnCache::default(); plan.batchnorms.len()],
             scratch: (0..threads).map(|_| Scratch::default()).collect(),
+            bits: vec![Vec::new(); threads],
             plan,
             threads,
             pool,
@@ -334,6 +340,7 @@ impl StepEngine {
             let mut st = exec::State {
                 bn: &mut self.bn,
                 scratch: &mut self.scratch,
+                bits: &mut self.bits,
             };
             let plan = &self.plan;
             let profile = self.profile.as_deref_mut();
@@ -433,6 +440,7 @@ impl StepEngine {
                 }
                 bw.scaled.clone_from(&bw.signs);
                 bw.alpha.clear();
+                pack_dense(layer, bw);
                 continue;
             }
             let latent = param(params, &name, &layer.shape)?;
@@ -451,6 +459,7 @@ impl StepEngine {
             } else {
                 bw.alpha.clear();
             }
+            pack_dense(layer, bw);
         }
         Ok(())
     }
@@ -497,6 +506,16 @@ impl StepEngine {
             })
             .collect()
     }
+}
+
+/// Packs a dense binary layer's `sign(W)` for [`xnor`].
+fn pack_dense(layer: &plan::BinaryLayer, bw: &mut BinaryWeights) {
+    if layer.shape.len() != 2 {
+        return;
+    }
+    let k = layer.shape[1];
+    bw.packed.resize(layer.out * xnor::words(k), 0);
+    xnor::pack_rows(&bw.signs, k, &mut bw.packed);
 }
 
 /// The storage of value `v`.
