@@ -370,6 +370,9 @@ fn bad_inputs_and_params_are_errors() {
     let err = engine.run(&missing, &inputs).unwrap_err();
     assert!(err.to_string().contains("fc2.weight"), "{err}");
     assert!(engine.run(&params, &inputs).is_ok());
+    // An empty batch is not an error: empty outputs, as the interpreter.
+    let empty = random_inputs(&train.graph, 0, 3);
+    check("mlp_digits at batch 0", &train.graph, &params, &empty, 2);
 }
 
 /// A random small model: a chain of layers drawn from `ops` (with skip
@@ -433,5 +436,28 @@ proptest! {
         let params = random_params(&model, seed);
         let inputs = random_inputs(&train.graph, n, seed + 1);
         check(&source, &train.graph, &params, &inputs, threads);
+    }
+}
+
+#[test]
+fn the_engine_is_send() {
+    fn send<T: Send>() {}
+    send::<StepEngine>();
+}
+
+/// The bdense forward runs on XNOR-popcount: its integer dot products must
+/// equal the interpreter's exactly (no scale, so no rounding at all).
+#[test]
+fn binary_dense_dot_products_are_exact() {
+    let source = "model m { input x: f32[130]  y = bdense(sign(x), 33)  output y }";
+    let graph = parse_str(source).unwrap();
+    let params = random_params(&graph, 3);
+    for n in [1, 7, 100] {
+        let inputs = random_inputs(&graph, n, 4);
+        let expected = interp::run(&graph, &params, &inputs).unwrap();
+        for threads in [1, 2] {
+            let mut engine = StepEngine::new(&graph, &EngineOptions { threads }).unwrap();
+            assert_eq!(engine.run(&params, &inputs).unwrap(), expected);
+        }
     }
 }

@@ -563,14 +563,3 @@ fn run_steps(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_engine_is_send() {
-        fn send<T: Send>() {}
-        send::<StepEngine>();
-    }
-}
