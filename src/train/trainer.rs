@@ -42,15 +42,29 @@
 use std::collections::HashMap;
 
 use super::data::Dataset;
+use super::engine::{EngineError, EngineOptions, StepEngine};
 use super::optim::{OptimError, Optimizer, OptimizerConfig, ParamKind, ParamSlot};
 use crate::ir::interp::{self, InterpError};
 use crate::ir::params::graph_params;
 use crate::ir::{Graph, Params, Tensor};
 use crate::passes::differentiate::{DifferentiateError, LossSpec, TrainingGraph, differentiate};
 
+/// What runs the training graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StepRunner {
+    /// The compiled step ([`super::engine::StepEngine`]), tested against the
+    /// interpreter.
+    #[default]
+    Engine,
+    /// The reference interpreter (slow; the oracle).
+    Interpreter,
+}
+
 /// How to train.
 #[derive(Clone, Debug)]
 pub struct TrainerConfig {
+    /// What runs the training graph.
+    pub runner: StepRunner,
     /// The optimizer (Adam, SGD or Bop with a real-valued optimizer).
     pub optimizer: OptimizerConfig,
     /// Label smoothing of the cross-entropy.
@@ -64,6 +78,7 @@ pub struct TrainerConfig {
 impl Default for TrainerConfig {
     fn default() -> TrainerConfig {
         TrainerConfig {
+            runner: StepRunner::Engine,
             optimizer: OptimizerConfig::adam(),
             smoothing: 0.0,
             clip_latent: true,
@@ -109,9 +124,12 @@ pub enum TrainError {
     /// The starting parameters do not fit the model.
     #[error("{0}")]
     Params(#[from] crate::ir::params::ParamsError),
-    /// The training step failed.
+    /// The training step failed on the interpreter.
     #[error("training step: {0}")]
     Step(#[from] InterpError),
+    /// The training step failed on the engine.
+    #[error("training step: {0}")]
+    Engine(#[from] EngineError),
     /// The optimizer refused the update.
     #[error("{0}")]
     Optim(#[from] OptimError),
@@ -137,6 +155,8 @@ pub struct StepMetrics {
 /// A model's training step, its parameters and its optimizer.
 pub struct Trainer {
     train: TrainingGraph,
+    /// The compiled step, or `None` for the interpreter.
+    engine: Option<StepEngine>,
     params: Params,
     optimizer: Optimizer,
     kinds: HashMap<String, ParamKind>,
@@ -192,7 +212,17 @@ impl Trainer {
         let input = model.node(model.inputs()[0]);
         let sample_len = input.ty.shape.elements();
         let classes = train.graph.node(train.logits).ty.shape.elements();
+        let engine = match config.runner {
+            StepRunner::Engine => Some(StepEngine::new(
+                &train.graph,
+                &EngineOptions {
+                    threads: config.threads.max(1),
+                },
+            )?),
+            StepRunner::Interpreter => None,
+        };
         Ok(Trainer {
+            engine,
             train,
             params,
             optimizer,
@@ -236,7 +266,10 @@ impl Trainer {
                 data: target,
             },
         ];
-        let outputs = interp::run(g, &self.params, &inputs)?;
+        let outputs = match &mut self.engine {
+            Some(engine) => engine.run(&self.params, &inputs)?,
+            None => interp::run(g, &self.params, &inputs)?,
+        };
         self.steps += 1;
         let loss = outputs[0].data[0];
         if !loss.is_finite() {

@@ -13,7 +13,9 @@ use onebit::train::data::{self, Augment, Batches, Dataset, LabelColumn, Normaliz
 use onebit::train::metrics::{EpochMetrics, MetricsWriter, Progress, plot_curves, read_history};
 use onebit::train::optim::OptimizerConfig;
 use onebit::train::schedule::{LrSchedule, Schedule};
-use onebit::train::trainer::{Evaluation, Trainer, TrainerConfig, evaluate, evaluate_interpreted};
+use onebit::train::trainer::{
+    Evaluation, StepRunner, Trainer, TrainerConfig, evaluate, evaluate_interpreted,
+};
 use onebit::util::rng::Rng;
 
 use super::Failure;
@@ -166,6 +168,10 @@ pub struct TrainArgs {
     /// Threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// What runs the training step: the compiled `engine`, or the reference
+    /// `interp`reter (slow; the oracle).
+    #[arg(long, value_enum, default_value_t = StepEngineArg::Engine)]
+    pub step: StepEngineArg,
     /// Start from these weights instead of a fresh initialisation.
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -181,6 +187,15 @@ pub struct TrainArgs {
     /// Loss and accuracy curves (PNG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+}
+
+/// `--step`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum StepEngineArg {
+    /// The compiled training step.
+    Engine,
+    /// The reference interpreter.
+    Interp,
 }
 
 fn optimizer(args: &TrainArgs) -> Result<OptimizerConfig, Failure> {
@@ -244,6 +259,10 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
     }
     .with_total(args.epochs);
     let config = TrainerConfig {
+        runner: match args.step {
+            StepEngineArg::Engine => StepRunner::Engine,
+            StepEngineArg::Interp => StepRunner::Interpreter,
+        },
         optimizer: optimizer(&args)?,
         smoothing: args.smoothing,
         clip_latent: true,

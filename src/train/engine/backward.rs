@@ -1,0 +1,186 @@
+//! `grad` steps: one vector-Jacobian product each, dispatched on the
+//! forward op and what it is differentiated with respect to.
+//!
+//! The rules are the interpreter's (`src/ir/interp/backward.rs`,
+//! `ir-spec/training.md`); the kernels are the forward families' (GEMM for
+//! dense and convolution products, plane loops for pools, per-channel passes
+//! for batchnorm). `grad` of `flatten`, `identity` and `add` with respect to
+//! an operand never reaches here: the plan makes them views of `dy`.
+
+use super::EngineError;
+use super::conv::Conv;
+use super::elementwise as ew;
+use super::exec::{
+    Ctx, State, bn_norm, cache, conv_weight_shape, inner, latent_ste, pad_of, store,
+};
+use super::gemm::{dense_input_grad, dense_weight_grad};
+use super::norm;
+use super::plan::Step;
+use super::pool::{self, Window};
+use crate::ir::interp::{channel_scales, layer_weights};
+use crate::ir::ops::{Op, ParamRole, Scale, Stats, WeightKind, Wrt};
+
+/// Evaluates the `grad` step `step` on `x` (forward value, forward
+/// operands, then `dy` unless the forward node is the loss).
+pub(super) fn grad(
+    cx: &Ctx,
+    st: &mut State,
+    step: &Step,
+    x: &[&[f32]],
+    out: &mut [f32],
+) -> Result<(), EngineError> {
+    let Op::Grad(g) = &step.op else {
+        return Ok(());
+    };
+    let par = cx.par;
+    let has_dy = !matches!(*g.of, Op::CrossEntropy(_));
+    let nf = x.len() - 1 - usize::from(has_dy);
+    let forward = &x[1..1 + nf];
+    let dy = x[x.len() - 1];
+    let fdims = &step.operand_dims[1..1 + nf];
+    let ydims = &step.operand_dims[0];
+    let d0 = fdims[0].as_slice();
+    let c0 = d0.first().copied().unwrap_or(0);
+    let of = step.of_name.as_str();
+    match (&*g.of, g.wrt) {
+        (Op::CrossEntropy(a), Wrt::Operand(0)) => {
+            pool::cross_entropy_grad(forward[0], forward[1], c0, a.smoothing, out)
+        }
+        (Op::Conv2d(a), Wrt::Operand(0)) => {
+            let conv = Conv::new(&a.geometry, d0, ydims);
+            let w = cx.param(of, "weight", &conv_weight_shape(&a.geometry, c0))?;
+            let w = layer_weights(a.weights, a.scale, w, a.geometry.out_channels);
+            conv.input_grad(par, dy, &w, st.scratch, out);
+        }
+        (Op::Conv2d(a), Wrt::Param(ParamRole::Weight)) => {
+            let conv = Conv::new(&a.geometry, d0, ydims);
+            conv.weight_grad(par, forward[0], dy, cx.batch, 0.0, st.scratch, out);
+            if a.weights == WeightKind::Binary {
+                let shape = conv_weight_shape(&a.geometry, c0);
+                let latent = cx.param(of, "weight", &shape)?;
+                let alpha = (a.scale == Scale::Channel).then(|| channel_scales(latent, shape[0]));
+                latent_ste(out, latent, alpha.as_deref(), shape[0]);
+            }
+        }
+        (Op::Conv2d(_) | Op::Dense(_), Wrt::Param(ParamRole::Bias)) => {
+            let o = ydims[0];
+            store(out, &ew::channel_sums(dy, o, inner(ydims)));
+        }
+        (Op::BConv2d(a), Wrt::Operand(0)) => {
+            let conv = Conv::new(&a.geometry, d0, ydims);
+            let bw = &cx.binary[cache(step)?];
+            conv.input_grad(par, dy, &bw.scaled, st.scratch, out);
+        }
+        (Op::BConv2d(a), Wrt::Param(ParamRole::Weight)) => {
+            let conv = Conv::new(&a.geometry, d0, ydims);
+            let shape = conv_weight_shape(&a.geometry, c0);
+            let latent = cx.param(of, "weight", &shape)?;
+            let pad = pad_of(a.pad_value);
+            conv.weight_grad(par, forward[0], dy, cx.batch, pad, st.scratch, out);
+            let bw = &cx.binary[cache(step)?];
+            let alpha = (a.scale == Scale::Channel).then_some(bw.alpha.as_slice());
+            latent_ste(out, latent, alpha, shape[0]);
+        }
+        (Op::Dense(a), Wrt::Operand(0)) => {
+            let w = cx.param(of, "weight", &[a.out_features, c0])?;
+            let w = layer_weights(a.weights, a.scale, w, a.out_features);
+            dense_input_grad(par, dy, &w, c0, a.out_features, out);
+        }
+        (Op::Dense(a), Wrt::Param(ParamRole::Weight)) => {
+            dense_weight_grad(par, dy, forward[0], cx.batch, c0, a.out_features, out);
+            if a.weights == WeightKind::Binary {
+                let latent = cx.param(of, "weight", &[a.out_features, c0])?;
+                let alpha =
+                    (a.scale == Scale::Channel).then(|| channel_scales(latent, a.out_features));
+                latent_ste(out, latent, alpha.as_deref(), a.out_features);
+            }
+        }
+        (Op::BDense(a), Wrt::Operand(0)) => {
+            let bw = &cx.binary[cache(step)?];
+            dense_input_grad(par, dy, &bw.scaled, c0, a.out_features, out);
+        }
+        (Op::BDense(a), Wrt::Param(ParamRole::Weight)) => {
+            let o = a.out_features;
+            let latent = cx.param(of, "weight", &[o, c0])?;
+            dense_weight_grad(par, dy, forward[0], cx.batch, c0, o, out);
+            let bw = &cx.binary[cache(step)?];
+            let alpha = (a.scale == Scale::Channel).then_some(bw.alpha.as_slice());
+            latent_ste(out, latent, alpha, o);
+        }
+        (Op::Sign(a), Wrt::Operand(0)) => {
+            ew::sign_backward(par, a.grad, dy, forward[0], out);
+        }
+        (Op::BatchNorm(a), wrt) => {
+            let inner = inner(d0);
+            let (mean, std) = bn_norm(cx, st, step, a.stats, a.eps, c0)?;
+            let dy_value = step.operands[step.operands.len() - 1];
+            let b = &mut st.bn[cache(step)?];
+            let fresh = matches!(&b.sums, Some((v, _, _)) if *v == dy_value);
+            if !fresh {
+                let (db, dg) = norm::grad_sums(par, forward[0], dy, &mean, &std, inner);
+                b.sums = Some((dy_value, db, dg));
+            }
+            let Some((_, db, dg)) = &b.sums else {
+                unreachable!("set above")
+            };
+            match wrt {
+                Wrt::Param(ParamRole::Bias) => store(out, db),
+                Wrt::Param(ParamRole::Weight) => store(out, dg),
+                _ => {
+                    let gamma = cx.param(of, "weight", &[c0])?;
+                    let sums = (a.stats == Stats::Batch).then_some((db.as_slice(), dg.as_slice()));
+                    norm::input_grad(par, forward[0], dy, gamma, &mean, &std, sums, inner, out);
+                }
+            }
+        }
+        (Op::Relu, Wrt::Operand(0)) => {
+            ew::zip(
+                par,
+                dy,
+                forward[0],
+                out,
+                |d, v| if v > 0.0 { d } else { 0.0 },
+            )
+        }
+        (Op::PRelu, Wrt::Operand(0)) => {
+            let slope = cx.param(of, "weight", &[c0])?;
+            ew::prelu_input_grad(par, forward[0], dy, slope, inner(d0), out);
+        }
+        (Op::PRelu, Wrt::Param(ParamRole::Weight)) => {
+            store(out, &ew::prelu_slope_grad(forward[0], dy, c0, inner(d0)));
+        }
+        (Op::HardTanh(a), Wrt::Operand(0)) => {
+            let (lo, hi) = (a.min, a.max);
+            ew::zip(par, dy, forward[0], out, move |d, v| {
+                if lo < v && v < hi { d } else { 0.0 }
+            });
+        }
+        (Op::MaxPool(p), Wrt::Operand(0)) => {
+            Window::new(p, d0, ydims).max_grad(par, forward[0], dy, out)
+        }
+        (Op::AvgPool(p), Wrt::Operand(0)) => Window::new(p, d0, ydims).avg_grad(par, dy, out),
+        (Op::GlobalAvgPool, Wrt::Operand(0)) => pool::global_avg_grad(par, dy, inner(d0), out),
+        (Op::Flatten | Op::Identity | Op::Add, Wrt::Operand(_)) => out.copy_from_slice(dy),
+        (Op::Zero, Wrt::Operand(_)) => out.fill(0.0),
+        (Op::Concat, Wrt::Operand(k)) => {
+            let sizes: Vec<usize> = fdims.iter().map(|d| d.iter().product()).collect();
+            ew::concat_grad(dy, &sizes, k, out);
+        }
+        (Op::Choose, Wrt::Operand(k)) => {
+            let alpha = cx.param(of, "alpha", &[nf])?;
+            let p = ew::softmax(alpha)[k];
+            ew::map(par, dy, out, move |d| p * d);
+        }
+        (Op::Choose, Wrt::Param(_)) => {
+            let alpha = cx.param(of, "alpha", &[nf])?;
+            out.copy_from_slice(&ew::choose_alpha_grad(par, forward, dy, alpha));
+        }
+        (op, wrt) => {
+            return Err(EngineError::Unsupported {
+                node: step.name.clone(),
+                what: format!("the gradient of `{}` with respect to {wrt:?}", op.name()),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! Convolutions as im2col + GEMM, forward and both backward products.
+//!
+//! The batch is cut into one contiguous run of samples per thread; each
+//! thread walks its run in blocks of `S` samples, `S` chosen so that the
+//! patch matrix `cols[C·kh·kw, S·P]` (`P = OH·OW`, column `s·P + p`) stays
+//! around 1 MiB, in cache. Per block and group `g`:
+//! - forward: `cols` from `x` (padding holds `pad_value`), then
+//!   `tmp[O_g, S·P] = W_g·cols_g`, scattered to `y[s, o, p]` (+ bias, or × the
+//!   XNOR scale);
+//! - `dx`: `tmp = dy` gathered to `[O, S·P]`, `dcols_g = W_gᵀ·tmp_g`, then
+//!   col2im adds each patch entry back onto the input position it was read
+//!   from (padding is dropped);
+//! - `dW`: `part_g += tmp_g·cols_gᵀ` with the whole block as the reduction
+//!   (`S·P` deep, which the GEMM kernels need to run at speed); each
+//!   thread's partial sum is added to the others' in thread order at the end.
+//!
+//! Gathering into blocks of `S` samples costs one copy of the activations
+//! but turns `N` thin per-sample products (`P` = 64 columns on the digits)
+//! into a few wide ones.
+
+use super::gemm::{Mat, matmul};
+use super::par::Par;
+use crate::ir::ops::ConvGeometry;
+
+/// Target size of one patch block, in f32 elements (1 MiB).
+const BLOCK_ELEMENTS: usize = 256 * 1024;
+
+/// Per-thread buffers of the convolution kernels, grown on first use.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    /// Patches `[C·kh·kw, S·P]`.
+    pub cols: Vec<f32>,
+    /// Outputs or gradients `[O, S·P]`.
+    pub tmp: Vec<f32>,
+    /// A partial weight gradient.
+    pub part: Vec<f32>,
+    /// One padded input (or input-gradient) plane.
+    pub plane: Vec<f32>,
+}
+
+/// Grows `v` to at least `n` elements (never shrinks, so a buffer reaches
+/// its size on the first run).
+fn ensure(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// A convolution's sizes.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Conv {
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    ph: usize,
+    pw: usize,
+    dh: usize,
+    dw: usize,
+    oh: usize,
+    ow: usize,
+    groups: usize,
+}
+
+impl Conv {
+    /// The sizes of `g` applied to a `[C, H, W]` operand whose result is
+    /// `[O, OH, OW]` (both from the verified graph).
+    pub fn new(g: &ConvGeometry, x: &[usize], y: &[usize]) -> Conv {
+        Conv {
+            c: x[0],
+            h: x[1],
+            w: x[2],
+            o: g.out_channels,
+            kh: g.kernel[0],
+            kw: g.kernel[1],
+            sh: g.stride[0],
+            sw: g.stride[1],
+            ph: g.pad[0],
+            pw: g.pad[1],
+            dh: g.dilation[0],
+            dw: g.dilation[1],
+            oh: y[1],
+            ow: y[2],
+            groups: g.groups.max(1),
+        }
+    }
+
+    fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn kk(&self) -> usize {
+        self.kh * self.kw
+    }
+    /// Rows of the patch matrix of one group.
+    fn ckg(&self) -> usize {
+        self.c / self.groups * self.kk()
+    }
+    fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn out_len(&self) -> usize {
+        self.o * self.p()
+    }
+    /// Samples per block.
+    fn block(&self) -> usize {
+        (BLOCK_ELEMENTS / (self.c * self.kk() * self.p()).max(1)).max(1)
+    }
+
+    /// Padded plane sizes `(Hp, Wp)`.
+    fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.ph, self.w + 2 * self.pw)
+    }
+
+    /// `cols[r, s·P + i·OW + j] = xpad[s, c, i·sh + u·dh, j·sw + v·dw]`, with
+    /// `r = (c·kh + u)·kw + v`, for the `samples` samples of `x`. Each input
+    /// plane is first copied into a padded plane (`xpad`, the border holding
+    /// `pad`), so the patch rows are straight strided copies with no
+    /// bounds logic.
+    fn im2col(&self, x: &[f32], samples: usize, pad: f32, xpad: &mut Vec<f32>, cols: &mut [f32]) {
+        let (p, ld) = (self.p(), samples * self.p());
+        let (hp, wp) = self.padded();
+        let xpad = ensure(xpad, hp * wp);
+        xpad.fill(pad);
+        let hw = self.h * self.w;
+        for s in 0..samples {
+            for c in 0..self.c {
+                let plane = &x[(s * self.c + c) * hw..][..hw];
+                for r in 0..self.h {
+                    xpad[(r + self.ph) * wp + self.pw..][..self.w]
+                        .copy_from_slice(&plane[r * self.w..][..self.w]);
+                }
+                for u in 0..self.kh {
+                    for v in 0..self.kw {
+                        let row = (c * self.kh + u) * self.kw + v;
+                        let dst = &mut cols[row * ld + s * p..][..p];
+                        for (i, d) in dst.chunks_exact_mut(self.ow).enumerate() {
+                            let src = &xpad[(i * self.sh + u * self.dh) * wp + v * self.dw..];
+                            if self.sw == 1 {
+                                d.copy_from_slice(&src[..self.ow]);
+                            } else {
+                                for (dv, &sv) in d.iter_mut().zip(src.iter().step_by(self.sw)) {
+                                    *dv = sv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Conv::im2col`]: every entry of `cols` is added onto
+    /// a padded plane, whose interior becomes `dx` (padding is dropped).
+    fn col2im(&self, cols: &[f32], samples: usize, xpad: &mut Vec<f32>, dx: &mut [f32]) {
+        let (p, ld) = (self.p(), samples * self.p());
+        let (hp, wp) = self.padded();
+        let dpad = ensure(xpad, hp * wp);
+        let hw = self.h * self.w;
+        for s in 0..samples {
+            for c in 0..self.c {
+                dpad.fill(0.0);
+                for u in 0..self.kh {
+                    for v in 0..self.kw {
+                        let row = (c * self.kh + u) * self.kw + v;
+                        let src = &cols[row * ld + s * p..][..p];
+                        for (i, sr) in src.chunks_exact(self.ow).enumerate() {
+                            let d = &mut dpad[(i * self.sh + u * self.dh) * wp + v * self.dw..];
+                            if self.sw == 1 {
+                                for (dv, &sv) in d[..self.ow].iter_mut().zip(sr) {
+                                    *dv += sv;
+                                }
+                            } else {
+                                for (dv, &sv) in d.iter_mut().step_by(self.sw).zip(sr) {
+                                    *dv += sv;
+                                }
+                            }
+                        }
+                    }
+                }
+                let plane = &mut dx[(s * self.c + c) * hw..][..hw];
+                for r in 0..self.h {
+                    plane[r * self.w..][..self.w]
+                        .copy_from_slice(&dpad[(r + self.ph) * wp + self.pw..][..self.w]);
+                }
+            }
+        }
+    }
+
+    /// Forward: `y = conv(x, w)` with `pad_value` in the padding, then
+    /// `epilogue(o, values)` on each output plane (bias or scale).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        par: Par,
+        x: &[f32],
+        w: &[f32],
+        pad: f32,
+        scratch: &mut [Scratch],
+        y: &mut [f32],
+        epilogue: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        let (il, ol, p) = (self.in_len(), self.out_len(), self.p());
+        let work = y.len() * self.ckg();
+        let (og, ckg) = (self.o / self.groups, self.ckg());
+        par.rows_with(y, ol, work, scratch, |s0, ys, sc| {
+            let n = ys.len().checked_div(ol).unwrap_or(0);
+            let mut s = 0;
+            while s < n {
+                let b = self.block().min(n - s);
+                let cols = ensure(&mut sc.cols, self.c * self.kk() * b * p);
+                self.im2col(&x[(s0 + s) * il..][..b * il], b, pad, &mut sc.plane, cols);
+                let tmp = ensure(&mut sc.tmp, self.o * b * p);
+                for g in 0..self.groups {
+                    matmul(
+                        og,
+                        b * p,
+                        ckg,
+                        &mut tmp[g * og * b * p..],
+                        b * p,
+                        false,
+                        Mat::rows(&w[g * og * ckg..], ckg),
+                        Mat::rows(&cols[g * ckg * b * p..], b * p),
+                    );
+                }
+                for sl in 0..b {
+                    for o in 0..self.o {
+                        let dst = &mut ys[(s + sl) * ol + o * p..][..p];
+                        dst.copy_from_slice(&tmp[o * b * p + sl * p..][..p]);
+                        epilogue(o, dst);
+                    }
+                }
+                s += b;
+            }
+        });
+    }
+
+    /// Gathers `dy` of `b` samples into `tmp[O, b·P]`.
+    fn gather(&self, dy: &[f32], b: usize, tmp: &mut [f32]) {
+        let (p, ol) = (self.p(), self.out_len());
+        for sl in 0..b {
+            for o in 0..self.o {
+                tmp[o * b * p + sl * p..][..p].copy_from_slice(&dy[sl * ol + o * p..][..p]);
+            }
+        }
+    }
+
+    /// `dx = convᵀ(dy, w)`: the input gradient.
+    pub fn input_grad(
+        &self,
+        par: Par,
+        dy: &[f32],
+        w: &[f32],
+        scratch: &mut [Scratch],
+        dx: &mut [f32],
+    ) {
+        let (il, ol, p) = (self.in_len(), self.out_len(), self.p());
+        let work = dy.len() * self.ckg();
+        let (og, ckg) = (self.o / self.groups, self.ckg());
+        par.rows_with(dx, il, work, scratch, |s0, dxs, sc| {
+            let n = dxs.len().checked_div(il).unwrap_or(0);
+            let mut s = 0;
+            while s < n {
+                let b = self.block().min(n - s);
+                let tmp = ensure(&mut sc.tmp, self.o * b * p);
+                self.gather(&dy[(s0 + s) * ol..][..b * ol], b, tmp);
+                let cols = ensure(&mut sc.cols, self.c * self.kk() * b * p);
+                for g in 0..self.groups {
+                    matmul(
+                        ckg,
+                        b * p,
+                        og,
+                        &mut cols[g * ckg * b * p..],
+                        b * p,
+                        false,
+                        Mat::cols(&w[g * og * ckg..], ckg),
+                        Mat::rows(&tmp[g * og * b * p..], b * p),
+                    );
+                }
+                self.col2im(cols, b, &mut sc.plane, &mut dxs[s * il..][..b * il]);
+                s += b;
+            }
+        });
+    }
+
+    /// `dW[O, C/G·kh·kw] = Σ_samples dy·patchesᵀ`, padding holding `pad`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn weight_grad(
+        &self,
+        par: Par,
+        x: &[f32],
+        dy: &[f32],
+        n: usize,
+        pad: f32,
+        scratch: &mut [Scratch],
+        dw: &mut [f32],
+    ) {
+        let (il, ol, p) = (self.in_len(), self.out_len(), self.p());
+        let (og, ckg) = (self.o / self.groups, self.ckg());
+        let wl = self.o * ckg;
+        let work = dy.len() * ckg;
+        let used = par.ranges_with(n, work, scratch, |range, sc| {
+            let part = ensure(&mut sc.part, wl);
+            part.fill(0.0);
+            let mut s = range.start;
+            while s < range.end {
+                let b = self.block().min(range.end - s);
+                let cols = ensure(&mut sc.cols, self.c * self.kk() * b * p);
+                self.im2col(&x[s * il..][..b * il], b, pad, &mut sc.plane, cols);
+                let tmp = ensure(&mut sc.tmp, self.o * b * p);
+                self.gather(&dy[s * ol..][..b * ol], b, tmp);
+                for g in 0..self.groups {
+                    matmul(
+                        og,
+                        ckg,
+                        b * p,
+                        &mut part[g * og * ckg..],
+                        ckg,
+                        true,
+                        Mat::rows(&tmp[g * og * b * p..], b * p),
+                        Mat::cols(&cols[g * ckg * b * p..], b * p),
+                    );
+                }
+                s += b;
+            }
+        });
+        dw.copy_from_slice(&scratch[0].part[..wl]);
+        for sc in &scratch[1..used] {
+            for (d, &v) in dw.iter_mut().zip(&sc.part[..wl]) {
+                *d += v;
+            }
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! `StepEngine` against the reference interpreter, the oracle.
+//!
+//! Every output of every training graph (loss, logits, parameter gradients,
+//! running statistics) is compared elementwise:
+//! `|a − b| <= 1e-4·max(|a|, |b|) + floor`, where `floor = 1e-5·scale` and
+//! `scale` is the largest magnitude in the interpreter's tensor. The floor
+//! covers entries that are small only because their sum cancels: the engine
+//! sums products in the GEMM's blocked order in f32 (the interpreter in
+//! writing order, weight gradients in f64), so an entry's rounding error is
+//! about `k·2^-24` times the magnitude of its summed terms (`k` a few units
+//! for blocked sums of at most a few thousand terms), and those terms are
+//! never larger than the tensor's largest entries by more than the width
+//! of the sum, which keeps `1e-5·scale` above that error with a margin.
+//! Bit-valued outputs must be equal exactly.
+
+use std::collections::HashMap;
+
+use onebit::ir::ops::Wrt;
+use onebit::ir::types::Extent;
+use onebit::ir::{DType, Graph, NodeId, Op, Params, Tensor, interp};
+use onebit::passes::differentiate::{LossSpec, differentiate};
+use onebit::text::parse_str;
+use onebit::train::engine::{EngineOptions, StepEngine};
+use onebit::util::rng::Rng;
+use proptest::prelude::*;
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/examples/{name}.bnn",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("example exists")
+}
+
+/// PyTorch's init, then every per-channel parameter randomised (as in
+/// `tests/train_gradcheck.rs`) and latent binary weights spread over both
+/// sides of the clip.
+fn random_params(graph: &Graph, seed: u64) -> Params {
+    let mut params = Params::init(graph, seed);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    for (name, t) in params.tensors.iter_mut() {
+        let suffix = name.rsplit('.').next().unwrap();
+        for v in &mut t.data {
+            *v = match suffix {
+                "running_var" => 0.5 + rng.next_f32(),
+                "running_mean" => rng.uniform(0.3),
+                "alpha" => rng.uniform(1.0),
+                "weight" if t.shape.len() == 1 => {
+                    let m = 0.5 + rng.next_f32();
+                    if rng.next_f32() < 0.2 { -m } else { m }
+                }
+                "bias" if t.shape.len() == 1 => rng.uniform(0.5),
+                _ => *v * (1.0 + rng.uniform(0.5)),
+            };
+        }
+    }
+    params
+}
+
+/// Random inputs of `n` samples; `target` rows are distributions.
+fn random_inputs(graph: &Graph, n: usize, seed: u64) -> Vec<Tensor> {
+    let mut rng = Rng::new(seed);
+    graph
+        .inputs()
+        .iter()
+        .map(|&id| {
+            let dims = graph.node(id).ty.dims().to_vec();
+            let per: usize = dims.iter().product();
+            let mut data: Vec<f32> = (0..n * per).map(|_| rng.uniform(1.5)).collect();
+            if graph.node(id).name == "target" {
+                for row in data.chunks_mut(per) {
+                    let w: Vec<f32> = row.iter().map(|v| v.abs() + 0.01).collect();
+                    let total: f32 = w.iter().sum();
+                    for (r, wv) in row.iter_mut().zip(w) {
+                        *r = wv / total;
+                    }
+                }
+            }
+            let mut shape = vec![n];
+            shape.extend(dims);
+            Tensor { shape, data }
+        })
+        .collect()
+}
+
+/// The worst `error / allowed` over the tensor (at most 1 passes).
+fn worst(a: &Tensor, b: &Tensor, exact: bool, floor: f64) -> f64 {
+    assert_eq!(a.shape, b.shape);
+    assert_eq!(a.data.len(), b.data.len());
+    let scale = b.data.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+    let floor = floor.max(1e-5 * scale);
+    let mut w = 0.0f64;
+    for (&x, &y) in a.data.iter().zip(&b.data) {
+        let (x, y) = (x as f64, y as f64);
+        if x.is_nan() && y.is_nan() {
+            continue;
+        }
+        let err = (x - y).abs();
+        let allowed = if exact {
+            0.0
+        } else {
+            1e-4 * x.abs().max(y.abs()) + floor
+        };
+        let r = if err == 0.0 {
+            0.0
+        } else if allowed == 0.0 {
+            f64::INFINITY
+        } else {
+            err / allowed
+        };
+        w = w.max(r);
+    }
+    w
+}
+
+/// For a parameter gradient, `1e-5·` a bound on the magnitude of the terms
+/// each entry sums: `max_c Σ_{n,·} |dy[n, c, ·]|` (every entry of channel
+/// `c` sums `dy` of that channel, times an operand value) times the largest
+/// operand value (for batchnorm's γ, `x̂`, at most `√M` in magnitude).
+/// Zero for other outputs. At least `1e-6·` the largest gradient flowing
+/// through the graph (see below).
+fn term_floor(graph: &Graph, all: &HashMap<NodeId, Tensor>, id: NodeId) -> f64 {
+    let Op::Grad(g) = &graph.node(id).op else {
+        return 0.0;
+    };
+    if !matches!(g.wrt, Wrt::Param(_)) {
+        return 0.0;
+    }
+    let operands = graph.operands(id);
+    let dy = &all[operands.last().unwrap()];
+    let (n, c) = (dy.shape[0], dy.shape.get(1).copied().unwrap_or(1));
+    let inner: usize = dy.shape.iter().skip(2).product();
+    let s = if matches!(*g.of, Op::Choose) {
+        dy.data.iter().map(|v| v.abs() as f64).sum::<f64>()
+    } else {
+        (0..c)
+            .map(|ch| {
+                (0..n)
+                    .map(|smp| {
+                        dy.data[(smp * c + ch) * inner..][..inner]
+                            .iter()
+                            .map(|v| v.abs() as f64)
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max)
+    };
+    let x = match *g.of {
+        Op::BatchNorm(_) => ((n * inner) as f64).sqrt(),
+        _ => operands[1..operands.len() - 1]
+            .iter()
+            .flat_map(|o| all[o].data.iter())
+            .fold(1.0f64, |m, v| m.max(v.abs() as f64)),
+    };
+    // Gradients that vanish in exact arithmetic (a batch of one through a
+    // batchnorm after global pooling; a batchnorm over two values) are
+    // rounding noise in both engines, of the order of f32's epsilon times
+    // the gradients flowing into them and the gains of the layers between:
+    // they are only checked against 1e-6 of the largest gradient.
+    let flowing = graph
+        .node_ids()
+        .filter(|&i| {
+            matches!(graph.node(i).op, Op::Grad(_)) && graph.node(i).ty.extent == Extent::Sample
+        })
+        .flat_map(|i| all[&i].data.iter())
+        .fold(0.0f64, |m, v| m.max(v.abs() as f64));
+    (1e-5 * s * x).max(1e-6 * flowing)
+}
+
+/// Runs the engine and the interpreter; panics with the first output that
+/// differs. Returns the worst ratio seen.
+fn check(what: &str, graph: &Graph, params: &Params, inputs: &[Tensor], threads: usize) -> f64 {
+    let all = interp::run_all(graph, params, inputs).unwrap();
+    let expected: Vec<Tensor> = graph.outputs().iter().map(|o| all[o].clone()).collect();
+    let mut engine = StepEngine::new(graph, &EngineOptions { threads }).unwrap();
+    let got = engine.run(params, inputs).unwrap();
+    assert_eq!(got.len(), expected.len());
+    let mut overall = 0.0f64;
+    let mut bad = Vec::new();
+    for ((g, e), &o) in got.iter().zip(&expected).zip(graph.outputs()) {
+        let node = graph.node(o);
+        let exact = node.ty.dtype == DType::Bit;
+        let w = worst(g, e, exact, term_floor(graph, &all, o));
+        if w > 1.0 {
+            bad.push(format!(
+                "output `{}` (worst error {w:.3} of allowed)\n  engine {:?}\n  interp {:?}",
+                node.name,
+                &g.data[..g.data.len().min(6)],
+                &e.data[..e.data.len().min(6)]
+            ));
+        }
+        overall = overall.max(w);
+    }
+    assert!(
+        bad.is_empty(),
+        "{what}, threads {threads}: {}",
+        bad.join("\n")
+    );
+    overall
+}
+
+/// The training graph of `source` checked at batches 1, 3 and 16 and
+/// threads 1 and 2.
+fn check_training(what: &str, source: &str, batches: &[usize], seed: u64) {
+    let model = parse_str(source).unwrap();
+    let train = differentiate(
+        &model,
+        &LossSpec {
+            logits: None,
+            smoothing: 0.1,
+        },
+    )
+    .unwrap();
+    let params = random_params(&model, seed);
+    let mut worst_seen = 0.0f64;
+    for &n in batches {
+        let inputs = random_inputs(&train.graph, n, seed + n as u64);
+        for threads in [1, 2] {
+            worst_seen = worst_seen.max(check(
+                &format!("{what} at batch {n}"),
+                &train.graph,
+                &params,
+                &inputs,
+                threads,
+            ));
+        }
+    }
+    eprintln!("{what}: worst error {worst_seen:.4} of the allowed");
+}
+
+const BATCHES: [usize; 3] = [1, 3, 16];
+
+#[test]
+fn digits_cnn_training_step_matches_the_interpreter() {
+    check_training("digits_cnn", &example("digits_cnn"), &BATCHES, 1);
+}
+
+#[test]
+fn mlp_digits_training_step_matches_the_interpreter() {
+    check_training("mlp_digits", &example("mlp_digits"), &BATCHES, 2);
+}
+
+#[test]
+fn tiny_search_training_step_matches_the_interpreter() {
+    check_training("tiny_search", &example("tiny_search"), &BATCHES, 3);
+}
+
+#[test]
+fn bireal_block_training_step_matches_the_interpreter() {
+    check_training("bireal_block", &example("bireal_block"), &BATCHES, 4);
+}
+
+#[test]
+fn gradcheck_models_match_the_interpreter() {
+    let models = [
+        "model m {
+           input x: f32[4, 7, 6]
+           c = conv2d(x, 6, kernel=3, stride=2, pad=1, groups=2)
+           b = batchnorm(c)
+           a = prelu(b)
+           d = conv2d(a, 4, kernel=(2, 3), dilation=(1, 2), pad=(1, 2))
+           m = maxpool(d, 2, stride=1, pad=1)
+           v = avgpool(m, 3, stride=2, pad=1)
+           g = global_avgpool(v)
+           y = dense(g, 5)
+           output y
+         }",
+        "model m {
+           input x: f32[2, 3, 3]
+           f = flatten(x)
+           h = dense(f, 8)
+           a = hardtanh(h, min=-2.0, max=2.0)
+           r = relu(dense(h, 8))
+           s = add(a, r, h)
+           k = choose { relu(s), identity(s), zero(s), dense(s, 8) }
+           c = concat(k, a)
+           n = batchnorm(c)
+           y = dense(n, 6, bias=false)
+           z = batchnorm(y)
+           output z
+         }",
+        "model m {
+           input x: f32[3, 5, 5]
+           a = conv2d(x, 4, kernel=3, pad=1)
+           b = conv2d(x, 2, kernel=1, bias=false)
+           c = concat(batchnorm(a), b)
+           y = dense(flatten(c), 4)
+           output y
+         }",
+        "model m { input x: f32[12]  h = dense(x, 16)  s = sign(h, grad=approx)  y = dense(s, 5)  output y }",
+        "model m { input x: f32[12]  h = dense(x, 16)  s = sign(h, grad=swish)  y = bdense(s, 5, scale=channel)  output y }",
+        "model m { input x: f32[2, 6, 6]  h = conv2d(x, 4, kernel=1)  s = sign(h)
+           c = bconv2d(s, 5, kernel=3, pad=1, scale=channel)  y = dense(flatten(batchnorm(c)), 3)  output y }",
+        "model m { input x: f32[2, 6, 6]  h = conv2d(x, 4, kernel=1)  s = sign(h)
+           c = bconv2d(s, 5, kernel=(3, 2), stride=2)  y = dense(flatten(batchnorm(c)), 3)  output y }",
+        "model m { input x: f32[2, 6, 6]  h = conv2d(x, 4, kernel=1)  s = sign(h)
+           c = bconv2d(s, 4, kernel=3, pad=1, groups=2, scale=channel)  y = dense(flatten(batchnorm(c)), 3)  output y }",
+    ];
+    for (i, source) in models.iter().enumerate() {
+        check_training(
+            &format!("gradcheck model {i}"),
+            source,
+            &BATCHES,
+            10 + i as u64,
+        );
+    }
+}
+
+/// Plain models: inference graphs as written, and after the default passes
+/// (thresholds, affine epilogues, packed weights).
+#[test]
+fn inference_models_match_the_interpreter() {
+    for name in ["digits_cnn", "mlp_digits", "tiny_search", "bireal_block"] {
+        let mut graph = parse_str(&example(name)).unwrap();
+        let mut params = random_params(&graph, 5);
+        let inputs = random_inputs(&graph, 3, 6);
+        for threads in [1, 2] {
+            check(name, &graph, &params, &inputs, threads);
+        }
+        onebit::optimize(&mut graph, &mut params).unwrap();
+        for threads in [1, 2] {
+            check(
+                &format!("{name} optimized"),
+                &graph,
+                &params,
+                &inputs,
+                threads,
+            );
+        }
+    }
+}
+
+#[test]
+fn runs_are_deterministic_and_thread_counts_agree() {
+    let model = parse_str(&example("digits_cnn")).unwrap();
+    let train = differentiate(&model, &LossSpec::default()).unwrap();
+    let params = random_params(&model, 7);
+    let inputs = random_inputs(&train.graph, 64, 8);
+    let mut one = StepEngine::new(&train.graph, &EngineOptions { threads: 1 }).unwrap();
+    let mut two = StepEngine::new(&train.graph, &EngineOptions { threads: 2 }).unwrap();
+    let a = two.run(&params, &inputs).unwrap();
+    // Another batch size in between must not disturb the buffers.
+    let small = random_inputs(&train.graph, 5, 9);
+    two.run(&params, &small).unwrap();
+    let b = two.run(&params, &inputs).unwrap();
+    assert_eq!(a, b, "two runs on the same inputs are identical");
+    let c = one.run(&params, &inputs).unwrap();
+    for (x, y) in a.iter().zip(&c) {
+        assert!(
+            worst(x, y, false, 0.0) <= 1.0,
+            "1 and 2 threads agree to rounding"
+        );
+    }
+}
+
+#[test]
+fn bad_inputs_and_params_are_errors() {
+    let model = parse_str(&example("mlp_digits")).unwrap();
+    let train = differentiate(&model, &LossSpec::default()).unwrap();
+    let params = random_params(&model, 1);
+    let mut engine = StepEngine::new(&train.graph, &EngineOptions { threads: 2 }).unwrap();
+    let inputs = random_inputs(&train.graph, 4, 2);
+    assert!(engine.run(&params, &inputs[..1]).is_err());
+    let mut wrong = inputs.clone();
+    wrong[1].shape = vec![3, 10];
+    assert!(engine.run(&params, &wrong).is_err());
+    let mut missing = params.clone();
+    missing.tensors.remove("fc2.weight");
+    let err = engine.run(&missing, &inputs).unwrap_err();
+    assert!(err.to_string().contains("fc2.weight"), "{err}");
+    assert!(engine.run(&params, &inputs).is_ok());
+    // An empty batch is not an error: empty outputs, as the interpreter.
+    let empty = random_inputs(&train.graph, 0, 3);
+    check("mlp_digits at batch 0", &train.graph, &params, &empty, 2);
+}
+
+/// A random small model: a chain of layers drawn from `ops` (with skip
+/// connections through `add`), then a classifier.
+fn random_model(ops: &[u8], c: usize, hw: usize, classes: usize) -> String {
+    let mut lines = vec![format!("input x: f32[{c}, {hw}, {hw}]")];
+    let (mut cur, mut ch, mut size) = ("x".to_string(), c, hw);
+    for (i, &op) in ops.iter().enumerate() {
+        let name = format!("l{i}");
+        let line = match op % 9 {
+            0 => {
+                ch = 2 + (op as usize / 9) % 4;
+                format!("{name} = conv2d({cur}, {ch}, kernel=3, pad=1)")
+            }
+            1 => format!("{name} = batchnorm({cur})"),
+            2 => format!("{name} = relu({cur})"),
+            3 => {
+                ch = 2 + (op as usize / 9) % 4;
+                format!(
+                    "{name} = bconv2d(sign({cur}), {ch}, kernel=3, pad=1, pad_value=1, scale=channel)"
+                )
+            }
+            4 if size >= 2 => {
+                size /= 2;
+                format!("{name} = maxpool({cur}, 2)")
+            }
+            5 => format!("{name} = avgpool({cur}, 3, stride=1, pad=1)"),
+            6 => format!("{name} = prelu({cur})"),
+            7 => format!("{name} = add({cur}, hardtanh({cur}))"),
+            _ => format!("{name} = conv2d({cur}, {ch}, kernel=1, bias=false)"),
+        };
+        lines.push(line);
+        cur = name;
+    }
+    lines.push(format!("f = flatten({cur})"));
+    lines.push("h = dense(f, 6)".into());
+    lines.push(format!("y = bdense(sign(batchnorm(h)), {classes})"));
+    lines.push("z = batchnorm(y)".into());
+    lines.push("output z".into());
+    format!("model r {{\n  {}\n}}", lines.join("\n  "))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn random_training_graphs_match_the_interpreter(
+        ops in proptest::collection::vec(0u8..36, 1..5),
+        c in 1usize..4,
+        hw in 2usize..6,
+        // At least 3 samples: the classifier's batchnorm normalises over the
+        // batch alone, and over one or two values its output hardly depends
+        // on its input, so its gradient amplifies the last-bit differences
+        // of the GEMM before it without bound (it would compare noise).
+        n in 3usize..7,
+        threads in 1usize..3,
+        seed in 0u64..1000,
+    ) {
+        let source = random_model(&ops, c, hw, 4);
+        let model = parse_str(&source).unwrap();
+        let train = differentiate(&model, &LossSpec::default()).unwrap();
+        let params = random_params(&model, seed);
+        let inputs = random_inputs(&train.graph, n, seed + 1);
+        check(&source, &train.graph, &params, &inputs, threads);
+    }
+}
+
+#[test]
+fn the_engine_is_send() {
+    fn send<T: Send>() {}
+    send::<StepEngine>();
+}
+
+/// The bdense forward runs on XNOR-popcount: its integer dot products must
+/// equal the interpreter's exactly (no scale, so no rounding at all).
+#[test]
+fn binary_dense_dot_products_are_exact() {
+    let source = "model m { input x: f32[130]  y = bdense(sign(x), 33)  output y }";
+    let graph = parse_str(source).unwrap();
+    let params = random_params(&graph, 3);
+    for n in [1, 7, 100] {
+        let inputs = random_inputs(&graph, n, 4);
+        let expected = interp::run(&graph, &params, &inputs).unwrap();
+        for threads in [1, 2] {
+            let mut engine = StepEngine::new(&graph, &EngineOptions { threads }).unwrap();
+            assert_eq!(engine.run(&params, &inputs).unwrap(), expected);
+        }
+    }
+}
