@@ -252,6 +252,20 @@ fn bireal_block_training_step_matches_the_interpreter() {
 }
 
 #[test]
+fn fashion_models_training_steps_match_the_interpreter() {
+    // Binary weights over a real input (`weights=binary`) in the MLP.
+    check_training("fashion_mlp", &example("fashion_mlp"), &[1, 5], 5);
+    check_training("fashion_cnn", &example("fashion_cnn"), &[2], 6);
+    check_training(
+        "binary conv2d",
+        "model m { input x: f32[3, 6, 6]  c = conv2d(x, 4, kernel=3, pad=1, weights=binary, scale=channel)
+                   y = dense(flatten(batchnorm(c)), 5)  output y }",
+        &[1, 4],
+        7,
+    );
+}
+
+#[test]
 fn gradcheck_models_match_the_interpreter() {
     let models = [
         "model m {
