@@ -1117,6 +1117,7 @@ fn elementwise_and_structural_ops_agree_with_the_oracle() {
         ("batchnorm eps=0.1", Op::BatchNorm(BatchNorm::new(0.1))),
         ("relu", Op::Relu),
         ("prelu", Op::PRelu),
+        ("shift", Op::Shift),
         (
             "hardtanh",
             Op::HardTanh(HardTanh {

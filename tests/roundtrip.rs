@@ -266,6 +266,7 @@ fn op(kind: Kind, a: &Attrs) -> Op {
         Kind::BatchNorm => Op::BatchNorm(BatchNorm::new(a.eps)),
         Kind::Relu => Op::Relu,
         Kind::PRelu => Op::PRelu,
+        Kind::Shift => Op::Shift,
         Kind::HardTanh => Op::HardTanh(HardTanh {
             min: a.bounds.0,
             max: a.bounds.1,

@@ -253,6 +253,16 @@ fn bireal_block_training_step_matches_the_interpreter() {
 
 #[test]
 fn fashion_models_training_steps_match_the_interpreter() {
+    check_training(
+        "react_shifts",
+        &std::fs::read_to_string(format!(
+            "{}/tests/in/react_shifts.bnn",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+        &[1, 3],
+        8,
+    );
     // Binary weights over a real input (`weights=binary`) in the MLP.
     check_training("fashion_mlp", &example("fashion_mlp"), &[1, 5], 5);
     check_training("fashion_cnn", &example("fashion_cnn"), &[2], 6);

@@ -144,7 +144,7 @@ fn convolutions_batchnorm_pools_and_prelu_match_finite_differences() {
            input x: f32[4, 7, 6]
            c = conv2d(x, 6, kernel=3, stride=2, pad=1, groups=2)
            b = batchnorm(c)
-           a = prelu(b)
+           a = shift(prelu(shift(b)))
            d = conv2d(a, 4, kernel=(2, 3), dilation=(1, 2), pad=(1, 2))
            m = maxpool(d, 2, stride=1, pad=1)
            v = avgpool(m, 3, stride=2, pad=1)

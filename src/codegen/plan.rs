@@ -845,6 +845,12 @@ impl<'g> Planner<'g> {
                 let a = p("weight", &[dims[0]])?.to_vec();
                 self.elementwise(id, &name, &operands, EwOp::PRelu(a), &dims)
             }
+            Op::Shift => {
+                // `x + b` is `1·x + b` exactly.
+                let b = p("bias", &[dims[0]])?.to_vec();
+                let m = vec![1.0; b.len()];
+                self.elementwise(id, &name, &operands, EwOp::Affine(m, b), &dims)
+            }
             Op::HardTanh(h) => {
                 self.elementwise(id, &name, &operands, EwOp::HardTanh(h.min, h.max), &dims)
             }

@@ -447,6 +447,9 @@ pub enum Op {
     /// `x` if `x >= 0`, else `a_c·x`, with one learned slope per channel.
     #[serde(rename = "prelu")]
     PRelu,
+    /// `x + b_c`, one learned shift per channel (ReActNet's learnable bias:
+    /// RSign is `sign(shift(x))`, RPReLU `shift(prelu(shift(x)))`).
+    Shift,
     /// `clamp(x, min, max)`.
     #[serde(rename = "hardtanh")]
     HardTanh(HardTanh),
@@ -534,6 +537,8 @@ pub enum OpKind {
     Relu,
     /// See [`Op::PRelu`].
     PRelu,
+    /// See [`Op::Shift`].
+    Shift,
     /// See [`Op::HardTanh`].
     HardTanh,
     /// See [`Op::MaxPool`].
@@ -568,7 +573,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// Every op kind, in the order of `ir-spec/ops.md`.
-    pub const ALL: [OpKind; 24] = [
+    pub const ALL: [OpKind; 25] = [
         OpKind::Input,
         OpKind::Conv2d,
         OpKind::BConv2d,
@@ -578,6 +583,7 @@ impl OpKind {
         OpKind::BatchNorm,
         OpKind::Relu,
         OpKind::PRelu,
+        OpKind::Shift,
         OpKind::HardTanh,
         OpKind::MaxPool,
         OpKind::AvgPool,
@@ -607,6 +613,7 @@ impl OpKind {
             OpKind::BatchNorm => "batchnorm",
             OpKind::Relu => "relu",
             OpKind::PRelu => "prelu",
+            OpKind::Shift => "shift",
             OpKind::HardTanh => "hardtanh",
             OpKind::MaxPool => "maxpool",
             OpKind::AvgPool => "avgpool",
@@ -678,6 +685,7 @@ impl Op {
             Op::BatchNorm(_) => OpKind::BatchNorm,
             Op::Relu => OpKind::Relu,
             Op::PRelu => OpKind::PRelu,
+            Op::Shift => OpKind::Shift,
             Op::HardTanh(_) => OpKind::HardTanh,
             Op::MaxPool(_) => OpKind::MaxPool,
             Op::AvgPool(_) => OpKind::AvgPool,
@@ -748,6 +756,7 @@ impl Op {
             }
             (Op::BatchNorm(_), ParamRole::Weight | ParamRole::Bias) => Some(vec![channels]),
             (Op::PRelu, ParamRole::Weight) => Some(vec![channels]),
+            (Op::Shift, ParamRole::Bias) => Some(vec![channels]),
             (Op::Choose, ParamRole::Alpha) => Some(vec![inputs.len()]),
             _ => None,
         }
@@ -1143,7 +1152,7 @@ impl Op {
                     extent: Extent::Sample,
                 }
             }
-            Op::PRelu => {
+            Op::PRelu | Op::Shift => {
                 need_channels(kind, inputs[0])?;
                 TensorType {
                     dtype: DType::F32,

@@ -153,6 +153,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
                 spec("running_var", vec![c], Init::Constant(1.0), false),
             ]
         }
+        Op::Shift => vec![spec("bias", vec![channels()], Init::Constant(0.0), false)],
         Op::PRelu => vec![spec(
             "weight",
             vec![channels()],

@@ -125,6 +125,18 @@ fn link(
                     .collect(),
             )
         }
+        // `x + b` is `1·x + b` exactly.
+        Op::Shift => {
+            let b = p("bias")?;
+            Link::Map(
+                (0..channels)
+                    .map(|c| Stage::Affine {
+                        multiplier: 1.0,
+                        bias: b[c],
+                    })
+                    .collect(),
+            )
+        }
         Op::Sign(_) => Link::Decide(vec![Decision::Sign; channels]),
         Op::Threshold => {
             let (t, d) = (p("threshold")?, p("direction")?);

@@ -1598,6 +1598,7 @@ impl<'a> Lowerer<'a> {
             }),
             OpKind::Relu => Op::Relu,
             OpKind::PRelu => Op::PRelu,
+            OpKind::Shift => Op::Shift,
             OpKind::GlobalAvgPool => Op::GlobalAvgPool,
             OpKind::Flatten => Op::Flatten,
             OpKind::Zero => Op::Zero,

@@ -202,6 +202,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
         Op::Input
         | Op::Relu
         | Op::PRelu
+        | Op::Shift
         | Op::GlobalAvgPool
         | Op::Flatten
         | Op::Add

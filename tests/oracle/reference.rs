@@ -852,6 +852,17 @@ pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Res
         }
         Op::Relu => relu(x()?),
         Op::PRelu => prelu(x()?, p("weight")?),
+        Op::Shift => {
+            let b = p("bias")?;
+            let x = x()?;
+            let mut out = x.clone();
+            for e in 0..x.v.len() {
+                let bc = f64::from(b.data[channel_index(x, e)]);
+                out.v[e] = x.v[e] + bc;
+                out.m[e] = x.m[e] + bc.abs();
+            }
+            out
+        }
         Op::HardTanh(a) => hardtanh(x()?, a.min, a.max),
         Op::MaxPool(a) => pool(x()?, a, true)?,
         Op::AvgPool(a) => pool(x()?, a, false)?,

@@ -266,6 +266,11 @@ pub(super) fn grad(
             });
             rounded(vec![channels], &sum)
         }
+        (Op::Shift, Wrt::Operand(0)) => Tensor {
+            shape: forward[0].shape.clone(),
+            data: dy.data.clone(),
+        },
+        (Op::Shift, Wrt::Param(ParamRole::Bias)) => channel_sums(dy),
         (Op::HardTanh(a), Wrt::Operand(0)) => {
             zip(
                 dy,

@@ -482,6 +482,7 @@ fn eval_node(
         }
         Op::Relu => relu(x[0]),
         Op::PRelu => prelu(x[0], p("weight", &[channels()])?),
+        Op::Shift => shift(x[0], p("bias", &[channels()])?),
         Op::HardTanh(a) => hardtanh(x[0], a),
         Op::MaxPool(a) => maxpool(x[0], a),
         Op::AvgPool(a) => avgpool(x[0], a),
@@ -839,6 +840,13 @@ fn relu(x: &Tensor) -> Tensor {
 /// per-sample axis.
 fn prelu(x: &Tensor, slope: &[f32]) -> Tensor {
     map_per_channel(x, |c, v| if v >= 0.0 { v } else { slope[c] * v })
+}
+
+/// `shift`: `x + b_c`, `c` the index along the first per-sample axis. (This
+/// equals `affine` with multiplier 1 exactly, which is how the passes and
+/// the JIT treat it.)
+fn shift(x: &Tensor, b: &[f32]) -> Tensor {
+    map_per_channel(x, |c, v| v + b[c])
 }
 
 /// `hardtanh`: `clamp(x, min, max)`, written `min(max(x, min), max)`, which

@@ -149,6 +149,10 @@ pub(super) fn grad(
         (Op::PRelu, Wrt::Param(ParamRole::Weight)) => {
             store(out, &ew::prelu_slope_grad(forward[0], dy, c0, inner(d0)));
         }
+        (Op::Shift, Wrt::Operand(0)) => out.copy_from_slice(dy),
+        (Op::Shift, Wrt::Param(ParamRole::Bias)) => {
+            store(out, &ew::channel_sums(dy, c0, inner(d0)));
+        }
         (Op::HardTanh(a), Wrt::Operand(0)) => {
             let (lo, hi) = (a.min, a.max);
             ew::zip(par, dy, forward[0], out, move |d, v| {

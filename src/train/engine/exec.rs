@@ -305,6 +305,10 @@ pub(super) fn exec(
                 if v >= 0.0 { v } else { slope[c] * v }
             });
         }
+        Op::Shift => {
+            let b = cx.param(&step.name, "bias", &[c0])?;
+            ew::map_channels(par, x[0], c0, inner(d0), out, |c, v| v + b[c]);
+        }
         Op::HardTanh(a) => {
             let (lo, hi) = (a.min, a.max);
             ew::map(par, x[0], out, move |v| v.max(lo).min(hi));
