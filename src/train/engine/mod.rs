@@ -211,8 +211,8 @@ pub struct StepEngine {
     bn: Vec<BnCache>,
     scratch: Vec<Scratch>,
     bits: Vec<Vec<u64>>,
-    /// Per step: seconds spent and runs, while profiling.
-    profile: Option<Vec<(f64, u64)>>,
+    /// Per step: seconds spent, runs, and the fastest run, while profiling.
+    profile: Option<Vec<(f64, u64, f64)>>,
 }
 
 /// Time spent in one kind of step, from [`StepEngine::profile`].
@@ -222,6 +222,9 @@ pub struct OpTime {
     pub kind: String,
     /// Total seconds over the profiled runs.
     pub seconds: f64,
+    /// The sum over steps of this kind of each step's fastest run: what
+    /// one run costs when nothing else competes for the core.
+    pub best_seconds: f64,
     /// Steps of this kind run.
     pub calls: u64,
 }
@@ -273,7 +276,7 @@ impl StepEngine {
     /// Starts (or, with `false`, stops and clears) timing every step.
     /// Timing costs a clock read per step.
     pub fn set_profiling(&mut self, on: bool) {
-        self.profile = on.then(|| vec![(0.0, 0); self.plan.steps.len()]);
+        self.profile = on.then(|| vec![(0.0, 0, f64::INFINITY); self.plan.steps.len()]);
     }
 
     /// Where the profiled runs spent their time, by kind of step, most
@@ -283,7 +286,7 @@ impl StepEngine {
         let Some(p) = &self.profile else {
             return by_kind;
         };
-        for (step, &(seconds, calls)) in self.plan.steps.iter().zip(p) {
+        for (step, &(seconds, calls, best)) in self.plan.steps.iter().zip(p) {
             if calls == 0 {
                 continue;
             }
@@ -300,11 +303,13 @@ impl StepEngine {
             match by_kind.iter_mut().find(|t| t.kind == kind) {
                 Some(t) => {
                     t.seconds += seconds;
+                    t.best_seconds += best;
                     t.calls += calls;
                 }
                 None => by_kind.push(OpTime {
                     kind,
                     seconds,
+                    best_seconds: best,
                     calls,
                 }),
             }
@@ -533,7 +538,7 @@ fn run_steps(
     st: &mut exec::State,
     arena: &mut Arena,
     inputs: &[Tensor],
-    mut profile: Option<&mut [(f64, u64)]>,
+    mut profile: Option<&mut [(f64, u64, f64)]>,
 ) -> Result<(), EngineError> {
     for (pos, step) in plan.steps.iter().enumerate() {
         let Loc::Buf(b) = arena.loc[pos] else {
@@ -556,8 +561,10 @@ fn run_steps(
         };
         arena.bufs[b] = out;
         if let (Some(p), Some(t0)) = (profile.as_deref_mut(), start) {
-            p[pos].0 += t0.elapsed().as_secs_f64();
+            let t = t0.elapsed().as_secs_f64();
+            p[pos].0 += t;
             p[pos].1 += 1;
+            p[pos].2 = p[pos].2.min(t);
         }
         result?;
     }
