@@ -445,9 +445,10 @@ fn the_engine_is_send() {
     send::<StepEngine>();
 }
 
-/// `bdense`, and `bconv2d` padding with +1 (or not padding), run forward on
-/// XNOR-popcount; the others on GEMM. Either way their integer dot products
-/// must equal the interpreter's exactly (no scale, so no rounding at all).
+/// `bdense` runs forward on XNOR-popcount, `bconv2d` on an f32 GEMM of ±1
+/// values. Either way their integer dot products must equal the
+/// interpreter's exactly (no scale, so no rounding at all), whatever the
+/// padding, stride, dilation, groups or channel count (here over 64).
 #[test]
 fn binary_dot_products_are_exact() {
     let sources = [

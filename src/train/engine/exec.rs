@@ -234,31 +234,18 @@ pub(super) fn exec(
             });
         }
         Op::BConv2d(a) => {
+            let conv = Conv::new(&a.geometry, d0, &step.dims);
             let bw = &cx.binary[cache(step)?];
             let ep = epilogue(cx, step, a.output, a.scale, bw, a.geometry.out_channels)?;
-            let g = &a.geometry;
-            let padded_with_one = a.pad_value == PadValue::One || g.pad == [0, 0];
-            if padded_with_one && g.groups == 1 {
-                let bits = super::xnor::BitConv {
-                    c: d0[0],
-                    h: d0[1],
-                    w: d0[2],
-                    o: g.out_channels,
-                    kernel: g.kernel,
-                    stride: g.stride,
-                    pad: g.pad,
-                    dilation: g.dilation,
-                    oh: step.dims[1],
-                    ow: step.dims[2],
-                };
-                bits.forward(par, x[0], &bw.packed, st.bits, out, &|o, v| ep.apply(o, v));
-            } else {
-                let conv = Conv::new(g, d0, &step.dims);
-                let pad = pad_of(a.pad_value);
-                conv.forward(par, x[0], &bw.signs, pad, st.scratch, out, &|o, v| {
-                    ep.apply(o, v)
-                });
-            }
+            conv.forward(
+                par,
+                x[0],
+                &bw.signs,
+                pad_of(a.pad_value),
+                st.scratch,
+                out,
+                &|o, v| ep.apply(o, v),
+            );
         }
         Op::Dense(a) => {
             let o = a.out_features;

@@ -15,9 +15,7 @@
 //! they return. Each run first checks the inputs and parameters, prepares
 //! every binary layer's `sign(W)`, `α_o·sign(W_o)` and XNOR scale once, then
 //! runs the steps on a rayon pool of [`EngineOptions::threads`] threads:
-//! - the forward dot products of `bdense`, and of `bconv2d` padding with +1
-//!   in one group, as XNOR-popcount ([`xnor`]), exact integers like the
-//!   interpreter's;
+//! - the forward dot products of `bdense` as XNOR-popcount ([`xnor`]);
 //! - dense and convolution products (forward, input and weight gradients)
 //!   as f32 GEMMs ([`gemm`], [`conv`]: im2col/col2im in cache-sized blocks of
 //!   samples), split over samples or output channels;
@@ -185,7 +183,7 @@ struct BinaryWeights {
     scaled: Vec<f32>,
     /// `α_o = mean |W_o|` (empty without `scale=channel`).
     alpha: Vec<f32>,
-    /// `sign(W)` packed for the XNOR-popcount kernels.
+    /// `sign(W)` packed for the XNOR-popcount kernel (dense layers only).
     packed: Vec<u64>,
 }
 
@@ -515,12 +513,8 @@ impl StepEngine {
     }
 }
 
-/// Packs a binary layer's `sign(W)` for [`xnor`].
+/// Packs a dense binary layer's `sign(W)` for [`xnor`].
 fn pack_dense(layer: &plan::BinaryLayer, bw: &mut BinaryWeights) {
-    if layer.shape.len() == 4 {
-        xnor::pack_conv_weights(&bw.signs, &layer.shape, &mut bw.packed);
-        return;
-    }
     if layer.shape.len() != 2 {
         return;
     }
