@@ -175,22 +175,37 @@ impl Window {
                 for (pl, dp) in ds.chunks_mut(hw.max(1)).enumerate() {
                     let xp = &x[(p0 + pl) * hw..][..hw];
                     let dyp = &dy[(p0 + pl) * ohw..][..ohw];
-                    // Input rows the windows do not cover (odd H or W) get 0.
-                    dp.fill(0.0);
-                    for i in 0..self.oh {
-                        for j in 0..self.ow {
-                            let (a, b) = (2 * i * self.w + 2 * j, (2 * i + 1) * self.w + 2 * j);
+                    // Input rows and columns the windows do not cover (odd H
+                    // or W) get 0; the windows write every position they cover.
+                    if self.h % 2 == 1 || self.w % 2 == 1 {
+                        dp.fill(0.0);
+                    }
+                    for (i, dyr) in dyp.chunks_exact(self.ow).enumerate() {
+                        let (top, bottom) = dp[2 * i * self.w..][..2 * self.w].split_at_mut(self.w);
+                        let x0 = &xp[2 * i * self.w..][..2 * self.ow];
+                        let x1 = &xp[(2 * i + 1) * self.w..][..2 * self.ow];
+                        for ((((d0, d1), a), b), &g) in top[..2 * self.ow]
+                            .chunks_exact_mut(2)
+                            .zip(bottom[..2 * self.ow].chunks_exact_mut(2))
+                            .zip(x0.chunks_exact(2))
+                            .zip(x1.chunks_exact(2))
+                            .zip(dyr)
+                        {
+                            // The first maximum in row-major order (`>`, so
+                            // a NaN never wins) takes the gradient.
                             let mut m = f32::NEG_INFINITY;
-                            let mut best = usize::MAX;
-                            for pos in [a, a + 1, b, b + 1] {
-                                if xp[pos] > m {
-                                    m = xp[pos];
-                                    best = pos;
+                            let mut best = 4;
+                            for (k, v) in [a[0], a[1], b[0], b[1]].into_iter().enumerate() {
+                                if v > m {
+                                    m = v;
+                                    best = k;
                                 }
                             }
-                            if best != usize::MAX {
-                                dp[best] = dyp[i * self.ow + j];
-                            }
+                            let pick = |k: usize| if best == k { g } else { 0.0 };
+                            d0[0] = pick(0);
+                            d0[1] = pick(1);
+                            d1[0] = pick(2);
+                            d1[1] = pick(3);
                         }
                     }
                 }
