@@ -234,18 +234,22 @@ fn bench(name: &str, source: &str, batch: usize, rounds: usize) {
         for _ in 0..runs {
             engine.run(&params, &x).unwrap();
         }
-        let prof = engine.profile();
+        let mut prof = engine.profile();
+        prof.sort_by(|a, b| b.best_seconds.total_cmp(&a.best_seconds));
         let total: f64 = prof.iter().map(|p| p.seconds).sum();
+        let best: f64 = prof.iter().map(|p| p.best_seconds).sum();
         println!(
-            "  where the time goes ({label}, profiled: {:.3} ms/step in steps):",
-            total / runs as f64 * 1e3
+            "  where the time goes ({label}; mean {:.3} ms/step in steps, sum of each step's best {:.3} ms):",
+            total / runs as f64 * 1e3,
+            best * 1e3
         );
-        for p in prof.iter().take(12) {
+        for p in prof.iter().take(14) {
             println!(
-                "    {:32} {:8.1} µs/step  {:5.1}%",
+                "    {:32} best {:8.1} µs/step {:5.1}%   mean {:8.1} µs/step",
                 p.kind,
+                p.best_seconds * 1e6,
+                100.0 * p.best_seconds / best,
                 p.seconds / runs as f64 * 1e6,
-                100.0 * p.seconds / total
             );
         }
         engine.set_profiling(false);

@@ -469,19 +469,30 @@ fn the_engine_is_send() {
     send::<StepEngine>();
 }
 
-/// The bdense forward runs on XNOR-popcount: its integer dot products must
-/// equal the interpreter's exactly (no scale, so no rounding at all).
+/// `bdense` runs forward on XNOR-popcount, `bconv2d` on an f32 GEMM of ±1
+/// values. Either way their integer dot products must equal the
+/// interpreter's exactly (no scale, so no rounding at all), whatever the
+/// padding, stride, dilation, groups or channel count (here over 64).
 #[test]
-fn binary_dense_dot_products_are_exact() {
-    let source = "model m { input x: f32[130]  y = bdense(sign(x), 33)  output y }";
-    let graph = parse_str(source).unwrap();
-    let params = random_params(&graph, 3);
-    for n in [1, 7, 100] {
-        let inputs = random_inputs(&graph, n, 4);
-        let expected = interp::run(&graph, &params, &inputs).unwrap();
-        for threads in [1, 2] {
-            let mut engine = StepEngine::new(&graph, &EngineOptions { threads }).unwrap();
-            assert_eq!(engine.run(&params, &inputs).unwrap(), expected);
+fn binary_dot_products_are_exact() {
+    let sources = [
+        "model m { input x: f32[130]  y = bdense(sign(x), 33)  output y }",
+        "model m { input x: f32[70, 6, 5]  y = bconv2d(sign(x), 9, kernel=3, pad=1, pad_value=1)  output y }",
+        "model m { input x: f32[3, 9, 8]  y = bconv2d(sign(x), 4, kernel=(3, 2), stride=2, dilation=(2, 1), pad=(2, 1), pad_value=1)  output y }",
+        "model m { input x: f32[5, 7, 7]  y = bconv2d(sign(x), 6, kernel=3, stride=(1, 2))  output y }",
+        "model m { input x: f32[4, 6, 6]  y = bconv2d(sign(x), 6, kernel=3, pad=1)  output y }",
+        "model m { input x: f32[4, 6, 6]  y = bconv2d(sign(x), 6, kernel=3, pad=1, pad_value=1, groups=2)  output y }",
+    ];
+    for source in sources {
+        let graph = parse_str(source).unwrap();
+        let params = random_params(&graph, 3);
+        for n in [1, 7, 40] {
+            let inputs = random_inputs(&graph, n, 4);
+            let expected = interp::run(&graph, &params, &inputs).unwrap();
+            for threads in [1, 2] {
+                let mut engine = StepEngine::new(&graph, &EngineOptions { threads }).unwrap();
+                assert_eq!(engine.run(&params, &inputs).unwrap(), expected, "{source}");
+            }
         }
     }
 }

@@ -76,9 +76,40 @@ impl Window {
         (best, m)
     }
 
+    /// Whether this is the common 2×2 window with stride 2 and no padding:
+    /// windows tile the input, so each input position has one window.
+    fn tiles_2x2(&self) -> bool {
+        self.unpadded() && self.kh == 2 && self.kw == 2 && self.sh == 2 && self.sw == 2
+    }
+
     /// Max pooling forward.
     pub fn max(&self, par: Par, x: &[f32], y: &mut [f32]) {
         let (hw, ohw) = (self.h * self.w, self.oh * self.ow);
+        if self.tiles_2x2() {
+            par.rows(y, ohw, x.len(), |p0, ys| {
+                for (pl, yp) in ys.chunks_mut(ohw.max(1)).enumerate() {
+                    let xp = &x[(p0 + pl) * hw..][..hw];
+                    for (i, yr) in yp.chunks_exact_mut(self.ow).enumerate() {
+                        let r0 = &xp[2 * i * self.w..][..2 * self.ow];
+                        let r1 = &xp[(2 * i + 1) * self.w..][..2 * self.ow];
+                        for ((d, a), b) in yr
+                            .iter_mut()
+                            .zip(r0.chunks_exact(2))
+                            .zip(r1.chunks_exact(2))
+                        {
+                            // The window in row-major order; `>` as the
+                            // interpreter (the first maximum, NaN never wins).
+                            let mut m = f32::NEG_INFINITY;
+                            for v in [a[0], a[1], b[0], b[1]] {
+                                m = if v > m { v } else { m };
+                            }
+                            *d = m;
+                        }
+                    }
+                }
+            });
+            return;
+        }
         if self.unpadded() {
             par.rows(y, ohw, x.len(), |p0, ys| {
                 for (pl, yp) in ys.chunks_mut(ohw.max(1)).enumerate() {
@@ -139,6 +170,48 @@ impl Window {
     /// Max pooling backward: each output's gradient to its first maximum.
     pub fn max_grad(&self, par: Par, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         let (hw, ohw) = (self.h * self.w, self.oh * self.ow);
+        if self.tiles_2x2() {
+            par.rows(dx, hw, x.len(), |p0, ds| {
+                for (pl, dp) in ds.chunks_mut(hw.max(1)).enumerate() {
+                    let xp = &x[(p0 + pl) * hw..][..hw];
+                    let dyp = &dy[(p0 + pl) * ohw..][..ohw];
+                    // Input rows and columns the windows do not cover (odd H
+                    // or W) get 0; the windows write every position they cover.
+                    if self.h % 2 == 1 || self.w % 2 == 1 {
+                        dp.fill(0.0);
+                    }
+                    for (i, dyr) in dyp.chunks_exact(self.ow).enumerate() {
+                        let (top, bottom) = dp[2 * i * self.w..][..2 * self.w].split_at_mut(self.w);
+                        let x0 = &xp[2 * i * self.w..][..2 * self.ow];
+                        let x1 = &xp[(2 * i + 1) * self.w..][..2 * self.ow];
+                        for ((((d0, d1), a), b), &g) in top[..2 * self.ow]
+                            .chunks_exact_mut(2)
+                            .zip(bottom[..2 * self.ow].chunks_exact_mut(2))
+                            .zip(x0.chunks_exact(2))
+                            .zip(x1.chunks_exact(2))
+                            .zip(dyr)
+                        {
+                            // The first maximum in row-major order (`>`, so
+                            // a NaN never wins) takes the gradient.
+                            let mut m = f32::NEG_INFINITY;
+                            let mut best = 4;
+                            for (k, v) in [a[0], a[1], b[0], b[1]].into_iter().enumerate() {
+                                if v > m {
+                                    m = v;
+                                    best = k;
+                                }
+                            }
+                            let pick = |k: usize| if best == k { g } else { 0.0 };
+                            d0[0] = pick(0);
+                            d0[1] = pick(1);
+                            d1[0] = pick(2);
+                            d1[1] = pick(3);
+                        }
+                    }
+                }
+            });
+            return;
+        }
         par.rows(dx, hw, x.len(), |p0, ds| {
             ds.fill(0.0);
             for (pl, dp) in ds.chunks_mut(hw.max(1)).enumerate() {
