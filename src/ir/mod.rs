@@ -3,6 +3,7 @@
 //! machine-readable views (JSON, Graphviz).
 
 pub mod graph;
+pub mod limits;
 pub mod ops;
 pub mod params;
 pub mod types;
