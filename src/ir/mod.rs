@@ -5,6 +5,7 @@
 pub mod graph;
 pub mod limits;
 pub mod ops;
+pub mod param_check;
 pub mod params;
 pub mod types;
 pub mod verify;
