@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::ir::graph::Graph;
+use crate::ir::param_check::{ParamError, validate};
 use crate::ir::params::{PackedBits, Params, ParamsError, Tensor, graph_params, is_ignored_extra};
 
 /// Why a weight file cannot be used.
@@ -31,6 +32,14 @@ pub enum WeightsError {
         path: PathBuf,
         /// What the safetensors reader said.
         message: String,
+    },
+    /// The file holds values no engine accepts (a direction that is not ±1).
+    #[error("{path}: {error}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The first such value.
+        error: ParamError,
     },
     /// The file does not hold the model's parameters.
     #[error("{path}: {error}")]
@@ -168,6 +177,10 @@ pub fn load_with_notes(graph: &Graph, path: &Path) -> Result<(Params, LoadNotes)
             path: path.into(),
             error,
         },
+        BytesError::Invalid(error) => WeightsError::Invalid {
+            path: path.into(),
+            error,
+        },
     })
 }
 
@@ -180,6 +193,9 @@ pub enum BytesError {
     /// Not the model's parameters.
     #[error("{0}")]
     Mismatch(ParamsError),
+    /// The model's parameters, but with values no engine accepts.
+    #[error("{0}")]
+    Invalid(ParamError),
 }
 
 /// [`load_with_notes`] on the bytes of a file.
@@ -212,11 +228,11 @@ pub fn load_bytes(graph: &Graph, bytes: &[u8]) -> Result<(Params, LoadNotes), By
             None => error.extra.push(name),
         }
     }
-    if error.is_empty() {
-        Ok((params, LoadNotes { converted }))
-    } else {
-        Err(BytesError::Mismatch(error))
+    if !error.is_empty() {
+        return Err(BytesError::Mismatch(error));
     }
+    validate(graph, &params).map_err(BytesError::Invalid)?;
+    Ok((params, LoadNotes { converted }))
 }
 
 /// Encodes parameters as a safetensors buffer (little-endian f32), with
