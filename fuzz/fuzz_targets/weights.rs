@@ -1,4 +1,4 @@
-//! Safetensors bytes loaded against the example models: parameters that
+//! Safetensors bytes loaded against two small models: parameters that
 //! match, or an error naming the problems; never a panic. What loads must
 //! pass the parameter validation and run on the interpreter.
 #![no_main]
@@ -6,9 +6,12 @@
 use libfuzzer_sys::fuzz_target;
 use onebit::ir::{Graph, Tensor, interp};
 
+/// Small models, so that a whole weight file is a small fuzz input: every
+/// parameter kind (convolution, batchnorm, latent binary weights with a
+/// scale, thresholds and directions) appears once.
 const MODELS: [&str; 2] = [
-    include_str!("../../examples/tiny_search.bnn"),
-    include_str!("../../examples/mlp_digits.bnn"),
+    "model w { input x: f32[2, 4, 4]  c = conv2d(x, 2, kernel=3)  s = sign(batchnorm(c))  y = bdense(flatten(s), 3, scale=channel)  output y }",
+    "model t { input x: f32[8]  y = bdense(sign(x), 4, output=threshold)  t = threshold(x)  p = prelu(x)  output y, t, p }",
 ];
 
 fn models() -> &'static [Graph] {

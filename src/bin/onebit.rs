@@ -259,7 +259,7 @@ struct Failure(String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Failure {
-        Failure(e.to_string())
+        Failure(format!("error: {e}"))
     }
 }
 
@@ -306,7 +306,8 @@ fn main() -> ExitCode {
 fn load_model(path: &Path) -> Result<Graph, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|e| Failure(format!("error: cannot read {}: {e}", path.display())))?;
-    onebit::text::parse(&path.display().to_string(), &bytes).map_err(Failure::from)
+    // A rendered diagnostic starts with its own `error:`.
+    onebit::text::parse(&path.display().to_string(), &bytes).map_err(|e| Failure(e.to_string()))
 }
 
 fn run(command: Command) -> Result<(), Failure> {

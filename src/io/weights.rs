@@ -17,8 +17,16 @@ use crate::ir::params::{PackedBits, Params, ParamsError, Tensor, graph_params, i
 /// Why a weight file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    /// The file cannot be read or written.
-    #[error("{path}: {source}")]
+    /// The file cannot be written.
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -295,7 +303,7 @@ pub fn save(params: &Params, model: &str, path: &Path) -> Result<(), WeightsErro
         path: path.into(),
         message,
     })?;
-    std::fs::write(path, bytes).map_err(|source| WeightsError::Io {
+    std::fs::write(path, bytes).map_err(|source| WeightsError::Write {
         path: path.into(),
         source,
     })
