@@ -458,6 +458,13 @@ fn run(command: Command) -> Result<(), Failure> {
                     if output.len() == 1 { " was" } else { "s were" },
                 )));
             }
+            let mut params = match (weights_path, seed) {
+                (Some(path), _) => load_weights(&graph, &path)?,
+                (None, Some(seed)) => Params::init(&graph, seed),
+                (None, None) => {
+                    return Err(Failure("error: give --weights FILE or --seed N".into()));
+                }
+            };
             let mut tensors = Vec::new();
             for (path, &id) in input.iter().zip(graph.inputs()) {
                 let a = npy::read_file(path)?;
@@ -491,13 +498,6 @@ fn run(command: Command) -> Result<(), Failure> {
                     )?)
                 }
                 None => None,
-            };
-            let mut params = match (weights_path, seed) {
-                (Some(path), _) => load_weights(&graph, &path)?,
-                (None, Some(seed)) => Params::init(&graph, seed),
-                (None, None) => {
-                    return Err(Failure("error: give --weights FILE or --seed N".into()));
-                }
             };
             let selection = passes.unwrap_or_else(|| match engine {
                 Engine::Jit => "default".into(),
