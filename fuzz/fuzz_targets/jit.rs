@@ -79,7 +79,10 @@ fn candidate(r: &mut Choices, x: &Val, vals: &[Val]) -> (String, bool) {
         11 => (format!("prelu({n})"), false),
         12 => (format!("hardtanh({n}, min=-0.5, max=0.75)"), false),
         13 => (format!("maxpool({n}, {}, stride={s})", k.max(1)), x.exact),
-        14 => (format!("avgpool({n}, {}, stride={s}, pad={p})", k.max(1)), false),
+        14 => (
+            format!("avgpool({n}, {}, stride={s}, pad={p})", k.max(1)),
+            false,
+        ),
         15 => (format!("global_avgpool({n})"), false),
         16 => (format!("flatten({n})"), x.exact),
         17 => (format!("add({n}, {other})"), false),
@@ -210,7 +213,13 @@ fuzz_target!(|data: &[u8]| {
             let mut shape = vec![batch];
             shape.extend(dims);
             let data = (0..n)
-                .map(|k| if k % 17 == 3 { 0.0 } else { data_rng.uniform(2.0) })
+                .map(|k| {
+                    if k % 17 == 3 {
+                        0.0
+                    } else {
+                        data_rng.uniform(2.0)
+                    }
+                })
                 .collect();
             Tensor { shape, data }
         })
@@ -231,7 +240,10 @@ fuzz_target!(|data: &[u8]| {
                 (a - b).abs() <= 1e-5 * b.abs().max(1e-2 * scale).max(1e-6)
                     || (a.is_nan() && b.is_nan())
             };
-            assert!(ok, "{options:?}, batch {batch}\n{src}\noutput {k}[{i}]: jit {a} vs interp {b}");
+            assert!(
+                ok,
+                "{options:?}, batch {batch}\n{src}\noutput {k}[{i}]: jit {a} vs interp {b}"
+            );
         }
     }
 });

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use onebit::ir::limits::{self, Limits};
 use onebit::ir::Params;
+use onebit::ir::limits::{self, Limits};
 use onebit::passes::{self, PassOptions, PassSelection};
 
 fuzz_target!(|data: &[u8]| {
