@@ -1,11 +1,13 @@
-//! Model source → parse → lower → verify → resource check → default passes,
-//! and the printed result parses back. Any panic or abort is a bug: bad
-//! input must come back as an error.
+//! Model source → parse → lower → verify → resource check → default passes;
+//! before and after the passes, the printed model parses back and the
+//! summary, JSON and DOT views render. Any panic or abort is a bug: bad input
+//! must come back as an error.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use onebit::ir::Params;
 use onebit::ir::limits::{self, Limits};
+use onebit::ir::summary::Summary;
+use onebit::ir::{Params, dot, json};
 use onebit::passes::{self, PassOptions, PassSelection};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,14 +23,24 @@ fuzz_target!(|data: &[u8]| {
     if limits::check(&graph, 1, &small).is_err() {
         return;
     }
-    let printed = onebit::text::print(&graph);
-    onebit::text::parse_str(&printed).expect("the printed model parses back");
+    // Every view `check` and `ir` print.
+    let views = |graph: &onebit::ir::Graph| {
+        let printed = onebit::text::print(graph);
+        onebit::text::parse_str(&printed).expect("the printed model parses back");
+        let _ = Summary::new(graph).to_string();
+        let _ = json::to_json(graph);
+        let _ = dot::to_dot(graph);
+    };
+    views(&graph);
     let mut params = Params::init(&graph, 0);
-    let _ = passes::optimize(
+    if let Ok(report) = passes::optimize(
         &mut graph,
         &mut params,
         &PassSelection::default_pipeline(),
         &PassOptions::default(),
         |_, _| {},
-    );
+    ) {
+        let _ = report.to_string();
+        views(&graph);
+    }
 });
