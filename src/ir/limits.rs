@@ -12,15 +12,19 @@
 //!   they are initialised, loaded and folded;
 //! - activation bytes: every node's value for the whole batch as f32, which
 //!   is what the interpreter keeps and an upper bound on the JIT's planned
-//!   arena;
+//!   arena, plus the padded copy of the operand of every padded convolution
+//!   and pool;
 //! - code bytes: an estimate of the JIT's machine code, [`CODE_BYTES_PER_STEP`]
 //!   per node, against the code part of the JIT's memory arena.
 //!
 //! Parameters and activations share one budget, [`Limits::max_memory`].
+//! One sample of any value or padded copy must also stay below 2 GiB
+//! ([`MAX_SAMPLE_BYTES`]), for the JIT's 32-bit offsets.
 
 use std::fmt;
 
-use super::graph::Graph;
+use super::graph::{Graph, NodeId};
+use super::ops::Op;
 use super::params::node_params;
 
 /// Default of [`Limits::max_memory`]: 4 GiB.
@@ -33,6 +37,10 @@ pub const DEFAULT_MAX_CODE: u64 = 64 << 20;
 /// compiles to well under 64 MiB; binary layers unroll short receptive fields
 /// and stay within a few KiB.
 pub const CODE_BYTES_PER_STEP: u64 = 1 << 10;
+
+/// The most bytes of one sample of any value or padded copy: the JIT's
+/// kernels address within a sample with 32-bit offsets. Not configurable.
+pub const MAX_SAMPLE_BYTES: u64 = (1 << 31) - 1;
 
 /// Configurable resource limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +91,7 @@ pub enum LimitError {
     },
     /// One layer's output for the batch alone exceeds the memory limit.
     #[error(
-        "`{node}`: its output for a batch of {batch} is {} values and needs {}; the limit is {} (set with --max-memory)",
+        "`{node}`: its output (with its padded input, if any) for a batch of {batch} is {} values and needs {}; the limit is {} (set with --max-memory)",
         thousands(*count), Bytes(*bytes), Bytes(*limit)
     )]
     Activation {
@@ -97,6 +105,20 @@ pub enum LimitError {
         bytes: u64,
         /// The limit.
         limit: u64,
+    },
+    /// One sample of a layer's output or padded input is too large for the
+    /// JIT's 32-bit offsets.
+    #[error(
+        "`{node}`: one sample of its {what} is {}; the JIT addresses within a sample with 32-bit offsets, so the limit is 2 GiB (for every engine, so that they accept the same models)",
+        Bytes(*bytes)
+    )]
+    Sample {
+        /// The layer.
+        node: String,
+        /// `output` or `padded input`.
+        what: &'static str,
+        /// Bytes of one sample as f32.
+        bytes: u64,
     },
     /// The layers together exceed the memory limit.
     #[error(
@@ -159,9 +181,26 @@ pub fn check(graph: &Graph, batch: usize, limits: &Limits) -> Result<Usage, Limi
                 limit: limits.max_memory,
             });
         }
-        let values = (node.ty.shape.dims().iter())
-            .fold(1u64, |n, &d| n.saturating_mul(d as u64))
-            .saturating_mul(batch as u64);
+        // A node's value, plus the padded copy of its operand that
+        // convolutions and pools build (the JIT for the whole batch): with a
+        // large pad and stride it is far larger than the result.
+        let padded = match &node.op {
+            Op::Conv2d(a) => padded_values(graph, id, a.geometry.pad),
+            Op::BConv2d(a) => padded_values(graph, id, a.geometry.pad),
+            Op::MaxPool(p) | Op::AvgPool(p) => padded_values(graph, id, p.pad),
+            _ => 0,
+        };
+        let output = (node.ty.shape.dims().iter()).fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        for (what, n) in [("output", output), ("padded input", padded)] {
+            if n.saturating_mul(4) > MAX_SAMPLE_BYTES {
+                return Err(LimitError::Sample {
+                    node: node.name.clone(),
+                    what,
+                    bytes: n.saturating_mul(4),
+                });
+            }
+        }
+        let values = output.saturating_add(padded).saturating_mul(batch as u64);
         let act = values.saturating_mul(4);
         if act > limits.max_memory {
             return Err(LimitError::Activation {
@@ -197,6 +236,21 @@ pub fn check(graph: &Graph, batch: usize, limits: &Limits) -> Result<Usage, Limi
         });
     }
     Ok(usage)
+}
+
+/// `C·(H + 2ph)·(W + 2pw)` of node `id`'s first operand, 0 without padding.
+fn padded_values(graph: &Graph, id: NodeId, pad: [usize; 2]) -> u64 {
+    let operands = graph.operand_types(id);
+    let Some(&[c, h, w]) = operands.first().map(|t| t.dims()) else {
+        return 0;
+    };
+    if pad == [0, 0] {
+        return 0;
+    }
+    let side = |n: usize, p: usize| (n as u64).saturating_add((p as u64).saturating_mul(2));
+    (c as u64)
+        .saturating_mul(side(h, pad[0]))
+        .saturating_mul(side(w, pad[1]))
 }
 
 /// A byte count for people: `16 GiB`, `1.50 MiB`, `512 B`.
@@ -279,6 +333,27 @@ mod tests {
         assert!(check(&g, 1, &small).is_ok());
         let err = check(&g, 256, &small).unwrap_err().to_string();
         assert!(err.starts_with("model `m` needs 2 MiB"), "{err}");
+    }
+
+    #[test]
+    fn the_padded_copy_of_a_convolution_counts() {
+        // A 3×3 result, but a 60,004 × 60,004 padded input (14 GB as f32).
+        let g = parse_str(
+            "model m { input x: f32[1, 4, 4]  y = conv2d(x, 1, kernel=1, pad=30000, stride=30000)  output y }",
+        )
+        .unwrap();
+        let err = check(&g, 1, &Limits::default()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "`y`: one sample of its padded input is 13.41 GiB; the JIT addresses within a sample with 32-bit offsets, so the limit is 2 GiB (for every engine, so that they accept the same models)"
+        );
+        // Under 2 GiB a sample, the memory limit applies to the padded copy.
+        let g = parse_str(
+            "model m { input x: f32[1, 4, 4]  y = conv2d(x, 1, kernel=1, pad=10000, stride=10000)  output y }",
+        )
+        .unwrap();
+        let err = check(&g, 4, &Limits::default()).unwrap_err().to_string();
+        assert!(err.starts_with("`y`: its output (with its padded input, if any) for a batch of 4 is 1,600,640,100 values"), "{err}");
     }
 
     #[test]

@@ -174,9 +174,11 @@ impl CompiledModel {
             output_dims: plan.outputs.iter().map(|(_, d)| d.clone()).collect(),
             pool: match threads {
                 1 => None,
-                n => Some(Pool::new(n).map_err(|e| {
-                    CodegenError::Target(format!("cannot start {n} threads: {e}"))
-                })?),
+                n => {
+                    Some(Pool::new(n).map_err(|e| {
+                        CodegenError::Target(format!("cannot start {n} threads: {e}"))
+                    })?)
+                }
             },
             compile_time: start.elapsed(),
             clif,
