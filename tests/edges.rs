@@ -127,6 +127,42 @@ fn a_huge_model_is_refused_by_every_command_before_allocation() {
 }
 
 #[test]
+fn a_padded_sample_beyond_the_jits_offsets_is_refused() {
+    // pad=12000, stride=12000 on 4×4: a 3×3 result, but a 24,004 × 24,004
+    // padded copy (2.3 GB); the JIT crashed with SIGSEGV on it.
+    let dir = scratch("pad");
+    let m = write(
+        &dir,
+        "m.bnn",
+        b"model m { input x: f32[1, 4, 4]  y = conv2d(x, 1, kernel=1, pad=12000, stride=12000)  output y }",
+    );
+    let x = dir.join("x.npy");
+    onebit::io::npy::write_file(&x, &[1, 1, 4, 4], &[0.0; 16]).unwrap();
+    for engine in ["jit", "interp"] {
+        let stderr = fails(
+            1,
+            &[
+                "run",
+                s(&m),
+                "--seed",
+                "0",
+                "--input",
+                s(&x),
+                "--engine",
+                engine,
+                "--max-memory",
+                "8GiB",
+            ],
+        );
+        assert_eq!(
+            stderr.trim_end(),
+            "error: `y`: one sample of its padded input is 2.15 GiB; the JIT addresses within a sample with 32-bit offsets, so the limit is 2 GiB (for every engine, so that they accept the same models)"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_name_longer_than_a_format_width_prints() {
     let dir = scratch("longname");
     let name = "a".repeat(65536);
