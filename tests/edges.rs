@@ -771,3 +771,27 @@ fn cells_may_return_numbers_and_pairs_where_numbers_go() {
         "{err}"
     );
 }
+
+/// Found by `fuzz/`'s jit target: the JIT fused a `threshold` into the
+/// elementwise op before it as a plain sign whenever channel 0's threshold
+/// was `y >= 0`, whatever the other channels' thresholds.
+#[test]
+fn a_threshold_is_fused_as_a_sign_only_if_every_channel_is_one() {
+    let src = "model m { input x: f32[2, 1, 1]  b = batchnorm(x)  t = threshold(b)  output t }";
+    let graph = onebit::parse(src).unwrap();
+    let mut p = onebit::ir::Params::init(&graph, 0);
+    p.tensors.get_mut("t.threshold").unwrap().data = vec![0.0, 5.0];
+    let x = onebit::ir::Tensor {
+        shape: vec![1, 2, 1, 1],
+        data: vec![1.0, 1.0],
+    };
+    let expected = onebit::ir::interp::run(&graph, &p, std::slice::from_ref(&x)).unwrap();
+    assert_eq!(expected[0].data, vec![1.0, -1.0]);
+    let model = onebit::CompiledModel::compile(
+        onebit::verify(&graph).unwrap(),
+        &p,
+        &onebit::Options::default(),
+    )
+    .unwrap();
+    assert_eq!(model.run(&x.data, 1).unwrap(), expected[0].data);
+}
