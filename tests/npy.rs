@@ -488,6 +488,12 @@ fn huge_shapes_are_rejected_without_allocating() {
         assert!(matches!(err, NpyError::TooLarge { .. }), "{shape}: {err}");
         assert!(err.to_string().contains("too large"), "{err}");
     }
+    // Found by fuzzing: an empty u1 array whose shape fits with 1-byte items
+    // but not as f32, the type every array is converted to. Reading it would
+    // give an array that `npy::write` writes and `npy::read` then refuses.
+    let shape = "(0, 74856906, 52306817183)";
+    let err = npy::read(&npy_bytes(1, &dict("|u1", false, shape), &[])).unwrap_err();
+    assert!(matches!(err, NpyError::TooLarge { .. }), "{shape}: {err}");
     // Big but addressable shapes fail on the data length, without allocating.
     let err = npy::read(&npy_bytes(
         1,

@@ -7,14 +7,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[path = "onebit/args.rs"]
+mod args;
 #[path = "onebit/engine.rs"]
 mod engine;
+#[path = "onebit/output.rs"]
+mod output;
 #[path = "onebit/train.rs"]
 mod train;
 
 use onebit::io::{npy, weights};
 use onebit::ir::{Graph, Params, Tensor, dot, interp, json, summary::Summary};
 use onebit::passes::{self, PassOptions, PassReport, PassSelection};
+
+use args::LimitArgs;
+use output::Outputs;
 
 /// onebit: a compiler toolchain for 1-bit (binarized) neural networks.
 ///
@@ -49,6 +56,8 @@ enum Command {
         /// Passes to run first: `default`, `none`, or `name,name,...`.
         #[arg(long)]
         passes: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Print a model's IR: as text (a valid .bnn file with one op per line),
     /// JSON, or Graphviz DOT.
@@ -68,12 +77,19 @@ enum Command {
         #[arg(long)]
         print_after: Option<String>,
         /// `select_cells`: keep the k best alternatives of each `choose`.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = args::positive)]
         top_k: usize,
         /// Print the training-step graph (`differentiate`) instead: the
         /// forward pass in training mode, the loss and every gradient.
-        #[arg(long, conflicts_with_all = ["passes", "print_after"])]
+        #[arg(long, conflicts_with_all = ["passes", "print_after", "save_weights"])]
         train: bool,
+        /// Also write the parameters of the printed model (packed weights,
+        /// folded thresholds, the chosen alternatives of a search) to this
+        /// safetensors file, so that it runs from files.
+        #[arg(long, value_name = "W.safetensors")]
+        save_weights: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Write freshly initialised parameters (PyTorch's defaults) to a
     /// safetensors file.
@@ -86,6 +102,8 @@ enum Command {
         /// Seed of the random initialisation.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Run a model on a batch: inputs and outputs are .npy f32 arrays shaped
     /// [N, ...]; without -o, the outputs are printed.
@@ -98,11 +116,14 @@ enum Command {
         /// Use freshly initialised weights from this seed instead of a file.
         #[arg(long)]
         seed: Option<u64>,
-        /// One .npy file per model input, in declaration order.
-        #[arg(long, required = true, num_args = 1..)]
+        /// A .npy file for a model input; repeat once per input, in
+        /// declaration order (one value per option, so that a following
+        /// model path is never taken for an input).
+        #[arg(long, required = true, action = clap::ArgAction::Append)]
         input: Vec<PathBuf>,
-        /// One .npy file per model output, in declaration order.
-        #[arg(short, long, num_args = 1..)]
+        /// A .npy file for a model output; repeat once per output, in
+        /// declaration order.
+        #[arg(short, long, action = clap::ArgAction::Append)]
         output: Vec<PathBuf>,
         /// Labels (.npy, one integer class per sample): print the accuracy of
         /// the first output's argmax.
@@ -115,9 +136,11 @@ enum Command {
         /// [default: `default` with the JIT, `none` with the interpreter].
         #[arg(long)]
         passes: Option<String>,
-        /// Threads for the JIT engine.
-        #[arg(long, default_value_t = 1)]
+        /// Threads for the JIT engine (1 to 256).
+        #[arg(long, default_value_t = 1, value_parser = args::threads)]
         threads: usize,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Time a model: per-layer and whole-model latency of the JIT, its
     /// compile time, and the interpreter on the same batch.
@@ -126,11 +149,11 @@ enum Command {
         model: PathBuf,
         #[command(flatten)]
         weights: WeightsArgs,
-        /// Threads.
-        #[arg(long, default_value_t = 1)]
+        /// Threads (1 to 256).
+        #[arg(long, default_value_t = 1, value_parser = args::threads)]
         threads: usize,
         /// Batch size.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = args::positive)]
         batch: usize,
         /// Skip the interpreter (slow on large models).
         #[arg(long)]
@@ -138,6 +161,8 @@ enum Command {
         /// Passes to run before compiling.
         #[arg(long, default_value = "default")]
         passes: String,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Train a model on a data set: the training step is derived by the
     /// `differentiate` pass; the weights, a checkpoint per epoch, metrics and
@@ -165,6 +190,8 @@ enum Command {
         /// Passes to run before compiling.
         #[arg(long, default_value = "default")]
         passes: String,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
 }
 
@@ -175,18 +202,28 @@ struct WeightsArgs {
     /// (the passes then fold placeholder values, but the structure is the same).
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Seed of the initialisation when no weights are given.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the initialisation when no weights are given [default: 0;
+    /// `compile` requires --weights or an explicit --seed].
+    #[arg(long, conflicts_with = "weights")]
+    seed: Option<u64>,
 }
 
 impl WeightsArgs {
     fn load(&self, graph: &Graph) -> Result<Params, Failure> {
         match &self.weights {
-            Some(path) => Ok(weights::load(graph, path)?),
-            None => Ok(Params::init(graph, self.seed)),
+            Some(path) => load_weights(graph, path),
+            None => Ok(Params::init(graph, self.seed.unwrap_or(0))),
         }
     }
+}
+
+/// Loads and checks a weight file, noting any dtype conversion on stderr.
+fn load_weights(graph: &Graph, path: &Path) -> Result<Params, Failure> {
+    let (params, notes) = weights::load_with_notes(graph, path)?;
+    for line in notes.render(path) {
+        eprintln!("{line}");
+    }
+    Ok(params)
 }
 
 /// Runs the passes `selection` names, calling `after` after each.
@@ -236,13 +273,25 @@ struct Failure(String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Failure {
-        Failure(e.to_string())
+        Failure(format!("error: {e}"))
     }
 }
 
 fn main() -> ExitCode {
     // A panic is a bug in onebit; say so plainly instead of a Rust backtrace note.
     std::panic::set_hook(Box::new(|info| {
+        // `println!` panics when stdout is a closed pipe (`onebit … | head`);
+        // the reader has what it wanted, so end quietly, with the status a
+        // process killed by SIGPIPE has.
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("os error 32") {
+            std::process::exit(141);
+        }
         eprintln!(
             "onebit: internal error: {info}\nThis is a bug in onebit; please report it with the input that caused it."
         );
@@ -271,7 +320,8 @@ fn main() -> ExitCode {
 fn load_model(path: &Path) -> Result<Graph, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|e| Failure(format!("error: cannot read {}: {e}", path.display())))?;
-    onebit::text::parse(&path.display().to_string(), &bytes).map_err(Failure::from)
+    // A rendered diagnostic starts with its own `error:`.
+    onebit::text::parse(&path.display().to_string(), &bytes).map_err(|e| Failure(e.to_string()))
 }
 
 fn run(command: Command) -> Result<(), Failure> {
@@ -282,16 +332,23 @@ fn run(command: Command) -> Result<(), Failure> {
             model,
             weights,
             passes,
+            limits,
         } => {
             let mut graph = load_model(&model)?;
-            match passes {
-                None => println!("{}", Summary::new(&graph)),
-                Some(selection) => {
-                    let mut params = weights.load(&graph)?;
-                    let report = optimize(&mut graph, &mut params, &selection, 1, |_, _| {})?;
+            check_limits(&graph, 1, &limits)?;
+            // Given weights are always loaded and checked against the model.
+            let mut params = match (&weights.weights, &passes) {
+                (Some(path), _) => Some(load_weights(&graph, path)?),
+                (None, Some(_)) => Some(weights.load(&graph)?),
+                (None, None) => None,
+            };
+            match (passes, params.as_mut()) {
+                (Some(selection), Some(params)) => {
+                    let report = optimize(&mut graph, params, &selection, 1, |_, _| {})?;
                     println!("{}\n", Summary::new(&graph));
                     println!("{report}");
                 }
+                _ => println!("{}", Summary::new(&graph)),
             }
         }
         Command::Ir {
@@ -302,8 +359,18 @@ fn run(command: Command) -> Result<(), Failure> {
             print_after,
             top_k,
             train,
+            save_weights,
+            limits,
         } => {
+            let mut outputs = Outputs::reading(
+                std::iter::once((model.as_path(), "model"))
+                    .chain(weights.weights.as_deref().map(|w| (w, "weights"))),
+            );
+            if let Some(path) = &save_weights {
+                outputs.claim(path, "--save-weights")?;
+            }
             let mut graph = load_model(&model)?;
+            check_limits(&graph, 1, &limits)?;
             if train {
                 graph = onebit::passes::differentiate::differentiate(&graph, &Default::default())
                     .map_err(|e| Failure(format!("error: {e}")))?
@@ -322,9 +389,14 @@ fn run(command: Command) -> Result<(), Failure> {
                     "error: --print-after: there is no pass `{pass}`"
                 )));
             }
-            if passes != "none" || print_after.is_some() {
-                let mut params = weights.load(&graph)?;
-                optimize(&mut graph, &mut params, &passes, top_k, |name, g| {
+            let mut params = None;
+            if passes != "none"
+                || print_after.is_some()
+                || save_weights.is_some()
+                || weights.weights.is_some()
+            {
+                let mut p = weights.load(&graph)?;
+                optimize(&mut graph, &mut p, &passes, top_k, |name, g| {
                     if print_after
                         .as_deref()
                         .is_some_and(|p| p == "all" || p == name)
@@ -332,19 +404,33 @@ fn run(command: Command) -> Result<(), Failure> {
                         print!("# after {name}\n{}", show(g));
                     }
                 })?;
+                params = Some(p);
             }
             if print_after.is_none() {
                 print!("{}", show(&graph));
+            }
+            if let (Some(path), Some(params)) = (&save_weights, params) {
+                let bytes = weights::encode_for(&graph, &params)
+                    .map_err(|e| Failure(format!("error: cannot write {}: {e}", path.display())))?;
+                outputs.write(path, &bytes)?;
+                outputs.commit()?;
             }
         }
         Command::Init {
             model,
             output,
             seed,
+            limits,
         } => {
+            let mut outputs = Outputs::reading([(model.as_path(), "model")]);
+            outputs.claim(&output, "-o")?;
             let graph = load_model(&model)?;
+            check_limits(&graph, 1, &limits)?;
             let params = Params::init(&graph, seed);
-            weights::save(&params, &graph.name, &output)?;
+            let bytes = weights::encode(&params, &graph.name)
+                .map_err(|e| Failure(format!("error: cannot write {}: {e}", output.display())))?;
+            outputs.write(&output, &bytes)?;
+            outputs.commit()?;
             let count: usize = params.tensors.values().map(|t| t.data.len()).sum();
             eprintln!(
                 "wrote {} parameters in {} tensors to {}",
@@ -363,53 +449,90 @@ fn run(command: Command) -> Result<(), Failure> {
             engine,
             passes,
             threads,
+            limits,
         } => {
+            let mut outputs = Outputs::reading(
+                std::iter::once((model.as_path(), "model"))
+                    .chain(weights_path.as_deref().map(|w| (w, "weights")))
+                    .chain(input.iter().map(|i| (i.as_path(), "--input")))
+                    .chain(labels.as_deref().map(|l| (l, "--labels"))),
+            );
+            for path in &output {
+                outputs.claim(path, "-o")?;
+            }
             let mut graph = load_model(&model)?;
-            let mut params = match (weights_path, seed) {
-                (Some(path), _) => weights::load(&graph, &path)?,
-                (None, Some(seed)) => Params::init(&graph, seed),
-                (None, None) => {
-                    return Err(Failure("error: give --weights FILE or --seed N".into()));
-                }
-            };
-            let selection = passes.unwrap_or_else(|| match engine {
-                Engine::Jit => "default".into(),
-                Engine::Interp => "none".into(),
-            });
-            optimize(&mut graph, &mut params, &selection, 1, |_, _| {})?;
+            check_limits(&graph, 1, &limits)?;
             if input.len() != graph.inputs().len() {
                 return Err(Failure(format!(
-                    "error: model `{}` has {} input{}, but {} --input file{} given",
+                    "error: model `{}` has {}, but {} --input file{} given",
                     graph.name,
-                    graph.inputs().len(),
-                    if graph.inputs().len() == 1 { "" } else { "s" },
+                    count(graph.inputs().len(), "input"),
                     input.len(),
                     if input.len() == 1 { " was" } else { "s were" },
                 )));
             }
             if !output.is_empty() && output.len() != graph.outputs().len() {
                 return Err(Failure(format!(
-                    "error: model `{}` has {} outputs, but {} -o files were given",
+                    "error: model `{}` has {}, but {} -o file{} given",
                     graph.name,
-                    graph.outputs().len(),
-                    output.len()
+                    count(graph.outputs().len(), "output"),
+                    output.len(),
+                    if output.len() == 1 { " was" } else { "s were" },
                 )));
             }
+            let mut params = match (weights_path, seed) {
+                (Some(path), _) => load_weights(&graph, &path)?,
+                (None, Some(seed)) => Params::init(&graph, seed),
+                (None, None) => {
+                    return Err(Failure("error: give --weights FILE or --seed N".into()));
+                }
+            };
             let mut tensors = Vec::new();
-            for path in &input {
+            for (path, &id) in input.iter().zip(graph.inputs()) {
                 let a = npy::read_file(path)?;
+                let dims = graph.node(id).ty.dims();
+                if a.shape.len() != dims.len() + 1 || a.shape[1..] != *dims {
+                    return Err(Failure(format!(
+                        "error: {}: input `{}` must be [N, {}], found {:?}",
+                        path.display(),
+                        graph.node(id).name,
+                        dims.iter()
+                            .map(|d| d.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        a.shape
+                    )));
+                }
                 tensors.push(Tensor {
                     shape: a.shape,
                     data: a.data,
                 });
             }
+            let batch = tensors.first().map_or(0, |t| t.shape[0]);
+            check_limits(&graph, batch.max(1), &limits)?;
+            let labels = match &labels {
+                Some(path) => {
+                    let first = graph.outputs()[0];
+                    Some(read_labels(
+                        path,
+                        batch,
+                        graph.node(first).ty.shape.elements(),
+                    )?)
+                }
+                None => None,
+            };
+            let selection = passes.unwrap_or_else(|| match engine {
+                Engine::Jit => "default".into(),
+                Engine::Interp => "none".into(),
+            });
+            optimize(&mut graph, &mut params, &selection, 1, |_, _| {})?;
             let results = match engine {
                 Engine::Interp => interp::run(&graph, &params, &tensors)
                     .map_err(|e| Failure(format!("error: {e}")))?,
                 Engine::Jit => engine::run_jit(&graph, &params, &tensors, threads)?,
             };
-            if let Some(path) = labels {
-                report_accuracy(&path, &results[0])?;
+            if let Some(labels) = labels {
+                report_accuracy(&labels, &results[0])?;
             }
             if output.is_empty() {
                 for (&id, t) in graph.outputs().iter().zip(&results) {
@@ -417,8 +540,9 @@ fn run(command: Command) -> Result<(), Failure> {
                 }
             }
             for (path, t) in output.iter().zip(&results) {
-                npy::write_file(path, &t.shape, &t.data)?;
+                outputs.write(path, &npy::write(&t.shape, &t.data))?;
             }
+            outputs.commit()?;
         }
         Command::Bench {
             model,
@@ -427,8 +551,10 @@ fn run(command: Command) -> Result<(), Failure> {
             batch,
             no_interp,
             passes,
+            limits,
         } => {
             let mut graph = load_model(&model)?;
+            check_limits(&graph, batch, &limits)?;
             let mut params = weights.load(&graph)?;
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
             engine::bench(&graph, &params, threads, batch, !no_interp)?;
@@ -440,20 +566,53 @@ fn run(command: Command) -> Result<(), Failure> {
             header,
             emit,
             passes,
+            limits,
         } => {
+            let mut outputs = Outputs::reading(
+                std::iter::once((model.as_path(), "model"))
+                    .chain(weights.weights.as_deref().map(|w| (w, "weights"))),
+            );
+            if let Some(path) = &output {
+                outputs.claim(path, "-o")?;
+            }
+            if let Some(path) = &header {
+                outputs.claim(path, "--header")?;
+            }
+            if output.is_none() && emit.is_none() {
+                return Err(Failure("error: give -o FILE.o (or --emit clif)".into()));
+            }
+            if weights.weights.is_none() && weights.seed.is_none() {
+                return Err(Failure(
+                    "error: compile embeds the weights in the object: give --weights FILE, or --seed N for freshly initialised ones".into(),
+                ));
+            }
             let mut graph = load_model(&model)?;
+            check_limits(&graph, 1, &limits)?;
             let mut params = weights.load(&graph)?;
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
-            engine::compile(
-                &graph,
-                &params,
-                output.as_deref(),
-                header.as_deref(),
-                emit.is_some(),
-            )?;
+            let (object, header_text) = engine::compile(&graph, &params, emit.is_some())?;
+            if let Some(path) = &output {
+                outputs.write(path, &object)?;
+            }
+            if let Some(path) = &header {
+                outputs.write(path, header_text.as_bytes())?;
+            }
+            outputs.commit()?;
         }
     }
     Ok(())
+}
+
+/// Refuses a model that needs more than the limits allow for `batch`.
+fn check_limits(graph: &Graph, batch: usize, limits: &LimitArgs) -> Result<(), Failure> {
+    onebit::ir::limits::check(graph, batch, &limits.limits())
+        .map(|_| ())
+        .map_err(|e| Failure(format!("error: {e}")))
+}
+
+/// `3 inputs`, `1 output`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The index of the largest value of each row of a [N, K] tensor.
@@ -469,21 +628,47 @@ fn argmax_rows(t: &Tensor) -> Vec<usize> {
         .collect()
 }
 
-fn report_accuracy(path: &Path, output: &Tensor) -> Result<(), Failure> {
+/// Reads a labels file: shape `[N]` for a batch of `N`, one whole-number
+/// class per sample, each at least 0.
+fn read_labels(path: &Path, batch: usize, classes: usize) -> Result<Vec<usize>, Failure> {
     let labels = npy::read_file(path)?;
-    let n = output.shape.first().copied().unwrap_or(0);
-    if labels.data.len() != n {
-        return Err(Failure(format!(
-            "error: {} holds {} labels, but the batch has {n} samples",
-            path.display(),
+    let bad = |why: String| Failure(format!("error: {}: {why}", path.display()));
+    if labels.shape.len() != 1 {
+        return Err(bad(format!(
+            "labels must be shaped [N], one class per sample, found {:?}",
+            labels.shape
+        )));
+    }
+    if labels.data.len() != batch {
+        return Err(bad(format!(
+            "holds {} labels, but the batch has {batch} samples",
             labels.data.len()
         )));
     }
+    labels
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            if l.is_finite() && l >= 0.0 && l.fract() == 0.0 && (l as f64) < classes as f64 {
+                Ok(l as usize)
+            } else {
+                Err(bad(format!(
+                    "label {i} is {l}; labels are whole-number classes from 0 to {} (the first output has {classes} values per sample)",
+                    classes.saturating_sub(1)
+                )))
+            }
+        })
+        .collect()
+}
+
+fn report_accuracy(labels: &[usize], output: &Tensor) -> Result<(), Failure> {
+    let n = output.shape.first().copied().unwrap_or(0);
     let predicted = argmax_rows(output);
     let correct = predicted
         .iter()
-        .zip(&labels.data)
-        .filter(|&(&p, &l)| p as f32 == l)
+        .zip(labels)
+        .filter(|&(&p, &l)| p == l)
         .count();
     println!(
         "accuracy: {correct}/{n} = {:.2}%",

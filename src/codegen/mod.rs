@@ -40,6 +40,9 @@ pub enum CodegenError {
         /// What is wrong.
         message: String,
     },
+    /// The parameters fail the validation every engine shares.
+    #[error("{0}")]
+    Params(crate::ir::param_check::ParamError),
     /// Cranelift rejected a function or data object.
     #[error("cranelift: {0}")]
     Module(String),
@@ -151,6 +154,9 @@ pub fn lower<M: Module>(
     name: &str,
     entry: bool,
 ) -> Result<Lowered, CodegenError> {
+    // The interpreter's validation, so that every engine accepts the same
+    // parameters.
+    crate::ir::param_check::validate(verified.graph(), params).map_err(CodegenError::Params)?;
     let host = target::HostFeatures::detect();
     let scalar = match options.popcount {
         Popcount::Auto => !host.vector_popcnt,

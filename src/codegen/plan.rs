@@ -493,10 +493,14 @@ pub fn exact_threshold(
     Some((dirs, ts))
 }
 
-/// Whether `plus` is plain `sign` (`y >= 0`): only then can an elementwise
-/// producer pack its own output.
-fn sign_only(plus: &dyn Fn(usize, f32) -> bool) -> bool {
-    plus(0, 0.0) && plus(0, -0.0) && !plus(0, -1e-30) && plus(0, 1e-30) && !plus(0, f32::NAN)
+/// Whether `plus` is plain `sign` (`y >= 0`) on every one of `channels`
+/// channels: only then can an elementwise producer pack its own output.
+/// (Checking channel 0 alone fused a `threshold` whose other channels have
+/// other thresholds; found by `fuzz/`'s jit target.)
+fn sign_only(plus: &dyn Fn(usize, f32) -> bool, channels: usize) -> bool {
+    (0..channels.max(1)).all(|c| {
+        plus(c, 0.0) && plus(c, -0.0) && !plus(c, -1e-30) && plus(c, 1e-30) && !plus(c, f32::NAN)
+    })
 }
 
 impl<'g> Planner<'g> {
@@ -941,7 +945,11 @@ impl<'g> Planner<'g> {
         let kind = match &self.steps[s].1 {
             Step::Elementwise {
                 pack: false, op, ..
-            } if sign_only(plus) && !matches!(op, EwOp::Threshold(..)) => None,
+            } if sign_only(plus, dims.first().copied().unwrap_or(1))
+                && !matches!(op, EwOp::Threshold(..)) =>
+            {
+                None
+            }
             Step::BinConv(b) if !b.epi.bits() => {
                 let k = (b.cg * b.k[0] * b.k[1]) as i32;
                 let epi = b.epi.clone();

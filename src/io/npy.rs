@@ -208,7 +208,11 @@ pub fn read(bytes: &[u8]) -> Result<Array, NpyError> {
         return Err(NpyError::FortranOrder { shape });
     }
 
-    let Some(count) = element_count_for_read(&shape, dtype.size) else {
+    // Every array is converted to f32, and what is read must be writable
+    // (and readable again) as f32: so the shape must also fit with 4-byte
+    // items, even for 1- and 2-byte dtypes (found by `fuzz/`'s npy target).
+    let fits_as_f32 = element_count_for_read(&shape, size_of::<f32>()).is_some();
+    let Some(count) = element_count_for_read(&shape, dtype.size).filter(|_| fits_as_f32) else {
         return Err(NpyError::TooLarge {
             shape,
             descr: header.descr,

@@ -3,7 +3,9 @@
 //! machine-readable views (JSON, Graphviz).
 
 pub mod graph;
+pub mod limits;
 pub mod ops;
+pub mod param_check;
 pub mod params;
 pub mod types;
 pub mod verify;

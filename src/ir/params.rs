@@ -347,7 +347,7 @@ impl fmt::Display for ParamsError {
 
 /// PyTorch's batchnorm keeps a step counter that inference does not use;
 /// state dicts carry it, so loading tolerates it.
-fn is_ignored_extra(graph: &Graph, name: &str) -> bool {
+pub fn is_ignored_extra(graph: &Graph, name: &str) -> bool {
     name.strip_suffix(".num_batches_tracked")
         .and_then(|node| graph.find(node))
         .is_some_and(|id| matches!(graph.node(id).op, Op::BatchNorm(_)))

@@ -216,11 +216,16 @@ impl fmt::Display for Summary {
                 if j > 0 {
                     line.push_str("  ");
                 }
-                // Text columns left-aligned, numbers right-aligned.
+                // Text columns left-aligned, numbers right-aligned. Padding
+                // by hand: `format!`'s width must fit in a u16, and a node
+                // name may be longer than 65,535 characters.
+                let pad = " ".repeat(w - cell.chars().count());
                 if j < 3 {
-                    line.push_str(&format!("{cell:<w$}"));
+                    line.push_str(cell);
+                    line.push_str(&pad);
                 } else {
-                    line.push_str(&format!("{cell:>w$}"));
+                    line.push_str(&pad);
+                    line.push_str(cell);
                 }
             }
             writeln!(f, "{}", line.trim_end())?;

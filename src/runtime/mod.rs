@@ -172,7 +172,14 @@ impl CompiledModel {
                 .map(|(n, d)| (n.clone(), elems(d)))
                 .collect(),
             output_dims: plan.outputs.iter().map(|(_, d)| d.clone()).collect(),
-            pool: (threads > 1).then(|| Pool::new(threads)),
+            pool: match threads {
+                1 => None,
+                n => {
+                    Some(Pool::new(n).map_err(|e| {
+                        CodegenError::Target(format!("cannot start {n} threads: {e}"))
+                    })?)
+                }
+            },
             compile_time: start.elapsed(),
             clif,
             disasm: steps.iter().map(|s| s.disasm.clone()).collect(),

@@ -51,8 +51,9 @@ impl std::fmt::Debug for Pool {
 const SPIN: Duration = Duration::from_micros(200);
 
 impl Pool {
-    /// A pool of `threads` threads in total (the caller counts as one).
-    pub fn new(threads: usize) -> Pool {
+    /// A pool of `threads` threads in total (the caller counts as one). An
+    /// error if the OS refuses a thread; those already started are stopped.
+    pub fn new(threads: usize) -> std::io::Result<Pool> {
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
@@ -61,17 +62,19 @@ impl Pool {
             sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
-        let workers = (1..threads.max(1))
-            .map(|t| {
-                let s = Arc::clone(&shared);
-                std::thread::spawn(move || worker(&s, t))
-            })
-            .collect();
-        Pool {
+        let mut pool = Pool {
             shared,
-            workers,
+            workers: Vec::with_capacity(threads.saturating_sub(1)),
             busy: Mutex::new(()),
+        };
+        for t in 1..threads.max(1) {
+            let s = Arc::clone(&pool.shared);
+            // `Builder::spawn` returns the OS's refusal; `thread::spawn`
+            // would panic. Dropping `pool` stops the workers started so far.
+            let w = std::thread::Builder::new().spawn(move || worker(&s, t))?;
+            pool.workers.push(w);
         }
+        Ok(pool)
     }
 
     /// Threads in total.

@@ -953,7 +953,9 @@ impl<'a> Lowerer<'a> {
         let mut element = |this: &mut Self, e: &'a Expr| {
             let found = match &e.kind {
                 // Not evaluated: see `number`.
-                ExprKind::Call { callee, .. } => format!("a call of `{}`", callee.name),
+                ExprKind::Call { callee, .. } if !this.cells.contains_key(callee.name.as_str()) => {
+                    format!("a call of `{}`", callee.name)
+                }
                 ExprKind::Choose(_) => "a `choose`".to_string(),
                 _ => match this.eval(scope, e, name, None)? {
                     Value::Int(v) => return Ok(v),
@@ -1221,10 +1223,13 @@ impl<'a> Lowerer<'a> {
         let Some((e, child)) = args.take(param)? else {
             return Ok(None);
         };
-        // A call or choose makes a tensor; not evaluating it here keeps the
-        // evaluator's recursion on the operands' path alone.
+        // An op call or a choose makes a tensor; not evaluating it here keeps
+        // the evaluator's recursion on the operands' path alone. A cell call
+        // may return a number or pair (`kernel=k()`), so it is evaluated.
         let what = match &e.kind {
-            ExprKind::Call { callee, .. } => Some(format!("a call of `{}`", callee.name)),
+            ExprKind::Call { callee, .. } if !self.cells.contains_key(callee.name.as_str()) => {
+                Some(format!("a call of `{}`", callee.name))
+            }
             ExprKind::Choose(_) => Some("a `choose`".to_string()),
             _ => None,
         };
@@ -1323,6 +1328,11 @@ impl<'a> Lowerer<'a> {
         match v {
             Value::Int(i) => Ok(i as f32),
             Value::Float(x) if (x as f32).is_finite() => Ok(x as f32),
+            Value::Float(x) => Err(Diagnostic::at(
+                span,
+                format!("`{param}` is {x:?}, too large for an f32 (at most about 3.4e38)"),
+                "out of range",
+            )),
             other => Err(Diagnostic::at(
                 span,
                 format!(

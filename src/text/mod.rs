@@ -41,6 +41,17 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Graph, SourceError> {
             ));
         }
     };
+    // A UTF-8 byte-order mark carries no meaning; editors on Windows write
+    // one. A lone carriage return (classic Mac OS line ends) is a line end:
+    // replaced by `\n`, one byte for one, so every span stays where it was.
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
+    let normalized;
+    let source = if source.contains('\r') {
+        normalized = lone_cr_to_lf(source);
+        normalized.as_str()
+    } else {
+        source
+    };
     let ast = parser::parse_file(source).map_err(|e| {
         let mut d = Diagnostic::at(e.span, e.message, e.label);
         if let Some((span, label)) = e.secondary {
@@ -57,6 +68,20 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Graph, SourceError> {
         ));
     }
     Ok(graph)
+}
+
+/// `\r` not followed by `\n` becomes `\n`; `\r\n` stays.
+fn lone_cr_to_lf(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut chars = source.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\r' && chars.peek() != Some(&'\n') {
+            out.push('\n');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Parses a model from a string (named `<string>` in diagnostics).

@@ -389,6 +389,11 @@ impl Parser<'_> {
             let (i, dims) = self.list(i, open, "]", Some(DIMENSION), |i| {
                 let start = skip(i);
                 let (rest, lit) = self.literal(i, DIMENSION)?;
+                // Rejected here, where the source text is at hand: `1e3`
+                // reads better than the value it denotes.
+                if let Literal::Float(_) = lit {
+                    return self.fail(i, DIMENSION);
+                }
                 Ok((rest, (lit, self.span(start, rest))))
             })?;
             return Ok((i, Stmt::Input(InputDecl { name, dtype, dims })));

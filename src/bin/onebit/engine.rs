@@ -1,6 +1,5 @@
 //! The JIT side of the command line: `run --engine jit`, `bench`, `compile`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use onebit::codegen::{self, Options};
@@ -190,14 +189,9 @@ pub fn bench(
     Ok(())
 }
 
-/// `onebit compile`.
-pub fn compile(
-    graph: &Graph,
-    params: &Params,
-    output: Option<&Path>,
-    header: Option<&Path>,
-    clif: bool,
-) -> Result<(), Failure> {
+/// `onebit compile`: the object file's bytes and the C header, printing the
+/// Cranelift IR with `clif`. The caller writes the files.
+pub fn compile(graph: &Graph, params: &Params, clif: bool) -> Result<(Vec<u8>, String), Failure> {
     let verified = onebit::verify(graph).map_err(|e| Failure(format!("error: {e}")))?;
     let options = Options {
         emit_clif: clif,
@@ -208,15 +202,5 @@ pub fn compile(
     if clif {
         print!("{}", lowered.clif);
     }
-    if let Some(path) = output {
-        std::fs::write(path, &bytes)
-            .map_err(|e| Failure(format!("error: cannot write {}: {e}", path.display())))?;
-    } else if !clif {
-        return Err(Failure("error: give -o FILE.o (or --emit clif)".into()));
-    }
-    if let Some(path) = header {
-        std::fs::write(path, codegen::object::header(&graph.name, &lowered))
-            .map_err(|e| Failure(format!("error: cannot write {}: {e}", path.display())))?;
-    }
-    Ok(())
+    Ok((bytes, codegen::object::header(&graph.name, &lowered)))
 }

@@ -32,7 +32,7 @@ use super::ops::{
     BConv2d, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, Op, PadValue, Pool,
     Scale, Stats, WeightForm, WeightKind,
 };
-use super::params::{Params, Tensor, graph_params};
+use super::params::{Params, Tensor};
 use super::types::Extent;
 use super::verify::{VerifyError, verify};
 use std::borrow::Cow;
@@ -54,6 +54,9 @@ pub enum InterpError {
         /// Its value.
         value: f32,
     },
+    /// Another problem with a parameter's values.
+    #[error("{0}")]
+    Param(super::param_check::ParamError),
     /// The caller passed the wrong number of input arrays.
     #[error("model `{model}` takes {expected} input{}, found {found}", plural(*.expected))]
     InputCount {
@@ -350,14 +353,32 @@ fn check_inputs(graph: &Graph, inputs: &[Tensor]) -> Result<usize, InterpError> 
 /// Checks, before any work, that every parameter of the graph is present with
 /// the right shape and length. (The op functions check again as they fetch,
 /// through the same [`param`] function, against shapes they derive themselves.)
+/// The validation every engine shares ([`super::param_check`]).
 fn check_params(graph: &Graph, params: &Params) -> Result<(), InterpError> {
-    for spec in graph_params(graph) {
-        // Packed weights are checked where they are unpacked.
-        if !spec.packed {
-            param(params, &spec.name, &spec.shape)?;
-        }
-    }
-    Ok(())
+    use super::param_check::{ParamError, validate};
+    validate(graph, params).map_err(|e| match e {
+        ParamError::Missing { name, expected } => InterpError::MissingParam { name, expected },
+        ParamError::Shape {
+            name,
+            expected,
+            found,
+        } => InterpError::ParamShape {
+            name,
+            expected,
+            found,
+        },
+        ParamError::Data { name, shape, len } => InterpError::ParamData { name, shape, len },
+        ParamError::Direction {
+            name,
+            channel,
+            value,
+        } => InterpError::BadDirection {
+            name,
+            channel,
+            value,
+        },
+        other => InterpError::Param(other),
+    })
 }
 
 /// The parameter `name`, checked to have shape `expected` and matching data.
