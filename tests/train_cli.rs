@@ -133,6 +133,14 @@ fn a_run_resumed_after_an_epoch_ends_like_an_uninterrupted_one() {
 #[test]
 fn ctrl_c_in_the_middle_of_an_epoch_checkpoints_and_resumes_exactly() {
     let dir = scratch("sigint");
+    // Batches of 2: hundreds of steps per epoch, so the run lasts long
+    // enough to be interrupted in the middle of one.
+    let train_args = |out: &Path, epochs: usize| {
+        let mut args = train_args(out, epochs);
+        let at = args.iter().position(|a| a == "--batch").unwrap();
+        args[at + 1] = "2".into();
+        args
+    };
     let whole = dir.join("whole.safetensors");
     let started = Instant::now();
     ok(onebit(&train_args(&whole, 3)));
@@ -145,8 +153,8 @@ fn ctrl_c_in_the_middle_of_an_epoch_checkpoints_and_resumes_exactly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Half-way through the run, almost surely inside an epoch.
-    std::thread::sleep(run_time / 2);
+    // A third of the way through the run, almost surely inside epoch 1 or 2.
+    std::thread::sleep(run_time / 3);
     let pid = child.id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     let out = child.wait_with_output().unwrap();
@@ -202,4 +210,29 @@ fn the_training_graph_prints_and_parses_back() {
     std::fs::write(&path, &out).unwrap();
     let again = ok(onebit(&["ir".into(), path.display().to_string()]));
     assert_eq!(again, out);
+}
+
+#[test]
+fn train_refuses_to_overwrite_its_inputs() {
+    let dir = scratch("outputs");
+    let model = dir.join("m.bnn");
+    std::fs::copy(example("mlp_digits"), &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    let mut args = train_args(&model, 1);
+    args[1] = model.display().to_string();
+    let out = onebit(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refusing to overwrite an input"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    // The weights and the checkpoint must be different files.
+    let w = dir.join("w.safetensors");
+    let mut args = train_args(&w, 1);
+    args.extend(["--checkpoint".into(), w.display().to_string()]);
+    let out = onebit(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!w.exists(), "nothing was written");
 }

@@ -19,6 +19,7 @@ use onebit::train::trainer::{
 use onebit::util::rng::Rng;
 
 use super::Failure;
+use super::output::Outputs;
 
 /// The data set of a run, and how it is split and normalised.
 #[derive(clap::Args, Clone)]
@@ -243,6 +244,38 @@ fn optimizer(args: &TrainArgs) -> Result<OptimizerConfig, Failure> {
 /// `onebit train`: trains, checkpoints every epoch, writes the weights and
 /// ends with the test accuracy of the JIT-compiled model.
 pub fn train(args: TrainArgs) -> Result<(), Failure> {
+    let checkpoint_path = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.ckpt", args.output.display())));
+    // Outputs never replace an input or each other; the weights and the
+    // plot are staged and renamed into place when training has succeeded.
+    // (The checkpoint may be the file resumed from: it is rewritten
+    // atomically after every epoch.)
+    let data_files: Vec<&Path> = [
+        Some(Path::new(&args.data.data)),
+        args.data.labels.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|p| p.exists())
+    .collect();
+    let mut outputs = Outputs::reading(
+        std::iter::once((args.model.as_path(), "model"))
+            .chain(args.init.as_deref().map(|p| (p, "weights")))
+            .chain(data_files.into_iter().map(|p| (p, "data"))),
+    );
+    outputs.claim(&args.output, "-o")?;
+    if let Some(resume) = &args.resume {
+        let mut resumed = Outputs::reading([(resume.as_path(), "checkpoint")]);
+        resumed.claim(&args.output, "-o")?;
+    }
+    outputs.claim(&checkpoint_path, "--checkpoint")?;
+    for (path, what) in [(&args.metrics, "--metrics"), (&args.plot, "--plot")] {
+        if let Some(path) = path {
+            outputs.claim(path, what)?;
+        }
+    }
     let model = super::load_model(&args.model)?;
     let (train_set, test_set) = load_data(&args.data, &model)?;
     if args.batch == 0 || args.epochs == 0 {
@@ -297,10 +330,6 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
             .load_state(c.optim.clone(), &c.optim_steps, c.step)
             .map_err(|e| fail(&e))?;
     }
-    let checkpoint_path = args
-        .checkpoint
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.ckpt", args.output.display())));
     let mut writer = match &args.metrics {
         Some(path) => Some(MetricsWriter::open(path).map_err(|e| fail(&e))?),
         None => None,
@@ -398,10 +427,31 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         last = Some(eval);
         save_checkpoint(&trainer, epoch + 1, 0)?;
     }
-    weights::save(trainer.params(), &model.name, &args.output)?;
+    let bytes = weights::encode(trainer.params(), &model.name).map_err(|e| {
+        Failure(format!(
+            "error: cannot write {}: {e}",
+            args.output.display()
+        ))
+    })?;
+    outputs.write(&args.output, &bytes)?;
     if let Some(path) = &args.plot {
-        plot_curves(path, &history).map_err(|e| fail(&e))?;
+        // The plot is drawn beside its destination, then staged like the weights.
+        let staging = path.with_file_name(format!(
+            ".{}.onebit-plot-{}.png",
+            path.file_name()
+                .map_or_else(|| "plot".into(), |n| n.to_string_lossy()),
+            std::process::id()
+        ));
+        let drawn = plot_curves(&staging, &history).map_err(|e| fail(&e));
+        let bytes = std::fs::read(&staging);
+        let _ = std::fs::remove_file(&staging);
+        drawn?;
+        outputs.write(
+            path,
+            &bytes.map_err(|e| super::output::cannot_write(path, &e))?,
+        )?;
     }
+    outputs.commit()?;
     let eval = match last {
         Some(e) => e,
         None => evaluate(&model, trainer.params(), &test_set, 256, args.threads)
