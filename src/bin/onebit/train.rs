@@ -144,6 +144,12 @@ pub struct TrainArgs {
     /// real-valued parameters).
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
+    /// Bop's adaptivity rate γ (the schedule scales it like a learning rate).
+    #[arg(long, default_value_t = 1e-4)]
+    pub bop_gamma: f32,
+    /// Bop's threshold τ.
+    #[arg(long, default_value_t = 1e-8)]
+    pub bop_tau: f32,
     /// Weight decay of the real-valued parameters.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
@@ -225,13 +231,10 @@ fn optimizer(args: &TrainArgs) -> Result<OptimizerConfig, Failure> {
             nesterov: false,
             weight_decay: args.weight_decay,
         },
-        "bop" => match OptimizerConfig::bop() {
-            OptimizerConfig::Bop { gamma, tau, .. } => OptimizerConfig::Bop {
-                gamma,
-                tau,
-                real: Box::new(adam(args.lr.unwrap_or(0.01))),
-            },
-            other => other,
+        "bop" => OptimizerConfig::Bop {
+            gamma: args.bop_gamma,
+            tau: args.bop_tau,
+            real: Box::new(adam(args.lr.unwrap_or(0.01))),
         },
         other => {
             return Err(Failure(format!(
@@ -549,15 +552,13 @@ pub fn eval(args: EvalArgs) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "accuracy {:.2}% ({}/{}) on {} {} samples",
+        "accuracy {:.2}% ({}/{}) on {}",
         100.0 * e.accuracy(),
         e.correct,
         e.total,
-        set.name,
         match args.split {
-            Split::Test => "test",
-            Split::Train => "train",
-            Split::All => "",
+            Split::All => format!("all of {}", args.data.data),
+            _ => set.name.clone(),
         }
     );
     println!("confusion (rows: label, columns: predicted)");
