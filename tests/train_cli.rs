@@ -236,3 +236,26 @@ fn train_refuses_to_overwrite_its_inputs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!w.exists(), "nothing was written");
 }
+
+#[test]
+fn train_checks_threads_and_resource_limits_first() {
+    let dir = scratch("limits");
+    let out = dir.join("w.safetensors");
+    let mut args = train_args(&out, 1);
+    let at = args.iter().position(|a| a == "--threads").unwrap();
+    args[at + 1] = "0".into();
+    assert_eq!(onebit(&args).status.code(), Some(2));
+    let huge = dir.join("huge.bnn");
+    std::fs::write(
+        &huge,
+        "model m { input x: f32[65536]  y = dense(x, 65536)  output y }",
+    )
+    .unwrap();
+    let mut args = train_args(&out, 1);
+    args[1] = huge.display().to_string();
+    let result = onebit(&args);
+    assert_eq!(result.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("parameters need 16.00 GiB"), "{stderr}");
+    assert!(!out.exists());
+}

@@ -131,10 +131,10 @@ pub struct TrainArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// Epochs.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = super::args::positive)]
     pub epochs: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::args::positive)]
     pub batch: usize,
     /// Learning rate (of the real-valued parameters with Bop) [default:
     /// 1e-3 for adam, 0.01 for sgd and bop].
@@ -173,7 +173,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::args::threads)]
     pub threads: usize,
     /// What runs the training step: the compiled `engine`, or the reference
     /// `interp`reter (slow; the oracle).
@@ -182,6 +182,8 @@ pub struct TrainArgs {
     /// Start from these weights instead of a fresh initialisation.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: super::args::LimitArgs,
     /// Continue from this checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
@@ -280,12 +282,10 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         }
     }
     let model = super::load_model(&args.model)?;
+    // The training graph holds about three values per model value (forward,
+    // gradient, saved activations): check the model at three times the batch.
+    super::check_limits(&model, args.batch.saturating_mul(3), &args.limits)?;
     let (train_set, test_set) = load_data(&args.data, &model)?;
-    if args.batch == 0 || args.epochs == 0 {
-        return Err(Failure(
-            "error: --batch and --epochs must be at least 1".into(),
-        ));
-    }
     let schedule = LrSchedule {
         schedule: args
             .schedule
@@ -514,16 +514,19 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = EvalEngine::Jit)]
     pub engine: EvalEngine,
     /// Threads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = super::args::threads)]
     pub threads: usize,
     /// Print one JSON object: accuracy, correct, total, confusion.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub limits: super::args::LimitArgs,
 }
 
 /// `onebit eval`: accuracy and confusion matrix.
 pub fn eval(args: EvalArgs) -> Result<(), Failure> {
     let model = super::load_model(&args.model)?;
+    super::check_limits(&model, 256, &args.limits)?;
     let params = weights::load(&model, &args.weights)?;
     let (train_set, test_set) = load_data(&args.data, &model)?;
     let set = match args.split {
