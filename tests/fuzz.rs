@@ -31,7 +31,10 @@ fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
     let Some((line, col)) = e.line_col() else {
         return Err(TestCaseError::fail(format!("no location in:\n{text}")));
     };
-    let source = String::from_utf8_lossy(bytes);
+    // A `\r` not followed by `\n` ends a line too (ir-spec/language.md).
+    let source = String::from_utf8_lossy(bytes)
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
     let lines: Vec<&str> = source.split('\n').collect();
     prop_assert!(
         line >= 1 && line <= lines.len(),
@@ -514,4 +517,13 @@ fn exponential_cells_are_bounded() {
     src.push_str("model m { input x: f32[4]\n y = c29(x)\n output y }");
     let e = onebit::text::parse(FILE, src.as_bytes()).unwrap_err();
     assert!(e.to_string().contains("too large"), "{e}");
+}
+
+/// Found by `arbitrary_bytes`: a lone carriage return ends a line, also in
+/// the location of an invalid-UTF-8 error.
+#[test]
+fn lone_carriage_returns_locate_errors_like_line_ends() {
+    for bytes in [&b"\r"[..], b"\r\xff", b"model m {\r  input x: f32[0]\r}"] {
+        check(bytes).unwrap();
+    }
 }

@@ -28,7 +28,9 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Graph, SourceError> {
         Ok(s) => s,
         Err(e) => {
             let at = e.valid_up_to();
-            let lossy = String::from_utf8_lossy(bytes).into_owned();
+            // Lone carriage returns end lines here too (see below), so
+            // the error's line and column are those of every other error.
+            let lossy = lone_cr_to_lf(&String::from_utf8_lossy(bytes));
             let width = lossy[at..].chars().next().map_or(0, char::len_utf8);
             return Err(error(
                 lossy,
