@@ -17,7 +17,6 @@ use super::gemm::{dense_input_grad, dense_weight_grad};
 use super::norm;
 use super::plan::Step;
 use super::pool::{self, Window};
-use crate::ir::interp::{channel_scales, layer_weights};
 use crate::ir::ops::{Op, ParamRole, Scale, Stats, WeightKind, Wrt};
 
 /// Evaluates the `grad` step `step` on `x` (forward value, forward
@@ -48,9 +47,11 @@ pub(super) fn grad(
         }
         (Op::Conv2d(a), Wrt::Operand(0)) => {
             let conv = Conv::new(&a.geometry, d0, ydims);
-            let w = cx.param(of, "weight", &conv_weight_shape(&a.geometry, c0))?;
-            let w = layer_weights(a.weights, a.scale, w, a.geometry.out_channels);
-            conv.input_grad(par, dy, &w, st.scratch, out);
+            let w = match a.weights {
+                WeightKind::Real => cx.param(of, "weight", &conv_weight_shape(&a.geometry, c0))?,
+                WeightKind::Binary => &cx.binary[cache(step)?].scaled,
+            };
+            conv.input_grad(par, dy, w, st.scratch, out);
         }
         (Op::Conv2d(a), Wrt::Param(ParamRole::Weight)) => {
             let conv = Conv::new(&a.geometry, d0, ydims);
@@ -58,8 +59,9 @@ pub(super) fn grad(
             if a.weights == WeightKind::Binary {
                 let shape = conv_weight_shape(&a.geometry, c0);
                 let latent = cx.param(of, "weight", &shape)?;
-                let alpha = (a.scale == Scale::Channel).then(|| channel_scales(latent, shape[0]));
-                latent_ste(out, latent, alpha.as_deref(), shape[0]);
+                let bw = &cx.binary[cache(step)?];
+                let alpha = (a.scale == Scale::Channel).then_some(bw.alpha.as_slice());
+                latent_ste(out, latent, alpha, shape[0]);
             }
         }
         (Op::Conv2d(_) | Op::Dense(_), Wrt::Param(ParamRole::Bias)) => {
@@ -82,17 +84,19 @@ pub(super) fn grad(
             latent_ste(out, latent, alpha, shape[0]);
         }
         (Op::Dense(a), Wrt::Operand(0)) => {
-            let w = cx.param(of, "weight", &[a.out_features, c0])?;
-            let w = layer_weights(a.weights, a.scale, w, a.out_features);
-            dense_input_grad(par, dy, &w, c0, a.out_features, out);
+            let w = match a.weights {
+                WeightKind::Real => cx.param(of, "weight", &[a.out_features, c0])?,
+                WeightKind::Binary => &cx.binary[cache(step)?].scaled,
+            };
+            dense_input_grad(par, dy, w, c0, a.out_features, out);
         }
         (Op::Dense(a), Wrt::Param(ParamRole::Weight)) => {
             dense_weight_grad(par, dy, forward[0], cx.batch, c0, a.out_features, out);
             if a.weights == WeightKind::Binary {
                 let latent = cx.param(of, "weight", &[a.out_features, c0])?;
-                let alpha =
-                    (a.scale == Scale::Channel).then(|| channel_scales(latent, a.out_features));
-                latent_ste(out, latent, alpha.as_deref(), a.out_features);
+                let bw = &cx.binary[cache(step)?];
+                let alpha = (a.scale == Scale::Channel).then_some(bw.alpha.as_slice());
+                latent_ste(out, latent, alpha, a.out_features);
             }
         }
         (Op::BDense(a), Wrt::Operand(0)) => {

@@ -14,7 +14,7 @@ use super::par::Par;
 use super::plan::Step;
 use super::pool::{self, Window};
 use super::{BinaryWeights, EngineError};
-use crate::ir::ops::{BinaryOutput, Op, PadValue, Scale, Statistic, Stats};
+use crate::ir::ops::{BinaryOutput, Op, PadValue, Scale, Statistic, Stats, WeightKind};
 use crate::ir::params::Params;
 
 /// What every step of a run shares.
@@ -219,8 +219,12 @@ pub(super) fn exec(
         Op::Conv2d(a) => {
             let conv = Conv::new(&a.geometry, d0, &step.dims);
             let o = a.geometry.out_channels;
-            let w = cx.param(&step.name, "weight", &conv_weight_shape(&a.geometry, c0))?;
-            let w = &*crate::ir::interp::layer_weights(a.weights, a.scale, w, o);
+            let w = match a.weights {
+                WeightKind::Real => {
+                    cx.param(&step.name, "weight", &conv_weight_shape(&a.geometry, c0))?
+                }
+                WeightKind::Binary => &cx.binary[cache(step)?].scaled,
+            };
             let bias = if a.bias {
                 Some(cx.param(&step.name, "bias", &[o])?)
             } else {
@@ -250,8 +254,10 @@ pub(super) fn exec(
         }
         Op::Dense(a) => {
             let o = a.out_features;
-            let w = cx.param(&step.name, "weight", &[o, c0])?;
-            let w = &*crate::ir::interp::layer_weights(a.weights, a.scale, w, o);
+            let w = match a.weights {
+                WeightKind::Real => cx.param(&step.name, "weight", &[o, c0])?,
+                WeightKind::Binary => &cx.binary[cache(step)?].scaled,
+            };
             dense_forward(par, x[0], w, c0, o, out);
             if a.bias {
                 let b = cx.param(&step.name, "bias", &[o])?;

@@ -524,9 +524,9 @@ impl StepEngine {
     }
 }
 
-/// Packs a dense binary layer's `sign(W)` for the XNOR kernel.
+/// Packs a `bdense` layer's `sign(W)` for the XNOR kernel.
 fn pack_dense(layer: &plan::BinaryLayer, bw: &mut BinaryWeights) {
-    if layer.shape.len() != 2 {
+    if !layer.xnor {
         return;
     }
     let k = layer.shape[1];

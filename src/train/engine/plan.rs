@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use crate::ir::graph::{Graph, NodeId};
-use crate::ir::ops::{Op, Scale, WeightForm, Wrt};
+use crate::ir::ops::{ConvGeometry, Op, Scale, WeightForm, WeightKind, Wrt};
 use crate::ir::params::{ParamSpec, graph_params};
 use crate::ir::types::Extent;
 use crate::ir::verify::{VerifyError, verify};
@@ -62,8 +62,9 @@ impl Step {
     }
 }
 
-/// A binary layer whose `sign(W)` (and XNOR scale) the engine prepares once
-/// per run.
+/// A layer with binary weights (`bconv2d`, `bdense`, and `conv2d`/`dense`
+/// with `weights=binary`) whose `sign(W)` (and XNOR scale) the engine
+/// prepares once per run.
 #[derive(Clone, Debug)]
 pub(super) struct BinaryLayer {
     /// The layer's name.
@@ -76,6 +77,9 @@ pub(super) struct BinaryLayer {
     pub packed: bool,
     /// The output scale.
     pub scale: Scale,
+    /// Whether the forward pass runs the XNOR kernel on packed signs
+    /// (`bdense`), so the signs are packed too.
+    pub xnor: bool,
 }
 
 /// The whole plan.
@@ -101,33 +105,45 @@ pub(super) struct Plan {
     pub inputs: Vec<(String, Vec<usize>)>,
 }
 
-/// The binary layer `op` (named `name`, over `channels` input channels), if it is one.
+/// The layer with binary weights `op` (named `name`, over `channels` input
+/// channels), if it is one.
 fn binary_layer(name: &str, op: &Op, channels: usize) -> Option<BinaryLayer> {
-    let (out, shape, weights, scale) = match op {
+    let conv_shape = |g: &ConvGeometry| {
+        vec![
+            g.out_channels,
+            channels / g.groups.max(1),
+            g.kernel[0],
+            g.kernel[1],
+        ]
+    };
+    let (out, shape, packed, scale, xnor) = match op {
         Op::BConv2d(a) => {
             let g = &a.geometry;
-            let shape = vec![
-                g.out_channels,
-                channels / g.groups.max(1),
-                g.kernel[0],
-                g.kernel[1],
-            ];
-            (g.out_channels, shape, a.weights, a.scale)
+            let packed = a.weights == WeightForm::Packed;
+            (g.out_channels, conv_shape(g), packed, a.scale, false)
         }
-        Op::BDense(a) => (
-            a.out_features,
-            vec![a.out_features, channels],
-            a.weights,
-            a.scale,
-        ),
+        Op::BDense(a) => {
+            let packed = a.weights == WeightForm::Packed;
+            let shape = vec![a.out_features, channels];
+            (a.out_features, shape, packed, a.scale, true)
+        }
+        Op::Conv2d(a) if a.weights == WeightKind::Binary => {
+            let g = &a.geometry;
+            (g.out_channels, conv_shape(g), false, a.scale, false)
+        }
+        Op::Dense(a) if a.weights == WeightKind::Binary => {
+            let shape = vec![a.out_features, channels];
+            (a.out_features, shape, false, a.scale, false)
+        }
         _ => return None,
     };
     Some(BinaryLayer {
         name: name.to_string(),
         out,
         shape,
-        packed: weights == WeightForm::Packed,
+        packed,
         scale,
+        xnor,
     })
 }
 
