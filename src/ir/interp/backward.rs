@@ -9,8 +9,8 @@
 //! against it, whatever order that engine sums in.
 
 use super::{
-    InterpError, batchnorm_std, batchnorm_with_std, channel_scales, conv_weight_shape, dims4,
-    layer_weights, out_size, param, sign_of,
+    InterpError, batchnorm_std, batchnorm_with_std, channel_scales, conv_weight_shape,
+    copy_from_padded, copy_into_padded, dims4, layer_weights, out_size, param, sign_of,
 };
 use crate::ir::ops::{
     BatchNorm, ConvGeometry, CrossEntropy, Grad, Op, PadValue, ParamRole, Pool, RunningStat, Scale,
@@ -423,12 +423,8 @@ fn convolve_transpose(dy: &Tensor, g: &ConvGeometry, w: &[f32], x_dims: [usize; 
                 }
             }
         }
-        for ci in 0..c {
-            for r in 0..h {
-                let src = &dxpad[(ci * hp + r + ph) * wp + pw..][..wd];
-                dx[((s * c + ci) * h + r) * wd..][..wd].copy_from_slice(src);
-            }
-        }
+        let sample = &mut dx[s * c * h * wd..][..c * h * wd];
+        copy_from_padded(sample, &dxpad, [c, h, wd], g.pad);
     }
     Tensor {
         shape: vec![n, c, h, wd],
@@ -452,12 +448,8 @@ fn conv_weight_grad(x: &Tensor, dy: &Tensor, g: &ConvGeometry, pad_value: f32) -
     let mut sums = vec![0.0f64; out * c_per_group * kh * kw];
     let mut xpad = vec![pad_value; c * hp * wp];
     for s in 0..n {
-        for ci in 0..c {
-            for r in 0..h {
-                let src = &x.data[((s * c + ci) * h + r) * wd..][..wd];
-                xpad[(ci * hp + r + ph) * wp + pw..][..wd].copy_from_slice(src);
-            }
-        }
+        let sample = &x.data[s * c * h * wd..][..c * h * wd];
+        copy_into_padded(&mut xpad, sample, [c, h, wd], g.pad);
         for o in 0..out {
             let c0 = (o / o_per_group) * c_per_group;
             let dyo = &dy.data[(s * out + o) * oh * ow..][..oh * ow];

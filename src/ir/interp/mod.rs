@@ -616,12 +616,8 @@ fn convolve(x: &Tensor, g: &ConvGeometry, w: &[f32], pad_value: f32) -> Tensor {
     // overwritten for each sample. (`evaluate` checked that its size fits.)
     let mut xpad = vec![pad_value; c * hp * wp];
     for s in 0..n {
-        for ci in 0..c {
-            for r in 0..h {
-                let src = &x.data[((s * c + ci) * h + r) * wd..][..wd];
-                xpad[(ci * hp + r + ph) * wp + pw..][..wd].copy_from_slice(src);
-            }
-        }
+        let sample = &x.data[s * c * h * wd..][..c * h * wd];
+        copy_into_padded(&mut xpad, sample, [c, h, wd], g.pad);
         for o in 0..out {
             let c0 = (o / o_per_group) * c_per_group;
             let yo = &mut y[(s * out + o) * oh * ow..][..oh * ow];
@@ -644,6 +640,30 @@ fn convolve(x: &Tensor, g: &ConvGeometry, w: &[f32], pad_value: f32) -> Tensor {
     Tensor {
         shape: vec![n, out, oh, ow],
         data: y,
+    }
+}
+
+/// Copies one `[C, H, W]` sample into the interior of `xpad`, the sample
+/// with `ph` rows and `pw` columns of border on each side; the border is left
+/// as it is.
+fn copy_into_padded(xpad: &mut [f32], sample: &[f32], [c, h, w]: [usize; 3], [ph, pw]: [usize; 2]) {
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    for ci in 0..c {
+        for r in 0..h {
+            let src = &sample[(ci * h + r) * w..][..w];
+            xpad[(ci * hp + r + ph) * wp + pw..][..w].copy_from_slice(src);
+        }
+    }
+}
+
+/// The inverse of [`copy_into_padded`]: the interior of `xpad` into `sample`.
+fn copy_from_padded(sample: &mut [f32], xpad: &[f32], [c, h, w]: [usize; 3], [ph, pw]: [usize; 2]) {
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    for ci in 0..c {
+        for r in 0..h {
+            let src = &xpad[(ci * hp + r + ph) * wp + pw..][..w];
+            sample[(ci * h + r) * w..][..w].copy_from_slice(src);
+        }
     }
 }
 
