@@ -242,6 +242,36 @@ fn sign_estimators_follow_their_definitions() {
     }
 }
 
+/// The real twin of a layer with binary latent weights `c.weight`: the
+/// same parameters with `c.weight` replaced by `α_o·sign(W)` (`α_o` the mean
+/// absolute latent weight of output `o` when `scaled`, else 1), written out
+/// here independently of the library. Returns the twin's parameters, `α` and
+/// the number of weights per output.
+fn real_twin(params: &Params, scaled: bool) -> (Params, Vec<f32>, usize) {
+    let latent = &params.tensors["c.weight"];
+    let out = latent.shape[0];
+    let k = latent.data.len() / out;
+    let alpha: Vec<f32> = (0..out)
+        .map(|o| {
+            if scaled {
+                latent.data[o * k..][..k]
+                    .iter()
+                    .map(|v| v.abs())
+                    .sum::<f32>()
+                    / k as f32
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let mut twin = params.clone();
+    let w = &mut twin.tensors.get_mut("c.weight").unwrap().data;
+    for (i, v) in w.iter_mut().enumerate() {
+        *v = alpha[i / k] * if latent.data[i] >= 0.0 { 1.0 } else { -1.0 };
+    }
+    (twin, alpha, k)
+}
+
 /// A binary layer's gradients equal those of the real layer computing the
 /// same function (weights `α·sign(W)` over the same ±1 input, zero padding),
 /// the latent weights' masked by `1[|W| <= 1]`.
@@ -278,34 +308,9 @@ fn binary_layers_follow_the_clipped_straight_through_estimator() {
         for v in &mut params.tensors.get_mut("c.weight").unwrap().data {
             *v = rng.uniform(1.4);
         }
-        let latent = params.tensors["c.weight"].clone();
-        let out = latent.shape[0];
-        let k = latent.data.len() / out;
         let scaled = binary.contains("scale=channel");
-        let alpha: Vec<f32> = (0..out)
-            .map(|o| {
-                if scaled {
-                    latent.data[o * k..][..k]
-                        .iter()
-                        .map(|v| v.abs())
-                        .sum::<f32>()
-                        / k as f32
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-        let mut real_params = params.clone();
-        for (i, v) in real_params
-            .tensors
-            .get_mut("c.weight")
-            .unwrap()
-            .data
-            .iter_mut()
-            .enumerate()
-        {
-            *v = alpha[i / k] * if latent.data[i] >= 0.0 { 1.0 } else { -1.0 };
-        }
+        let (real_params, alpha, k) = real_twin(&params, scaled);
+        let latent = params.tensors["c.weight"].clone();
         let inputs = batch(&train_bin, 4, 23);
 
         // The real twin's weight gradient is itself checked by finite differences.
@@ -376,32 +381,8 @@ fn binary_weights_over_real_inputs_follow_the_estimator() {
         for v in &mut params.tensors.get_mut("c.weight").unwrap().data {
             *v = rng.uniform(1.4);
         }
+        let (real_params, alpha, k) = real_twin(&params, scaled);
         let latent = params.tensors["c.weight"].clone();
-        let k = 12;
-        let alpha: Vec<f32> = (0..7)
-            .map(|o| {
-                if scaled {
-                    latent.data[o * k..][..k]
-                        .iter()
-                        .map(|v| v.abs())
-                        .sum::<f32>()
-                        / k as f32
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-        let mut real_params = params.clone();
-        for (i, v) in real_params
-            .tensors
-            .get_mut("c.weight")
-            .unwrap()
-            .data
-            .iter_mut()
-            .enumerate()
-        {
-            *v = alpha[i / k] * if latent.data[i] >= 0.0 { 1.0 } else { -1.0 };
-        }
         let inputs = batch(&train_bin, 5, 33);
         finite_differences(&train_re, &real_params, &inputs, 8, &[]);
         let (g_bin, g_re) = (
