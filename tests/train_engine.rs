@@ -15,13 +15,16 @@
 
 use std::collections::HashMap;
 
+#[path = "train_common/mod.rs"]
+mod common;
+
+use common::Weights;
 use onebit::ir::ops::Wrt;
 use onebit::ir::types::Extent;
 use onebit::ir::{DType, Graph, NodeId, Op, Params, Tensor, interp};
 use onebit::passes::differentiate::{LossSpec, differentiate};
 use onebit::text::parse_str;
 use onebit::train::engine::{EngineOptions, StepEngine};
-use onebit::util::rng::Rng;
 use proptest::prelude::*;
 
 fn example(name: &str) -> String {
@@ -32,55 +35,12 @@ fn example(name: &str) -> String {
     .expect("example exists")
 }
 
-/// PyTorch's init, then every per-channel parameter randomised (as in
-/// `tests/train_gradcheck.rs`) and latent binary weights spread over both
-/// sides of the clip.
 fn random_params(graph: &Graph, seed: u64) -> Params {
-    let mut params = Params::init(graph, seed);
-    let mut rng = Rng::new(seed ^ 0x5eed);
-    for (name, t) in params.tensors.iter_mut() {
-        let suffix = name.rsplit('.').next().unwrap();
-        for v in &mut t.data {
-            *v = match suffix {
-                "running_var" => 0.5 + rng.next_f32(),
-                "running_mean" => rng.uniform(0.3),
-                "alpha" => rng.uniform(1.0),
-                "weight" if t.shape.len() == 1 => {
-                    let m = 0.5 + rng.next_f32();
-                    if rng.next_f32() < 0.2 { -m } else { m }
-                }
-                "bias" if t.shape.len() == 1 => rng.uniform(0.5),
-                _ => *v * (1.0 + rng.uniform(0.5)),
-            };
-        }
-    }
-    params
+    common::random_params(graph, seed, Weights::Spread)
 }
 
-/// Random inputs of `n` samples; `target` rows are distributions.
 fn random_inputs(graph: &Graph, n: usize, seed: u64) -> Vec<Tensor> {
-    let mut rng = Rng::new(seed);
-    graph
-        .inputs()
-        .iter()
-        .map(|&id| {
-            let dims = graph.node(id).ty.dims().to_vec();
-            let per: usize = dims.iter().product();
-            let mut data: Vec<f32> = (0..n * per).map(|_| rng.uniform(1.5)).collect();
-            if graph.node(id).name == "target" {
-                for row in data.chunks_mut(per) {
-                    let w: Vec<f32> = row.iter().map(|v| v.abs() + 0.01).collect();
-                    let total: f32 = w.iter().sum();
-                    for (r, wv) in row.iter_mut().zip(w) {
-                        *r = wv / total;
-                    }
-                }
-            }
-            let mut shape = vec![n];
-            shape.extend(dims);
-            Tensor { shape, data }
-        })
-        .collect()
+    common::random_inputs(graph, n, seed)
 }
 
 /// The worst `error / allowed` over the tensor (at most 1 passes).

@@ -11,63 +11,21 @@
 
 use std::collections::HashMap;
 
+#[path = "train_common/mod.rs"]
+mod common;
+
+use common::Weights;
 use onebit::ir::{Params, Tensor, interp};
 use onebit::passes::differentiate::{LossSpec, TrainingGraph, differentiate};
 use onebit::text::parse_str;
 use onebit::util::rng::Rng;
 
-/// Parameters from PyTorch's init, then every per-channel parameter
-/// randomised so that no gradient is trivially symmetric.
 fn random_params(graph: &onebit::ir::Graph, seed: u64) -> Params {
-    let mut params = Params::init(graph, seed);
-    let mut rng = Rng::new(seed ^ 0x5eed);
-    let names: Vec<String> = params.tensors.keys().cloned().collect();
-    for name in names {
-        let t = params.tensors.get_mut(&name).unwrap();
-        let suffix = name.rsplit('.').next().unwrap();
-        for v in &mut t.data {
-            *v = match suffix {
-                "running_var" => 0.5 + rng.next_f32(),
-                "running_mean" => rng.uniform(0.3),
-                "alpha" => rng.uniform(1.0),
-                // BN γ and PReLU slopes away from zero, of both signs.
-                "weight" if t.shape.len() == 1 => {
-                    let m = 0.5 + rng.next_f32();
-                    if rng.next_f32() < 0.2 { -m } else { m }
-                }
-                "bias" if t.shape.len() == 1 => rng.uniform(0.5),
-                _ => *v,
-            };
-        }
-    }
-    params
+    common::random_params(graph, seed, Weights::Init)
 }
 
-/// A random batch of `n` inputs of the model's (single) input shape, and
-/// random target distributions over `k` classes.
 fn batch(train: &TrainingGraph, n: usize, seed: u64) -> Vec<Tensor> {
-    let mut rng = Rng::new(seed);
-    let g = &train.graph;
-    g.inputs()
-        .iter()
-        .map(|&id| {
-            let dims = g.node(id).ty.dims().to_vec();
-            let per: usize = dims.iter().product();
-            let mut data: Vec<f32> = (0..n * per).map(|_| rng.uniform(1.5)).collect();
-            if g.node(id).name == "target" {
-                for row in data.chunks_mut(per) {
-                    let w: Vec<f32> = row.iter().map(|v| v.abs() + 0.01).collect();
-                    let total: f32 = w.iter().sum();
-                    for (r, wv) in row.iter_mut().zip(w) {
-                        *r = wv / total;
-                    }
-                }
-            }
-            let mut shape = vec![n];
-            shape.extend(dims);
-            Tensor { shape, data }
-        })
-        .collect()
+    common::random_inputs(&train.graph, n, seed)
 }
 
 fn loss(train: &TrainingGraph, params: &Params, inputs: &[Tensor]) -> f64 {
