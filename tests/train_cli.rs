@@ -147,7 +147,7 @@ fn ctrl_c_in_the_middle_of_an_epoch_checkpoints_and_resumes_exactly() {
     let run_time = started.elapsed();
 
     let cut = dir.join("cut.safetensors");
-    let mut child = Command::new(ONEBIT)
+    let child = Command::new(ONEBIT)
         .args(train_args(&cut, 3))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
