@@ -196,7 +196,7 @@ pub fn graph_params(graph: &Graph) -> Vec<ParamSpec> {
 }
 
 /// A parameter's value: a dense f32 array in C order.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tensor {
     /// Shape.
     pub shape: Vec<usize>,

@@ -167,6 +167,9 @@ pub struct Trainer {
     sample_len: usize,
     classes: usize,
     steps: u64,
+    /// The step's inputs and outputs, kept so their buffers are reused.
+    inputs: Vec<Tensor>,
+    outputs: Vec<Tensor>,
 }
 
 impl Trainer {
@@ -232,6 +235,8 @@ impl Trainer {
             sample_len,
             classes,
             steps: 0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
         })
     }
 
@@ -252,24 +257,25 @@ impl Trainer {
                 per: self.sample_len,
             });
         }
-        let target = one_hot(labels, self.classes)?;
         let g = &self.train.graph;
-        let mut x_shape = vec![n];
-        x_shape.extend_from_slice(g.node(g.inputs()[0]).ty.dims());
-        let inputs = [
-            Tensor {
-                shape: x_shape,
-                data: x.to_vec(),
-            },
-            Tensor {
-                shape: vec![n, self.classes],
-                data: target,
-            },
-        ];
-        let outputs = match &mut self.engine {
-            Some(engine) => engine.run(&self.params, &inputs)?,
-            None => interp::run(g, &self.params, &inputs)?,
+        self.inputs.resize_with(2, Tensor::default);
+        let [sample, target] = &mut self.inputs[..] else {
+            unreachable!("resized to two inputs above")
         };
+        sample.shape.clear();
+        sample.shape.push(n);
+        sample
+            .shape
+            .extend_from_slice(g.node(g.inputs()[0]).ty.dims());
+        sample.data.clear();
+        sample.data.extend_from_slice(x);
+        target.shape = vec![n, self.classes];
+        one_hot_into(labels, self.classes, &mut target.data)?;
+        match &mut self.engine {
+            Some(engine) => engine.run_into(&self.params, &self.inputs, &mut self.outputs)?,
+            None => self.outputs = interp::run(g, &self.params, &self.inputs)?,
+        }
+        let outputs = &self.outputs;
         self.steps += 1;
         let loss = outputs[0].data[0];
         if !loss.is_finite() {
@@ -358,15 +364,17 @@ impl Trainer {
 }
 
 /// `labels` as one-hot rows of `classes` values.
-fn one_hot(labels: &[u32], classes: usize) -> Result<Vec<f32>, TrainError> {
-    let mut t = vec![0.0f32; labels.len() * classes];
+/// `labels` as one-hot rows of `classes` into `t`.
+fn one_hot_into(labels: &[u32], classes: usize, t: &mut Vec<f32>) -> Result<(), TrainError> {
+    t.clear();
+    t.resize(labels.len() * classes, 0.0);
     for (row, &label) in labels.iter().enumerate() {
         if label as usize >= classes {
             return Err(TrainError::Label { label, classes });
         }
         t[row * classes + label as usize] = 1.0;
     }
-    Ok(t)
+    Ok(())
 }
 
 /// Samples whose first largest logit is at their label.
@@ -463,6 +471,40 @@ pub fn evaluate_interpreted(
             }],
         )?;
         Ok(out.into_iter().next().map(|t| t.data).unwrap_or_default())
+    })
+}
+
+/// [`evaluate`] on the step engine, running the model as written (batch
+/// normalisation on running statistics): the same arithmetic as the
+/// interpreter up to f32 summation order, at GEMM speed, without the passes
+/// and the compile. For monitoring during training; what is deployed is
+/// measured by [`evaluate`].
+pub fn evaluate_on_engine(
+    model: &Graph,
+    params: &Params,
+    data: &Dataset,
+    batch: usize,
+    threads: usize,
+) -> Result<Evaluation, TrainError> {
+    let classes = model.node(model.outputs()[0]).ty.shape.elements();
+    let dims = model.node(model.inputs()[0]).ty.dims().to_vec();
+    let mut engine = StepEngine::new(
+        model,
+        &EngineOptions {
+            threads: threads.max(1),
+        },
+    )?;
+    let mut inputs = vec![Tensor::default()];
+    let mut outputs = Vec::new();
+    evaluate_with(data, batch, classes, |x, n| {
+        let input = &mut inputs[0];
+        input.shape.clear();
+        input.shape.push(n);
+        input.shape.extend_from_slice(&dims);
+        input.data.clear();
+        input.data.extend_from_slice(x);
+        engine.run_into(params, &inputs, &mut outputs)?;
+        Ok(std::mem::take(&mut outputs[0].data))
     })
 }
 
