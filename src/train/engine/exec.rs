@@ -27,6 +27,8 @@ pub(super) struct Ctx<'a> {
     pub params: &'a Params,
     /// Prepared binary weights, by the plan's binary-layer index.
     pub binary: &'a [BinaryWeights],
+    /// Compiled sign packing, where the JIT is available.
+    pub packer: Option<&'a super::packer::Packer>,
 }
 
 /// What steps of a run write besides their outputs.
@@ -271,7 +273,7 @@ pub(super) fn exec(
         Op::BDense(a) => {
             let o = a.out_features;
             let bw = &cx.binary[cache(step)?];
-            super::xnor::dense_forward(par, x[0], &bw.packed, c0, o, st.bits, out);
+            super::xnor::dense_forward(par, cx.packer, x[0], &bw.packed, c0, o, st.bits, out);
             let ep = epilogue(cx, step, a.output, a.scale, bw, o)?;
             if a.output != BinaryOutput::Dot || a.scale == Scale::Channel {
                 for row in out.chunks_mut(o) {

@@ -15,7 +15,9 @@
 //! they return. Each run first checks the inputs and parameters, prepares
 //! every binary layer's `sign(W)`, `α_o·sign(W_o)` and XNOR scale once, then
 //! runs the steps on a rayon pool of [`EngineOptions::threads`] threads:
-//! - the forward dot products of `bdense` as XNOR-popcount (`xnor`);
+//! - the forward dot products of `bdense` as XNOR-popcount (`xnor`), over
+//!   signs packed by a Cranelift kernel compiled for the layer's row length
+//!   (`packer`: the inference compiler's compare-and-gather packing);
 //! - dense and convolution products (forward, input and weight gradients)
 //!   as f32 GEMMs (`gemm`, `conv`: im2col/col2im in cache-sized blocks of
 //!   samples), split over samples or output channels;
@@ -48,6 +50,7 @@ mod elementwise;
 mod exec;
 mod gemm;
 mod norm;
+mod packer;
 mod par;
 mod plan;
 mod pool;
@@ -222,6 +225,8 @@ pub struct StepEngine {
     bn: Vec<BnCache>,
     scratch: Vec<Scratch>,
     bits: Vec<Vec<u64>>,
+    /// Cranelift-compiled sign packing for the XNOR layers' row lengths.
+    packer: Option<packer::Packer>,
     /// Per step: seconds spent, runs, and the fastest run, while profiling.
     profile: Option<Vec<(f64, u64, f64)>>,
 }
@@ -271,7 +276,10 @@ impl StepEngine {
         } else {
             None
         };
+        let xnor_rows = plan.binary.iter().filter(|l| l.xnor).map(|l| l.shape[1]);
+        let packer = packer::Packer::new(xnor_rows);
         Ok(StepEngine {
+            packer,
             binary: vec![BinaryWeights::default(); plan.binary.len()],
             bn: vec![BnCache::default(); plan.batchnorms.len()],
             scratch: (0..threads).map(|_| Scratch::default()).collect(),
@@ -367,6 +375,7 @@ impl StepEngine {
                 batch,
                 params,
                 binary: &self.binary,
+                packer: self.packer.as_ref(),
             };
             let mut st = exec::State {
                 bn: &mut self.bn,
@@ -473,7 +482,7 @@ impl StepEngine {
                 }
                 bw.scaled.clone_from(&bw.signs);
                 bw.alpha.clear();
-                pack_dense(layer, bw);
+                pack_dense(layer, bw, self.packer.as_ref());
                 continue;
             }
             let latent = param(params, &name, &layer.shape)?;
@@ -492,7 +501,7 @@ impl StepEngine {
             } else {
                 bw.alpha.clear();
             }
-            pack_dense(layer, bw);
+            pack_dense(layer, bw, self.packer.as_ref());
         }
         Ok(())
     }
@@ -538,13 +547,13 @@ impl StepEngine {
 }
 
 /// Packs a `bdense` layer's `sign(W)` for the XNOR kernel.
-fn pack_dense(layer: &plan::BinaryLayer, bw: &mut BinaryWeights) {
+fn pack_dense(layer: &plan::BinaryLayer, bw: &mut BinaryWeights, packer: Option<&packer::Packer>) {
     if !layer.xnor {
         return;
     }
     let k = layer.shape[1];
     bw.packed.resize(layer.out * xnor::words(k), 0);
-    xnor::pack_rows(&bw.signs, k, &mut bw.packed);
+    xnor::pack(packer, &bw.signs, k, &mut bw.packed);
 }
 
 /// The storage of value `v`.

@@ -5,11 +5,13 @@
 //! convention), 64 products per word: about 60× less arithmetic than the
 //! f32 GEMM, and the same exact integers the interpreter computes. The
 //! weights are packed once per run (rows of `⌈K/64⌉` words, unused high bits
-//! zero in both operands so they cancel in the XOR); each thread packs its
+//! zero in both operands so they cancel in the XOR), by the Cranelift-compiled
+//! kernel of [`super::packer`] where the JIT is available; each thread packs its
 //! run of input rows and then sweeps all output channels for each row, so a
 //! row's words stay in registers. The `popcnt` instruction is used where the
 //! CPU has it (checked at run time), else `count_ones`' portable sequence.
 
+use super::packer::Packer;
 use super::par::Par;
 
 /// 64-bit words per packed row of `k` values.
@@ -36,10 +38,20 @@ pub(super) fn pack_rows(src: &[f32], k: usize, dst: &mut [u64]) {
     }
 }
 
+/// Packs with the compiled kernel where there is one for `k`, else
+/// [`pack_rows`]: the same bits either way.
+pub(super) fn pack(packer: Option<&Packer>, src: &[f32], k: usize, dst: &mut [u64]) {
+    if !packer.is_some_and(|p| p.pack(src, k, dst)) {
+        pack_rows(src, k, dst);
+    }
+}
+
 /// `y[n, o] = K − 2·popcount(x_n XOR w_o)` for packed weights `w` (`out`
 /// rows) and ±1.0 inputs `x` (`[N, K]`); `scratch` holds the packed inputs.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn dense_forward(
     par: Par,
+    packer: Option<&Packer>,
     x: &[f32],
     w: &[u64],
     k: usize,
@@ -56,7 +68,12 @@ pub(super) fn dense_forward(
         if packed.len() < rows * wpr {
             packed.resize(rows * wpr, 0);
         }
-        pack_rows(&x[r0 * k..][..rows * k], k, &mut packed[..rows * wpr]);
+        pack(
+            packer,
+            &x[r0 * k..][..rows * k],
+            k,
+            &mut packed[..rows * wpr],
+        );
         dots(&packed[..rows * wpr], w, k, out, ys);
     });
 }
@@ -117,7 +134,16 @@ mod tests {
         pack_rows(&w, k, &mut wp);
         let mut y = vec![0.0; n * out];
         let mut scratch = vec![Vec::new()];
-        dense_forward(Par { threads: 1 }, &x, &wp, k, out, &mut scratch, &mut y);
+        dense_forward(
+            Par { threads: 1 },
+            None,
+            &x,
+            &wp,
+            k,
+            out,
+            &mut scratch,
+            &mut y,
+        );
         for s in 0..n {
             for o in 0..out {
                 let expected: f32 = (0..k).map(|j| x[s * k + j] * w[o * k + j]).sum();
