@@ -59,6 +59,7 @@
 
 pub mod bconv;
 pub mod call;
+pub mod standalone;
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
 
