@@ -1,8 +1,20 @@
-//! Assembly check: a binary layer's kernel uses the hardware popcount
-//! (`vpopcntb` where the host has AVX-512 BITALG, else `popcnt`) and no
-//! software popcount sequence (no nibble-table `pshufb`, no shift-and-mask
-//! bit counting).
+//! Assembly checks, per kernel path.
+//!
+//! * `portable`: a binary layer's Cranelift kernel uses the hardware
+//!   popcount (`vpopcntb` where the host has AVX-512 BITALG, else `popcnt`)
+//!   and no software popcount sequence (no nibble-table `pshufb`, no
+//!   shift-and-mask bit counting).
+//! * `avx512`: the machine-code micro-kernel, decoded with iced-x86 (so the
+//!   check runs on any host, whether or not it could execute the code), has
+//!   the zmm xor / `vpopcntd` / `vpaddd` triple in its K loop, the fused
+//!   threshold epilogue (`vpcmpgtd` into a mask register, `kmovw` to
+//!   memory), ends in `vzeroupper; ret`, and uses no stack beyond pushing
+//!   callee-saved registers.
 
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use onebit::codegen::kernels::wide::Tile;
+use onebit::codegen::kernels::wide::bconv::{self, Out, Spec};
+use onebit::codegen::target::{HostFeatures, KernelPath, Kernels};
 use onebit::ir::Params;
 use onebit::{CompiledModel, Options, Popcount};
 
@@ -10,12 +22,13 @@ const SRC: &str = "model a { input x: f32[64, 6, 6]
   y = sign(batchnorm(bconv2d(sign(x), 64, kernel=3, pad=1, pad_value=1)))
   output y }";
 
-fn kernel_disasm(popcount: Popcount) -> String {
+fn kernel_disasm(popcount: Popcount, path: KernelPath) -> String {
     let graph = onebit::parse(SRC).unwrap();
     let params = Params::init(&graph, 1);
     let options = Options {
         popcount,
         disasm: true,
+        kernels: Kernels::Force(path),
         ..Options::default()
     };
     let model = CompiledModel::compile(onebit::verify(&graph).unwrap(), &params, &options).unwrap();
@@ -33,7 +46,7 @@ fn kernel_disasm(popcount: Popcount) -> String {
 
 #[test]
 fn vector_path_uses_hardware_popcount() {
-    let text = kernel_disasm(Popcount::Auto);
+    let text = kernel_disasm(Popcount::Auto, KernelPath::Portable);
     let host = onebit::codegen::target::HostFeatures::detect();
     if host.vector_popcnt {
         assert!(text.contains("vpopcntb"), "no vpopcntb:\n{text}");
@@ -44,11 +57,12 @@ fn vector_path_uses_hardware_popcount() {
     } else {
         assert!(text.contains("popcnt"), "no popcnt:\n{text}");
     }
+    assert!(!text.contains("machine-code kernel"), "{text}");
 }
 
 #[test]
 fn scalar_path_uses_popcnt() {
-    let text = kernel_disasm(Popcount::Scalar);
+    let text = kernel_disasm(Popcount::Scalar, KernelPath::Portable);
     let host = onebit::codegen::target::HostFeatures::detect();
     if host.scalar_popcnt {
         assert!(text.contains("popcnt"), "no popcnt:\n{text}");
@@ -58,4 +72,144 @@ fn scalar_path_uses_popcnt() {
             "software popcount:\n{text}"
         );
     }
+}
+
+fn decode(bytes: &[u8]) -> Vec<Instruction> {
+    Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE)
+        .into_iter()
+        .collect()
+}
+
+fn zmm_ops(ins: &Instruction) -> bool {
+    (0..ins.op_count()).all(|i| {
+        ins.op_kind(i) != OpKind::Register
+            || ins.op_register(i).is_zmm()
+            || ins.op_register(i).is_k()
+    })
+}
+
+/// Decodes the kernel for a 4 × 6 tile and checks its instruction mix.
+#[test]
+fn avx512_kernel_instructions() {
+    for out in [
+        Out::Bits {
+            pixel_stride: 8,
+            e_offset: 320,
+        },
+        Out::Counts { pixel_stride: 256 },
+    ] {
+        let spec = Spec {
+            tile: Tile { mr: 4, nr: 6 },
+            blocks: 4,
+            steps: 18,
+            out,
+        };
+        let code = bconv::assemble(&spec).unwrap();
+        let ins = decode(&code);
+        assert!(ins.iter().all(|i| !i.is_invalid()), "undecodable bytes");
+        let count = |m: Mnemonic| {
+            ins.iter()
+                .filter(|i| i.mnemonic() == m && zmm_ops(i))
+                .count()
+        };
+        // The K loop: 24 triples and 6 broadcasts per step, on zmm.
+        assert_eq!(count(Mnemonic::Vpopcntd), 24, "{out:?}");
+        assert!(count(Mnemonic::Vpxord) >= 24, "{out:?}");
+        assert_eq!(count(Mnemonic::Vpaddd), 24, "{out:?}");
+        assert_eq!(count(Mnemonic::Vpbroadcastd), 6, "{out:?}");
+        match out {
+            Out::Bits { .. } => {
+                assert_eq!(count(Mnemonic::Vpcmpgtd), 24, "{out:?}");
+                assert_eq!(
+                    ins.iter()
+                        .filter(|i| i.mnemonic() == Mnemonic::Kmovw)
+                        .count(),
+                    24
+                );
+            }
+            Out::Counts { .. } => assert_eq!(count(Mnemonic::Vmovdqu32), 24),
+        }
+        let n = ins.len();
+        assert_eq!(ins[n - 2].mnemonic(), Mnemonic::Vzeroupper);
+        assert_eq!(ins[n - 1].mnemonic(), Mnemonic::Ret);
+        // Stack use: pushes and pops of the same registers, nothing else.
+        let pushes: Vec<Register> = ins
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Push)
+            .map(|i| i.op0_register())
+            .collect();
+        let mut pops: Vec<Register> = ins
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Pop)
+            .map(|i| i.op0_register())
+            .collect();
+        pops.reverse();
+        assert_eq!(pushes, pops);
+        assert!(!ins.iter().any(|i| {
+            i.op0_register() == Register::RSP
+                || (0..i.op_count())
+                    .any(|k| i.op_kind(k) == OpKind::Memory && i.memory_base() == Register::RSP)
+        }));
+    }
+}
+
+/// A compiled model on the avx512 path calls the machine-code kernel (its
+/// listing is part of the step's disassembly).
+#[test]
+fn avx512_path_calls_the_kernel() {
+    if !KernelPath::supported().contains(&KernelPath::Avx512) {
+        eprintln!("host without the avx512 path; skipping");
+        return;
+    }
+    let text = kernel_disasm(Popcount::Auto, KernelPath::Avx512);
+    assert!(text.contains("machine-code kernel"), "{text}");
+    assert!(text.contains("vpopcntd zmm"), "{text}");
+    assert!(text.contains("vpcmpgtd k1"), "{text}");
+    assert!(
+        !text.contains("vpopcntb"),
+        "a 128-bit kernel on the avx512 path:\n{text}"
+    );
+}
+
+/// Forcing a path the host cannot run is a clear error, not a SIGILL; an
+/// unknown path name is an error naming the known ones.
+#[test]
+fn unsupported_path_is_an_error() {
+    let without = HostFeatures {
+        avx512_bnn: false,
+        ..HostFeatures::detect()
+    };
+    let e = KernelPath::resolve(Kernels::Force(KernelPath::Avx512), &without)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`avx512` needs") && e.contains("VPOPCNTDQ") && e.contains("runs: portable"),
+        "{e}"
+    );
+    assert_eq!(
+        KernelPath::resolve(Kernels::Auto, &without).unwrap(),
+        KernelPath::Portable
+    );
+    if !KernelPath::supported().contains(&KernelPath::Avx512) {
+        let graph = onebit::parse(SRC).unwrap();
+        let params = Params::init(&graph, 1);
+        let options = Options {
+            kernels: Kernels::Force(KernelPath::Avx512),
+            ..Options::default()
+        };
+        let e = CompiledModel::compile(onebit::verify(&graph).unwrap(), &params, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("avx512") && e.contains("lacks"), "{e}");
+    }
+    let e = "avx1024".parse::<Kernels>().unwrap_err().to_string();
+    assert!(
+        e.contains("avx1024") && e.contains("portable, avx512"),
+        "{e}"
+    );
+    assert_eq!("auto".parse::<Kernels>().unwrap(), Kernels::Auto);
+    assert_eq!(
+        "portable".parse::<Kernels>().unwrap(),
+        Kernels::Force(KernelPath::Portable)
+    );
 }

@@ -142,8 +142,10 @@ fn run_case(c: &Case, seed: u64) {
         },
         ..Options::default()
     };
-    let (got, expected) = common::both(&graph, &p, c.batch, seed, &options);
-    common::assert_match(&format!("{c:?}\n{src}"), &got, &expected, true);
+    for path in common::paths() {
+        let (got, expected) = common::both(&graph, &p, c.batch, seed, &common::on(path, &options));
+        common::assert_match(&format!("{path:?} {c:?}\n{src}"), &got, &expected, true);
+    }
 }
 
 #[test]
@@ -235,8 +237,11 @@ fn bdense_k_values() {
                 },
                 ..Options::default()
             };
-            let (got, expected) = common::both(&graph, &p, 3, k as u64, &options);
-            common::assert_match(&src, &got, &expected, true);
+            for path in common::paths() {
+                let options = common::on(path, &options);
+                let (got, expected) = common::both(&graph, &p, 3, k as u64, &options);
+                common::assert_match(&format!("{path:?} {src}"), &got, &expected, true);
+            }
         }
     }
 }
@@ -256,5 +261,55 @@ fn standalone_threshold_and_affine() {
         let p = params(&graph, c as u64);
         let (got, expected) = common::both(&graph, &p, 2, 3, &Options::default());
         common::assert_match(&src, &got, &expected, true);
+    }
+}
+
+/// The register tiles of the avx512 kernel at their edges: several m-tiles
+/// and a narrower last one (80, 144, 200 channels), pixel counts that leave
+/// a partial last tile, single pixels (dense), grouped layers, and every
+/// epilogue (fused bits, popcounts + f32, zero-padding corrections, bits
+/// that straddle words). Compared with the interpreter on every path.
+#[test]
+fn wide_tile_edges() {
+    let mut seed = 500;
+    for (cin, cout, groups, size) in [
+        (64, 80, 1, (5, 7)),
+        (96, 144, 1, (3, 5)),
+        (32, 200, 1, (1, 1)),
+        (128, 16, 1, (9, 4)),
+        (64, 96, 2, (4, 4)),
+        (64, 80, 2, (3, 3)),
+        (512, 64, 1, (2, 3)),
+    ] {
+        for (form, pad_value) in [("bn_sign", 1), ("bn_sign", 0), ("dot", 1), ("bn", 0)] {
+            let c = Case {
+                batch: 2,
+                size,
+                cin,
+                cout,
+                kernel: if size == (1, 1) { (1, 1) } else { (3, 3) },
+                stride: (1, 1),
+                dilation: (1, 1),
+                pad_value,
+                pad: true,
+                groups,
+                form,
+                scalar: false,
+            };
+            seed += 1;
+            run_case(&c, seed);
+        }
+    }
+    for o in [1, 17, 128, 130, 200] {
+        let src = format!(
+            "model d {{ input x: f32[300]\n y = sign(batchnorm(bdense(sign(x), {o})))\n output y }}"
+        );
+        let graph = onebit::parse(&src).unwrap();
+        let p = params(&graph, o as u64);
+        for path in common::paths() {
+            let options = common::on(path, &Options::default());
+            let (got, expected) = common::both(&graph, &p, 1, o as u64, &options);
+            common::assert_match(&format!("{path:?} {src}"), &got, &expected, true);
+        }
     }
 }

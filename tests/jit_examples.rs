@@ -3,24 +3,27 @@
 #[path = "jit_common/mod.rs"]
 mod common;
 
+use onebit::Options;
 use onebit::ir::Params;
-use onebit::{Options, Popcount};
 
 fn check_example(file: &str, batch: usize) {
     let src =
         std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let graph = onebit::parse(&src).unwrap();
     let params = Params::init(&graph, 11);
-    for popcount in [Popcount::Auto, Popcount::Scalar] {
+    for (path, popcount) in common::variants() {
         for threads in [1, 2] {
-            let options = Options {
-                popcount,
-                threads,
-                ..Options::default()
-            };
+            let options = common::on(
+                path,
+                &Options {
+                    popcount,
+                    threads,
+                    ..Options::default()
+                },
+            );
             let (got, expected) = common::both(&graph, &params, batch, 5, &options);
             common::assert_match(
-                &format!("{file} {popcount:?} threads={threads}"),
+                &format!("{file} {path:?} {popcount:?} threads={threads}"),
                 &got,
                 &expected,
                 true,
@@ -58,17 +61,22 @@ fn resnet18_bnn() {
     .unwrap();
     let graph = onebit::parse(&src).unwrap();
     let params = Params::init(&graph, 3);
-    let (got, expected) = common::both(
-        &graph,
-        &params,
-        1,
-        9,
-        &Options {
-            threads: 2,
-            ..Options::default()
-        },
-    );
-    common::assert_match("resnet18_bnn", &got, &expected, true);
+    for path in common::paths() {
+        let (got, expected) = common::both(
+            &graph,
+            &params,
+            1,
+            9,
+            &common::on(
+                path,
+                &Options {
+                    threads: 2,
+                    ..Options::default()
+                },
+            ),
+        );
+        common::assert_match(&format!("resnet18_bnn {path:?}"), &got, &expected, true);
+    }
 }
 
 #[test]

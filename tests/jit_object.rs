@@ -3,8 +3,9 @@
 
 use std::process::Command;
 
+use onebit::codegen::target::{KernelPath, Kernels};
 use onebit::codegen::{self, Options};
-use onebit::ir::Params;
+use onebit::ir::{Params, Tensor, interp};
 
 const SRC: &str = "model two_io {
   input x: f32[3, 6, 5]
@@ -23,15 +24,26 @@ fn object_file_matches_jit() {
         eprintln!("no C compiler; skipping");
         return;
     }
+    for path in KernelPath::supported() {
+        object_matches_jit_on(path);
+    }
+}
+
+/// The object compiled for `path` against the JIT on `path`, and the JIT on
+/// `path` against the interpreter's outputs (exact: the model's f32 parts
+/// are computed in the interpreter's order).
+fn object_matches_jit_on(path: KernelPath) {
+    let options = Options {
+        kernels: Kernels::Force(path),
+        ..Options::default()
+    };
     let graph = onebit::parse(SRC).unwrap();
     let params = Params::init(&graph, 21);
-    let (bytes, lowered) = codegen::object::compile(
-        onebit::verify(&graph).unwrap(),
-        &params,
-        &Options::default(),
-    )
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("onebit-aot-{}", std::process::id()));
+    let (bytes, lowered) =
+        codegen::object::compile(onebit::verify(&graph).unwrap(), &params, &options).unwrap();
+    assert_eq!(lowered.path, path);
+    let dir =
+        std::env::temp_dir().join(format!("onebit-aot-{}-{}", std::process::id(), path.name()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("model.o"), bytes).unwrap();
     std::fs::write(
@@ -85,10 +97,27 @@ int main(void) {{
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
-    let model = onebit::compile_graph(&graph, &params, &Options::default()).unwrap();
+    let model = onebit::compile_graph(&graph, &params, &options).unwrap();
     let jit = model.run_many(&[&x, &z], batch).unwrap();
     let expected: Vec<f32> = jit.concat();
-    assert_eq!(c_values, expected);
+    assert_eq!(c_values, expected, "{path:?}");
+    let reference = interp::run(
+        &graph,
+        &params,
+        &[
+            Tensor {
+                shape: vec![batch, 3, 6, 5],
+                data: x.clone(),
+            },
+            Tensor {
+                shape: vec![batch, 16],
+                data: z.clone(),
+            },
+        ],
+    )
+    .unwrap();
+    let reference: Vec<f32> = reference.into_iter().flat_map(|t| t.data).collect();
+    assert_eq!(c_values, reference, "{path:?}: object vs interpreter");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -96,8 +125,10 @@ int main(void) {{
 fn clif_text_is_available() {
     let graph = onebit::parse(SRC).unwrap();
     let params = Params::init(&graph, 1);
+    // The portable path: its binary kernel is Cranelift IR.
     let options = Options {
         emit_clif: true,
+        kernels: Kernels::Force(KernelPath::Portable),
         ..Options::default()
     };
     let (_, lowered) =

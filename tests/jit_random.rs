@@ -219,13 +219,16 @@ fn run(seed: u64, len: usize) -> Result<(), TestCaseError> {
         ..Options::default()
     };
     let batch = 1 + r.below(2);
-    let (got, expected) = common::both(&graph, &p, batch, seed, &options);
-    common::assert_match(
-        &format!("seed {seed}, {options:?}, batch {batch}\n{src}"),
-        &got,
-        &expected,
-        exact,
-    );
+    for path in common::paths() {
+        let options = common::on(path, &options);
+        let (got, expected) = common::both(&graph, &p, batch, seed, &options);
+        common::assert_match(
+            &format!("seed {seed}, {options:?}, batch {batch}\n{src}"),
+            &got,
+            &expected,
+            exact,
+        );
+    }
     Ok(())
 }
 

@@ -139,6 +139,10 @@ enum Command {
         /// Threads for the JIT engine (1 to 256).
         #[arg(long, default_value_t = 1, value_parser = args::threads)]
         threads: usize,
+        /// Kernel path of the binary layers: `auto` (`ONEBIT_KERNELS`, else
+        /// the best this CPU runs), `portable` (Cranelift) or `avx512`.
+        #[arg(long, default_value = "auto", value_parser = args::kernels)]
+        kernels: onebit::codegen::target::Kernels,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -158,6 +162,10 @@ enum Command {
         /// Skip the interpreter (slow on large models).
         #[arg(long)]
         no_interp: bool,
+        /// Kernel path of the binary layers: `auto` (`ONEBIT_KERNELS`, else
+        /// the best this CPU runs), `portable` (Cranelift) or `avx512`.
+        #[arg(long, default_value = "auto", value_parser = args::kernels)]
+        kernels: onebit::codegen::target::Kernels,
         /// Passes to run before compiling.
         #[arg(long, default_value = "default")]
         passes: String,
@@ -187,6 +195,10 @@ enum Command {
         /// Print the Cranelift IR instead of (or besides) writing the object.
         #[arg(long, value_enum)]
         emit: Option<Emit>,
+        /// Kernel path of the binary layers: `auto` (`ONEBIT_KERNELS`, else
+        /// the best this CPU runs), `portable` (Cranelift) or `avx512`.
+        #[arg(long, default_value = "auto", value_parser = args::kernels)]
+        kernels: onebit::codegen::target::Kernels,
         /// Passes to run before compiling.
         #[arg(long, default_value = "default")]
         passes: String,
@@ -449,6 +461,7 @@ fn run(command: Command) -> Result<(), Failure> {
             engine,
             passes,
             threads,
+            kernels,
             limits,
         } => {
             let mut outputs = Outputs::reading(
@@ -529,7 +542,7 @@ fn run(command: Command) -> Result<(), Failure> {
             let results = match engine {
                 Engine::Interp => interp::run(&graph, &params, &tensors)
                     .map_err(|e| Failure(format!("error: {e}")))?,
-                Engine::Jit => engine::run_jit(&graph, &params, &tensors, threads)?,
+                Engine::Jit => engine::run_jit(&graph, &params, &tensors, threads, kernels)?,
             };
             if let Some(labels) = labels {
                 report_accuracy(&labels, &results[0])?;
@@ -550,6 +563,7 @@ fn run(command: Command) -> Result<(), Failure> {
             threads,
             batch,
             no_interp,
+            kernels,
             passes,
             limits,
         } => {
@@ -557,7 +571,7 @@ fn run(command: Command) -> Result<(), Failure> {
             check_limits(&graph, batch, &limits)?;
             let mut params = weights.load(&graph)?;
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
-            engine::bench(&graph, &params, threads, batch, !no_interp)?;
+            engine::bench(&graph, &params, threads, batch, !no_interp, kernels)?;
         }
         Command::Compile {
             model,
@@ -565,6 +579,7 @@ fn run(command: Command) -> Result<(), Failure> {
             output,
             header,
             emit,
+            kernels,
             passes,
             limits,
         } => {
@@ -590,7 +605,7 @@ fn run(command: Command) -> Result<(), Failure> {
             check_limits(&graph, 1, &limits)?;
             let mut params = weights.load(&graph)?;
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
-            let (object, header_text) = engine::compile(&graph, &params, emit.is_some())?;
+            let (object, header_text) = engine::compile(&graph, &params, emit.is_some(), kernels)?;
             if let Some(path) = &output {
                 outputs.write(path, &object)?;
             }

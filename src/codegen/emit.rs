@@ -6,17 +6,35 @@
 //! sample of each model input then output, and `lo..hi` the range of work
 //! units (pixel tiles, rows, positions) this call computes. Loops over units
 //! are runtime loops; shapes inside a unit are constants.
+//!
+//! Constant data and machine-code kernels (`kernels::wide`) go into the same
+//! module through a [`Sink`], so the JIT and object files carry both.
 
 use cranelift_codegen::ir::{
-    Function, GlobalValue, InstBuilder, MemFlagsData, Type, Value, condcodes::IntCC, types,
+    FuncRef, Function, GlobalValue, InstBuilder, MemFlagsData, Type, Value, condcodes::IntCC, types,
 };
 use cranelift_frontend::{FunctionBuilder, Variable};
 
 use super::CodegenError;
 
-/// Declares a constant data object (64-byte aligned, read-only) and returns
-/// its global value inside `func`.
-pub type DataFn<'a> = dyn FnMut(Box<[u8]>, &mut Function) -> Result<GlobalValue, CodegenError> + 'a;
+/// Where a step function's constant data and machine-code kernels go: the
+/// module being built.
+pub trait Sink {
+    /// Declares a constant data object (64-byte aligned, read-only) and
+    /// returns its global value inside `func`.
+    fn data(&mut self, bytes: Box<[u8]>, func: &mut Function) -> Result<GlobalValue, CodegenError>;
+    /// Defines a machine-code function from `bytes` (a leaf taking `params`
+    /// `i64` arguments in the ISA's default calling convention, returning
+    /// nothing, position independent, without relocations) and returns a
+    /// reference to call it from `func`. `listing` is its disassembly.
+    fn code(
+        &mut self,
+        bytes: &[u8],
+        params: usize,
+        listing: String,
+        func: &mut Function,
+    ) -> Result<FuncRef, CodegenError>;
+}
 
 /// The function being built, with its four parameters.
 pub struct Fx<'a, 'd> {
@@ -30,7 +48,7 @@ pub struct Fx<'a, 'd> {
     pub lo: Value,
     /// One past the last work unit.
     pub hi: Value,
-    data: &'d mut DataFn<'d>,
+    sink: &'d mut dyn Sink,
 }
 
 /// Flags for activation and weight accesses: never trapping (the planner
@@ -42,7 +60,7 @@ pub fn mem() -> MemFlagsData {
 impl<'a, 'd> Fx<'a, 'd> {
     /// Wraps a builder positioned in the entry block whose parameters are
     /// `(arena, io, lo, hi)`.
-    pub fn new(b: FunctionBuilder<'a>, params: [Value; 4], data: &'d mut DataFn<'d>) -> Fx<'a, 'd> {
+    pub fn new(b: FunctionBuilder<'a>, params: [Value; 4], sink: &'d mut dyn Sink) -> Fx<'a, 'd> {
         let [arena, io, lo, hi] = params;
         Fx {
             b,
@@ -50,8 +68,18 @@ impl<'a, 'd> Fx<'a, 'd> {
             io,
             lo,
             hi,
-            data,
+            sink,
         }
+    }
+
+    /// A machine-code kernel (see [`Sink::code`]) callable from this function.
+    pub fn code(
+        &mut self,
+        bytes: &[u8],
+        params: usize,
+        listing: String,
+    ) -> Result<FuncRef, CodegenError> {
+        self.sink.code(bytes, params, listing, self.b.func)
     }
 
     /// An `i64` constant.
@@ -111,7 +139,7 @@ impl<'a, 'd> Fx<'a, 'd> {
 
     /// Read-only constant data, 64-byte aligned; returns its address.
     pub fn data(&mut self, bytes: Vec<u8>) -> Result<Value, CodegenError> {
-        let gv = (self.data)(bytes.into_boxed_slice(), self.b.func)?;
+        let gv = self.sink.data(bytes.into_boxed_slice(), self.b.func)?;
         Ok(self.b.ins().symbol_value(types::I64, gv))
     }
 

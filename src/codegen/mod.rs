@@ -93,6 +93,9 @@ pub struct Options {
     pub emit_clif: bool,
     /// Keep the disassembly of every function.
     pub disasm: bool,
+    /// Kernel path of the binary layers (`portable`, `avx512`; by default
+    /// `ONEBIT_KERNELS` or the best the host runs).
+    pub kernels: target::Kernels,
 }
 
 impl Default for Options {
@@ -103,6 +106,7 @@ impl Default for Options {
             fuse: true,
             emit_clif: false,
             disasm: false,
+            kernels: target::Kernels::Auto,
         }
     }
 }
@@ -133,6 +137,8 @@ pub struct Lowered {
     pub entry: Option<(FuncId, FuncId)>,
     /// Cranelift IR text, with [`Options::emit_clif`].
     pub clif: String,
+    /// The kernel path the binary layers use.
+    pub path: target::KernelPath,
 }
 
 /// The signature of a step: `(arena, io, lo, hi)`.
@@ -158,6 +164,15 @@ pub fn lower<M: Module>(
     // parameters.
     crate::ir::param_check::validate(verified.graph(), params).map_err(CodegenError::Params)?;
     let host = target::HostFeatures::detect();
+    let path = target::KernelPath::resolve(options.kernels, &host)?;
+    if path == target::KernelPath::Avx512
+        && module.isa().default_call_conv() != cranelift_codegen::isa::CallConv::SystemV
+    {
+        return Err(CodegenError::Target(format!(
+            "kernel path `avx512` needs the System V calling convention, not {}",
+            module.isa().default_call_conv()
+        )));
+    }
     let scalar = match options.popcount {
         Popcount::Auto => !host.vector_popcnt,
         Popcount::Vector => false,
@@ -169,6 +184,7 @@ pub fn lower<M: Module>(
         PlanOptions {
             fuse: options.fuse,
             scalar_popcount: scalar,
+            wide: path == target::KernelPath::Avx512,
         },
     )?;
     let mut ctx = module.make_context();
@@ -183,14 +199,11 @@ pub fn lower<M: Module>(
         ctx.func.signature = sig.clone();
         ctx.func.name = UserFuncName::user(0, func.as_u32());
         let units;
-        {
-            let mut data = |bytes: Box<[u8]>, f: &mut cranelift_codegen::ir::Function| {
-                let id = module.declare_anonymous_data(false, false)?;
-                let mut d = DataDescription::new();
-                d.define(bytes);
-                d.set_align(64);
-                module.define_data(id, &d)?;
-                Ok(module.declare_data_in_func(id, f))
+        let listings = {
+            let mut sink = ModuleSink {
+                module: &mut *module,
+                prefix: fname.clone(),
+                listings: Vec::new(),
             };
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
             let block = b.create_block();
@@ -198,12 +211,13 @@ pub fn lower<M: Module>(
             b.switch_to_block(block);
             let p = b.block_params(block);
             let params4 = [p[0], p[1], p[2], p[3]];
-            let mut fx = emit::Fx::new(b, params4, &mut data);
+            let mut fx = emit::Fx::new(b, params4, &mut sink);
             units = emit_step(&mut fx, &plan, step)?;
             fx.b.ins().return_(&[]);
             fx.b.seal_all_blocks();
             fx.b.finalize(tfc);
-        }
+            sink.listings
+        };
         if options.emit_clif {
             clif.push_str(&format!(
                 "; step {i}: {} `{node}`\n{}\n",
@@ -216,7 +230,14 @@ pub fn lower<M: Module>(
             .define_function(func, &mut ctx)
             .map_err(|e| CodegenError::Module(format!("step {i} (`{node}`): {e:?}")))?;
         let disasm = if options.disasm {
-            ctx.compiled_code().and_then(|c| c.vcode.clone())
+            ctx.compiled_code()
+                .and_then(|c| c.vcode.clone())
+                .map(|mut text| {
+                    for (name, listing) in &listings {
+                        text.push_str(&format!("\n; machine-code kernel {name}\n{listing}"));
+                    }
+                    text
+                })
         } else {
             None
         };
@@ -241,7 +262,50 @@ pub fn lower<M: Module>(
         steps,
         entry,
         clif,
+        path,
     })
+}
+
+/// The module seen from a step function: its constant data and its
+/// machine-code kernels, named after the step.
+struct ModuleSink<'m, M: Module> {
+    module: &'m mut M,
+    prefix: String,
+    /// (name, disassembly) of the kernels defined for this step.
+    listings: Vec<(String, String)>,
+}
+
+impl<M: Module> emit::Sink for ModuleSink<'_, M> {
+    fn data(
+        &mut self,
+        bytes: Box<[u8]>,
+        func: &mut cranelift_codegen::ir::Function,
+    ) -> Result<cranelift_codegen::ir::GlobalValue, CodegenError> {
+        let id = self.module.declare_anonymous_data(false, false)?;
+        let mut d = DataDescription::new();
+        d.define(bytes);
+        d.set_align(64);
+        self.module.define_data(id, &d)?;
+        Ok(self.module.declare_data_in_func(id, func))
+    }
+
+    fn code(
+        &mut self,
+        bytes: &[u8],
+        params: usize,
+        listing: String,
+        func: &mut cranelift_codegen::ir::Function,
+    ) -> Result<cranelift_codegen::ir::FuncRef, CodegenError> {
+        let name = format!("{}_kernel{}", self.prefix, self.listings.len());
+        let mut sig = self.module.make_signature();
+        for _ in 0..params {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        let id = self.module.declare_function(&name, Linkage::Local, &sig)?;
+        self.module.define_function_bytes(id, 64, bytes, &[])?;
+        self.listings.push((name, listing));
+        Ok(self.module.declare_func_in_func(id, func))
+    }
 }
 
 fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, CodegenError> {

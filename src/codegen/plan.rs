@@ -167,6 +167,9 @@ pub struct BinConv {
     pub nr: usize,
     /// Force the scalar popcount path.
     pub scalar: bool,
+    /// The 512-bit machine-code kernel's register tile, on the `avx512`
+    /// path (`nr` is then its pixel count).
+    pub wide: Option<crate::codegen::kernels::wide::Tile>,
 }
 
 /// A real-valued convolution (dense is the 1×1 case).
@@ -430,6 +433,9 @@ pub struct PlanOptions {
     pub fuse: bool,
     /// Force the scalar popcount path.
     pub scalar_popcount: bool,
+    /// Binary layers run on the 512-bit machine-code kernels
+    /// (`kernels::wide`), with their register tiles.
+    pub wide: bool,
 }
 
 struct Planner<'g> {
@@ -1046,8 +1052,15 @@ impl<'g> Planner<'g> {
             dims.get(2).copied().unwrap_or(1),
         );
         let pixels = oh * ow;
-        let nr = if pixels >= 2 { 2 } else { 1 };
         let o = g.out_channels;
+        let wide = self.opts.wide.then(|| {
+            crate::codegen::kernels::wide::Tile::choose((o / groups).div_ceil(16), pixels)
+        });
+        let nr = match wide {
+            Some(t) => t.nr,
+            None if pixels >= 2 => 2,
+            None => 1,
+        };
         let bits_out = epi.bits();
         let dst_t = self.tensor(if bits_out { DType::Bit } else { DType::F32 }, dims);
         let px_bytes = if bits_out { 8 * o.div_ceil(64) } else { 4 * o };
@@ -1072,6 +1085,7 @@ impl<'g> Planner<'g> {
             dst: dst_t.buf,
             nr,
             scalar: self.opts.scalar_popcount,
+            wide,
         };
         let s = self.push(name, Step::BinConv(step));
         self.producer.insert(id, s);

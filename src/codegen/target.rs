@@ -4,6 +4,13 @@
 //! `cranelift_native::builder()` detects SSE/AVX/AVX-512 flags, including
 //! `has_avx512bitalg` and `has_avx512vl`, which turn `popcnt.i8x16` into one
 //! `vpopcntb`; without them Cranelift lowers it to a `pshufb` nibble lookup.
+//!
+//! The binary layers also choose a [`KernelPath`]: Cranelift's own 128-bit
+//! kernels (`portable`, every ISA) or 512-bit machine-code micro-kernels
+//! (`avx512`, see `kernels::wide`). [`KernelPath::resolve`] turns the user's
+//! request (`Options::kernels`, else the `ONEBIT_KERNELS` environment
+//! variable, else the best the host runs) into a path, and refuses a path
+//! the host cannot run with an error instead of code that would raise SIGILL.
 
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
@@ -17,6 +24,9 @@ pub struct HostFeatures {
     pub vector_popcnt: bool,
     /// Scalar `popcnt`.
     pub scalar_popcnt: bool,
+    /// What the `avx512` kernels need: AVX512F, BW, VL and VPOPCNTDQ
+    /// (`vpopcntd` on zmm), on x86-64 with the System V calling convention.
+    pub avx512_bnn: bool,
 }
 
 impl HostFeatures {
@@ -28,6 +38,11 @@ impl HostFeatures {
                 vector_popcnt: std::is_x86_feature_detected!("avx512bitalg")
                     && std::is_x86_feature_detected!("avx512vl"),
                 scalar_popcnt: std::is_x86_feature_detected!("popcnt"),
+                avx512_bnn: cfg!(not(windows))
+                    && std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx512vpopcntdq"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -35,7 +50,126 @@ impl HostFeatures {
             HostFeatures {
                 vector_popcnt: false,
                 scalar_popcnt: false,
+                avx512_bnn: false,
             }
+        }
+    }
+}
+
+/// Which kernels the binary layers (`bconv2d`, `bdense`) run on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kernels {
+    /// `ONEBIT_KERNELS` if set, else the best path the host runs.
+    #[default]
+    Auto,
+    /// Force one path.
+    Force(KernelPath),
+}
+
+/// A kernel path of the binary layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    /// Cranelift's 128-bit kernels (`kernels::binary`): every ISA.
+    Portable,
+    /// 512-bit machine-code micro-kernels (`kernels::wide`): x86-64 with
+    /// AVX512F+BW+VL+VPOPCNTDQ.
+    Avx512,
+}
+
+impl KernelPath {
+    /// Every path, in order of preference (best last).
+    pub const ALL: [KernelPath; 2] = [KernelPath::Portable, KernelPath::Avx512];
+
+    /// The name users write (`portable`, `avx512`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPath::Portable => "portable",
+            KernelPath::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a path name.
+    pub fn parse(name: &str) -> Result<KernelPath, CodegenError> {
+        KernelPath::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                CodegenError::Target(format!(
+                    "unknown kernel path `{name}`: expected one of {}",
+                    KernelPath::ALL.map(KernelPath::name).join(", ")
+                ))
+            })
+    }
+
+    /// Whether `host` runs this path.
+    pub fn runs_on(self, host: &HostFeatures) -> bool {
+        match self {
+            KernelPath::Portable => true,
+            KernelPath::Avx512 => host.avx512_bnn,
+        }
+    }
+
+    /// The paths this machine runs (for tests that loop over them).
+    pub fn supported() -> Vec<KernelPath> {
+        let host = HostFeatures::detect();
+        KernelPath::ALL
+            .into_iter()
+            .filter(|p| p.runs_on(&host))
+            .collect()
+    }
+
+    /// The path for a request: a forced path, else `ONEBIT_KERNELS`, else
+    /// the best the host runs. A path the host cannot run is an error.
+    pub fn resolve(requested: Kernels, host: &HostFeatures) -> Result<KernelPath, CodegenError> {
+        let forced = match requested {
+            Kernels::Force(p) => Some(p),
+            Kernels::Auto => match std::env::var("ONEBIT_KERNELS") {
+                Ok(s) if !s.is_empty() && s != "auto" => Some(
+                    KernelPath::parse(&s)
+                        .map_err(|e| CodegenError::Target(format!("ONEBIT_KERNELS: {e}")))?,
+                ),
+                _ => None,
+            },
+        };
+        match forced {
+            Some(p) if p.runs_on(host) => Ok(p),
+            Some(p) => Err(CodegenError::Target(format!(
+                "kernel path `{}` needs {}, which this CPU lacks (it runs: {})",
+                p.name(),
+                p.needs(),
+                KernelPath::ALL
+                    .into_iter()
+                    .filter(|q| q.runs_on(host))
+                    .map(KernelPath::name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            None => Ok(KernelPath::ALL
+                .into_iter()
+                .rev()
+                .find(|p| p.runs_on(host))
+                .unwrap_or(KernelPath::Portable)),
+        }
+    }
+
+    fn needs(self) -> &'static str {
+        match self {
+            KernelPath::Portable => "nothing",
+            KernelPath::Avx512 => {
+                "x86-64 (System V) with AVX512F, AVX512BW, AVX512VL and AVX512VPOPCNTDQ"
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = CodegenError;
+    /// `auto` or a path name.
+    fn from_str(s: &str) -> Result<Kernels, CodegenError> {
+        if s == "auto" {
+            Ok(Kernels::Auto)
+        } else {
+            KernelPath::parse(s).map(Kernels::Force)
         }
     }
 }

@@ -1,8 +1,38 @@
 //! Shared helpers of the JIT tests (included with `mod common`).
 #![allow(dead_code)]
 
+use onebit::codegen::target::{KernelPath, Kernels};
 use onebit::ir::{Graph, Params, Tensor, interp};
-use onebit::{CompiledModel, Options};
+use onebit::{CompiledModel, Options, Popcount};
+
+/// The kernel paths this machine runs (every differential test runs on
+/// each, forced, whatever `ONEBIT_KERNELS` says).
+pub fn paths() -> Vec<KernelPath> {
+    KernelPath::supported()
+}
+
+/// `options` on `path`.
+pub fn on(path: KernelPath, options: &Options) -> Options {
+    Options {
+        kernels: Kernels::Force(path),
+        ..options.clone()
+    }
+}
+
+/// The (path, popcount) combinations worth testing: both popcounts on the
+/// portable path; the wide paths do not use Cranelift's popcount.
+pub fn variants() -> Vec<(KernelPath, Popcount)> {
+    let mut v = Vec::new();
+    for path in paths() {
+        if path == KernelPath::Portable {
+            v.push((path, Popcount::Auto));
+            v.push((path, Popcount::Scalar));
+        } else {
+            v.push((path, Popcount::Auto));
+        }
+    }
+    v
+}
 
 /// Deterministic pseudo-random values in [-2, 2), with exact zeros sprinkled.
 pub fn data(n: usize, seed: u64) -> Vec<f32> {

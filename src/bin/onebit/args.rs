@@ -16,6 +16,13 @@ pub fn threads(text: &str) -> Result<usize, String> {
     }
 }
 
+/// `--kernels`: `auto`, `portable` or `avx512` (the kernel path of the
+/// binary layers; `auto` is `ONEBIT_KERNELS` or the best the CPU runs).
+pub fn kernels(text: &str) -> Result<onebit::codegen::target::Kernels, String> {
+    text.parse()
+        .map_err(|e: onebit::CodegenError| e.to_string())
+}
+
 /// `--top-k` and `--batch`: at least 1.
 pub fn positive(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use onebit::codegen::target::Kernels;
 use onebit::codegen::{self, Options};
 use onebit::ir::{Graph, Params, Tensor, interp};
 
@@ -13,6 +14,7 @@ pub fn run_jit(
     params: &Params,
     inputs: &[Tensor],
     threads: usize,
+    kernels: Kernels,
 ) -> Result<Vec<Tensor>, Failure> {
     let batch = inputs
         .first()
@@ -37,6 +39,7 @@ pub fn run_jit(
         params,
         &Options {
             threads,
+            kernels,
             ..Options::default()
         },
     )
@@ -72,6 +75,7 @@ pub fn bench(
     threads: usize,
     batch: usize,
     with_interp: bool,
+    kernels: Kernels,
 ) -> Result<(), Failure> {
     let err = |e: onebit::Error| Failure(format!("error: {e}"));
     let start = Instant::now();
@@ -80,6 +84,7 @@ pub fn bench(
         params,
         &Options {
             threads,
+            kernels,
             ..Options::default()
         },
     )
@@ -131,8 +136,11 @@ pub fn bench(
         }
         reps += 1;
     }
+    let path =
+        codegen::target::KernelPath::resolve(kernels, &codegen::target::HostFeatures::detect())
+            .map_or("?", |p| p.name());
     println!(
-        "model `{}`: batch {batch}, {} thread{}",
+        "model `{}`: batch {batch}, {} thread{}, {path} kernels",
         graph.name,
         model.threads(),
         if model.threads() == 1 { "" } else { "s" }
@@ -191,10 +199,16 @@ pub fn bench(
 
 /// `onebit compile`: the object file's bytes and the C header, printing the
 /// Cranelift IR with `clif`. The caller writes the files.
-pub fn compile(graph: &Graph, params: &Params, clif: bool) -> Result<(Vec<u8>, String), Failure> {
+pub fn compile(
+    graph: &Graph,
+    params: &Params,
+    clif: bool,
+    kernels: Kernels,
+) -> Result<(Vec<u8>, String), Failure> {
     let verified = onebit::verify(graph).map_err(|e| Failure(format!("error: {e}")))?;
     let options = Options {
         emit_clif: clif,
+        kernels,
         ..Options::default()
     };
     let (bytes, lowered) = codegen::object::compile(verified, params, &options)

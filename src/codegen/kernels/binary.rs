@@ -38,6 +38,7 @@ use cranelift_frontend::Variable;
 
 use crate::codegen::CodegenError;
 use crate::codegen::emit::Fx;
+use crate::codegen::kernels::wide::call::WideConv;
 use crate::codegen::plan::{BinConv, Epilogue};
 
 /// Steps up to which the receptive field is fully unrolled.
@@ -307,8 +308,9 @@ pub fn emit(
     } else {
         None
     };
-    let vector = !b.scalar;
-    let wtab = fx.data(weights(b, vector))?;
+    // The avx512 kernel reads the vector path's weight lines, re-laid per tile.
+    let vector = !b.scalar || b.wide.is_some();
+    let lines = weights(b, vector);
     let tables = EpiTables::new(fx, &b.epi, o_pad, b.cg * kh * kw)?;
 
     // Input offsets of the steps within a group, from the pixel base.
@@ -328,6 +330,35 @@ pub fn emit(
     let dst = fx.arena_at(dst_off);
     let zero_words = bits && (g_n > 1 && !og.is_multiple_of(16) || nb * 16 * g_n < cwo * 64);
     let rmw = bits && g_n > 1 && !og.is_multiple_of(16);
+    let wide = match b.wide {
+        Some(tile) => {
+            // Bits whose words the kernel can write whole: its fused
+            // threshold epilogue, with the padding lanes forced to +1 (bit 0).
+            let fused = (bits && b.zero_pad.is_none() && !rmw).then(|| {
+                let Epilogue::Threshold { dir, t } = &b.epi else {
+                    unreachable!("bits() is the threshold epilogue")
+                };
+                let (mut d, mut h) = (dir.clone(), t.clone());
+                d.resize(o_pad, 1);
+                h.resize(o_pad, 0);
+                let (mut s, mut e) = count_thresholds(&d, &h, ktot);
+                for o in b.o..o_pad {
+                    (s[o], e[o]) = (0, i32::MAX);
+                }
+                (s, e)
+            });
+            let fused_ref = fused.as_ref().map(|(s, e)| (s.as_slice(), e.as_slice()));
+            Some(WideConv::new(
+                fx, tile, g_n, nb, &lines, &offs, fused_ref, pix_bytes,
+            )?)
+        }
+        None => None,
+    };
+    let wtab = if wide.is_none() {
+        Some(fx.data(lines)?)
+    } else {
+        None
+    };
 
     fx.for_units(|fx, tile| {
         let p0 = fx.mul_imm(tile, nr as i64);
@@ -358,6 +389,17 @@ pub fn emit(
             let goff = fx.mul_imm(g, (b.cwg * 8) as i64);
             let gbases: Vec<Value> = bases.iter().map(|&x| fx.b.ins().iadd(x, goff)).collect();
             let o_g = fx.mul_imm(g, og as i64);
+            let Some(wtab) = wtab else {
+                let wide = wide.as_ref().ok_or_else(|| {
+                    CodegenError::Internal("binary kernel without weights".into())
+                })?;
+                let mut block = |fx: &mut Fx, counts: &[[Value; 4]], blk: Value, valid| {
+                    let ob = fx.mul_imm(blk, 16);
+                    let o0 = fx.b.ins().iadd(o_g, ob);
+                    epilogue(fx, b, &tables, counts, o0, valid, ktot, &corr, &outs, rmw)
+                };
+                return wide.group(fx, &gbases, g, outs[0], o_g, og, &mut block);
+            };
             let wg = fx.mul_imm(g, nb as i64 * wblock);
             let wg = fx.b.ins().iadd(wtab, wg);
             let block = |fx: &mut Fx, blk: Value, valid: usize| -> Result<(), CodegenError> {

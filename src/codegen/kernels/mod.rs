@@ -4,3 +4,4 @@
 pub mod binary;
 pub mod float;
 pub mod misc;
+pub mod wide;

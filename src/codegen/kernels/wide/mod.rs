@@ -1,0 +1,122 @@
+//! 512-bit machine-code micro-kernels for the binary layers (the `avx512`
+//! kernel path), assembled with iced-x86 and defined in the same Cranelift
+//! module as the step functions that call them.
+//!
+//! Cranelift's x64 back end has 128-bit vectors only, so its binary kernels
+//! (`kernels::binary`) reach a fraction of what the popcount units give. For
+//! the hot loop we emit x86-64 machine code ourselves and hand the bytes to
+//! `Module::define_function_bytes`: the JIT and the object file then carry
+//! the kernels like any other function (a direct `call rel32`, an
+//! `R_X86_64_PLT32` relocation in an object), and the object needs no
+//! runtime library. Everything else (tile loops, padding corrections, the
+//! f32 epilogues, every fallback) stays in Cranelift.
+//!
+//! # Rules every kernel here follows
+//! * A leaf in the System V calling convention: pointer arguments in `rdi,
+//!   rsi, rdx, rcx, r8`, no return value, no stack frame beyond pushing the
+//!   callee-saved registers it uses, no relocations (addresses arrive as
+//!   arguments), position independent; `vzeroupper` before `ret`.
+//! * Raw bytes bypass Cranelift's verifier, so every kernel is tested
+//!   against the interpreter (the JIT tests run once per kernel path) and
+//!   its disassembly is checked (`tests/jit_asm.rs`, iced's decoder).
+//!
+//! # The binary convolution micro-kernel ([`bconv`])
+//! `a·w = K − 2·popcount(a XOR w)` for ±1 vectors stored as bits (bit 1 =
+//! −1). One call computes one register tile: `nr` output pixels × all the
+//! 16-channel blocks of one group, `mr` blocks at a time.
+//!
+//! * **Register block** `mr × nr` (e.g. 4 × 6): `mr` zmm vectors of 16
+//!   output channels (one 32-bit lane per channel) by `nr` pixels gives
+//!   `mr·nr` accumulators; `mr` weight registers, two broadcast registers
+//!   and temporaries fill the 32 zmm registers (`mr·nr + mr + 3 ≤ 32`).
+//! * **K loop** over the receptive field, one *step* (32 input channels of
+//!   one tap) per iteration: `mr` weight loads, then per pixel one
+//!   `vpbroadcastd` of the pixel's 32-bit input chunk and per weight vector
+//!   `vpxord` + `vpopcntd` + `vpaddd`: 3 vector-ALU µops per 512 binary
+//!   MACs, the limit of the 4 vector pipes (see
+//!   `shared/research/performance-limit.md`). The input is read straight
+//!   from the packed, pre-padded activation (no im2col): the step's byte
+//!   offset comes from a table of `i32`, indexed by a negative counter that
+//!   ends the loop at zero (`add rdi, 4; jnz`).
+//! * **Weights** are laid out per tile at compile time, `[group][m-tile]
+//!   [step][mr lines of 16 × u32]`, so the loop walks them with one pointer
+//!   and 64-byte aligned loads.
+//! * **Epilogue**, fused when the layer writes bits without padding
+//!   corrections: `(count ^ s_o) > e_o` per channel (`vpxord` +
+//!   `vpcmpgtd` into a mask register, the popcount form of the integer
+//!   threshold, see `kernels::binary::count_thresholds`) and `kmovw` of the
+//!   16 bits straight into the packed output. Otherwise the kernel stores
+//!   its `i32` popcounts and the Cranelift epilogue of `kernels::binary`
+//!   finishes (f32 outputs, batchnorm, zero-padding corrections, bits that
+//!   straddle words).
+//!
+//! # Standalone use ([`standalone`])
+//! [`standalone::XorPopcount`] assembles the same micro-kernel for a given
+//! number of 64-bit words per row into its own executable memory and
+//! computes `popcount(a_i XOR w_j)` (or `K − 2·popcount`) for packed rows
+//! with runtime pointers, for callers outside compiled models (the training
+//! engine).
+
+pub mod bconv;
+pub mod call;
+pub mod standalone;
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+
+/// A register tile: `mr` vectors of 16 output channels × `nr` pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    /// 16-channel blocks per tile.
+    pub mr: usize,
+    /// Pixels per tile.
+    pub nr: usize,
+}
+
+impl Tile {
+    /// The tile for a layer with `blocks` 16-channel blocks (per group) and
+    /// `pixels` output pixels.
+    ///
+    /// 4 × 6 was the best of nine tiles for S1 in the yardstick's tuning
+    /// (4 × 4 … 4 × 6 within 2% on every shape) and fills the register file:
+    /// 24 accumulators + 4 weights + 2 broadcasts + 2 temporaries. Layers
+    /// with fewer blocks take more pixels (up to 8, the general-purpose
+    /// registers holding the pixel bases); a single pixel (dense layers at
+    /// batch 1) takes up to 8 blocks, so each broadcast feeds 8 vectors.
+    pub fn choose(blocks: usize, pixels: usize) -> Tile {
+        if pixels <= 1 {
+            return Tile {
+                mr: blocks.clamp(1, 8),
+                nr: 1,
+            };
+        }
+        let mr = blocks.clamp(1, 4);
+        let nr = if mr == 4 { 6 } else { 8 };
+        Tile {
+            mr,
+            nr: nr.min(pixels),
+        }
+    }
+
+    /// Whether the tile fits the registers (see the module doc).
+    pub fn fits(self) -> bool {
+        self.mr >= 1
+            && self.nr >= 1
+            && self.nr <= bconv::MAX_PIXELS
+            && self.mr * self.nr + self.mr + 3 <= 32
+    }
+}
+
+/// Intel-syntax disassembly of machine code (for `Options::disasm` and the
+/// disassembly tests); decodes on any host.
+pub fn disassemble(bytes: &[u8]) -> String {
+    let mut decoder = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE);
+    let mut formatter = IntelFormatter::new();
+    let mut out = String::new();
+    let mut line = String::new();
+    for ins in &mut decoder {
+        line.clear();
+        formatter.format(&ins, &mut line);
+        out.push_str(&format!("  {:04x}  {line}\n", ins.ip()));
+    }
+    out
+}
