@@ -51,21 +51,21 @@ fn ensure(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// A convolution's sizes.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Conv {
-    c: usize,
-    h: usize,
-    w: usize,
-    o: usize,
-    kh: usize,
-    kw: usize,
-    sh: usize,
-    sw: usize,
-    ph: usize,
-    pw: usize,
-    dh: usize,
-    dw: usize,
-    oh: usize,
-    ow: usize,
-    groups: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub groups: usize,
 }
 
 impl Conv {
@@ -89,6 +89,11 @@ impl Conv {
             ow: y[2],
             groups: g.groups.max(1),
         }
+    }
+
+    /// Whether any tap can fall outside the input.
+    pub fn has_padding(&self) -> bool {
+        self.ph > 0 || self.pw > 0
     }
 
     fn p(&self) -> usize {

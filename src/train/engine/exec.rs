@@ -29,6 +29,8 @@ pub(super) struct Ctx<'a> {
     pub binary: &'a [BinaryWeights],
     /// Compiled sign packing, where the JIT is available.
     pub packer: Option<&'a super::packer::Packer>,
+    /// Per binary layer, its `bconv2d` forward on the 512-bit kernel.
+    pub xnor_convs: &'a [Option<super::xnor_conv::XnorConv>],
 }
 
 /// What steps of a run write besides their outputs.
@@ -39,6 +41,8 @@ pub(super) struct State<'a> {
     pub scratch: &'a mut [Scratch],
     /// Per-thread packed input rows of `bdense`.
     pub bits: &'a mut [Vec<u64>],
+    /// Per-thread buffers of the XNOR convolution.
+    pub xnor_scratch: &'a mut [super::xnor_conv::XnorScratch],
 }
 
 impl Ctx<'_> {
@@ -244,6 +248,13 @@ pub(super) fn exec(
             let conv = Conv::new(&a.geometry, d0, &step.dims);
             let bw = &cx.binary[cache(step)?];
             let ep = epilogue(cx, step, a.output, a.scale, bw, a.geometry.out_channels)?;
+            if let (Some(Some(xc)), Some(bits)) = (cx.xnor_convs.get(cache(step)?), &bw.conv_bits)
+                && xc.forward(par, x[0], bits, st.xnor_scratch, out, &|o, v| {
+                    ep.apply(o, v)
+                })
+            {
+                return Ok(());
+            }
             conv.forward(
                 par,
                 x[0],

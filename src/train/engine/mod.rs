@@ -55,6 +55,7 @@ mod par;
 mod plan;
 mod pool;
 mod xnor;
+mod xnor_conv;
 
 use crate::ir::graph::Graph;
 use crate::ir::ops::Scale;
@@ -199,6 +200,8 @@ struct BinaryWeights {
     alpha: Vec<f32>,
     /// `sign(W)` packed for the XNOR-popcount kernel (dense layers only).
     packed: Vec<u64>,
+    /// `sign(W)` laid out for the 512-bit kernel (`bconv2d` on that path).
+    conv_bits: Option<std::sync::Arc<crate::codegen::kernels::wide::standalone::PackedRows>>,
 }
 
 /// The buffers of one batch size.
@@ -227,6 +230,10 @@ pub struct StepEngine {
     bits: Vec<Vec<u64>>,
     /// Cranelift-compiled sign packing for the XNOR layers' row lengths.
     packer: Option<packer::Packer>,
+    /// Per binary layer: its `bconv2d` forward on the 512-bit kernel, where
+    /// it takes that path.
+    xnor_convs: Vec<Option<xnor_conv::XnorConv>>,
+    xnor_scratch: Vec<xnor_conv::XnorScratch>,
     /// Per step: seconds spent, runs, and the fastest run, while profiling.
     profile: Option<Vec<(f64, u64, f64)>>,
 }
@@ -278,8 +285,22 @@ impl StepEngine {
         };
         let xnor_rows = plan.binary.iter().filter(|l| l.xnor).map(|l| l.shape[1]);
         let packer = packer::Packer::new(xnor_rows);
+        let mut xnor_convs: Vec<Option<xnor_conv::XnorConv>> =
+            (0..plan.binary.len()).map(|_| None).collect();
+        for step in &plan.steps {
+            if let (crate::ir::ops::Op::BConv2d(a), Some(i)) = (&step.op, step.cache)
+                && let Some(slot) = xnor_convs.get_mut(i)
+                && let Some(x) = step.operand_dims.first()
+            {
+                let conv = conv::Conv::new(&a.geometry, x, &step.dims);
+                *slot =
+                    xnor_conv::XnorConv::new(conv, a.pad_value == crate::ir::ops::PadValue::One);
+            }
+        }
         Ok(StepEngine {
             packer,
+            xnor_convs,
+            xnor_scratch: (0..threads).map(|_| Default::default()).collect(),
             binary: vec![BinaryWeights::default(); plan.binary.len()],
             bn: vec![BnCache::default(); plan.batchnorms.len()],
             scratch: (0..threads).map(|_| Scratch::default()).collect(),
@@ -376,11 +397,13 @@ impl StepEngine {
                 params,
                 binary: &self.binary,
                 packer: self.packer.as_ref(),
+                xnor_convs: &self.xnor_convs,
             };
             let mut st = exec::State {
                 bn: &mut self.bn,
                 scratch: &mut self.scratch,
                 bits: &mut self.bits,
+                xnor_scratch: &mut self.xnor_scratch,
             };
             let plan = &self.plan;
             let profile = self.profile.as_deref_mut();
@@ -464,7 +487,13 @@ impl StepEngine {
 
     /// `sign(W)`, `α` and `α·sign(W)` of every binary layer.
     fn prepare_binary(&mut self, params: &Params) -> Result<(), EngineError> {
-        for (layer, bw) in self.plan.binary.iter().zip(&mut self.binary) {
+        for ((layer, bw), xc) in self
+            .plan
+            .binary
+            .iter()
+            .zip(&mut self.binary)
+            .zip(&self.xnor_convs)
+        {
             let name = format!("{}.weight", layer.name);
             let n: usize = layer.shape.iter().product();
             bw.signs.resize(n, 0.0);
@@ -483,6 +512,10 @@ impl StepEngine {
                 bw.scaled.clone_from(&bw.signs);
                 bw.alpha.clear();
                 pack_dense(layer, bw, self.packer.as_ref());
+                bw.conv_bits = xc
+                    .as_ref()
+                    .and_then(|c| c.pack_weights(&bw.signs))
+                    .map(Into::into);
                 continue;
             }
             let latent = param(params, &name, &layer.shape)?;
@@ -502,6 +535,10 @@ impl StepEngine {
                 bw.alpha.clear();
             }
             pack_dense(layer, bw, self.packer.as_ref());
+            bw.conv_bits = xc
+                .as_ref()
+                .and_then(|c| c.pack_weights(&bw.signs))
+                .map(Into::into);
         }
         Ok(())
     }
