@@ -29,8 +29,8 @@ pub(super) struct Ctx<'a> {
     pub binary: &'a [BinaryWeights],
     /// Compiled sign packing, where the JIT is available.
     pub packer: Option<&'a super::packer::Packer>,
-    /// Per binary layer, its `bconv2d` forward on the 512-bit kernel.
-    pub xnor_convs: &'a [Option<super::xnor_conv::XnorConv>],
+    /// Per binary layer, its forward on the 512-bit kernel.
+    pub wide: &'a [Option<super::WideLayer>],
 }
 
 /// What steps of a run write besides their outputs.
@@ -248,7 +248,8 @@ pub(super) fn exec(
             let conv = Conv::new(&a.geometry, d0, &step.dims);
             let bw = &cx.binary[cache(step)?];
             let ep = epilogue(cx, step, a.output, a.scale, bw, a.geometry.out_channels)?;
-            if let (Some(Some(xc)), Some(bits)) = (cx.xnor_convs.get(cache(step)?), &bw.conv_bits)
+            if let (Some(Some(super::WideLayer::Conv(xc))), Some(bits)) =
+                (cx.wide.get(cache(step)?), &bw.wide_bits)
                 && xc.forward(par, x[0], bits, st.xnor_scratch, out, &|o, v| {
                     ep.apply(o, v)
                 })
@@ -284,7 +285,11 @@ pub(super) fn exec(
         Op::BDense(a) => {
             let o = a.out_features;
             let bw = &cx.binary[cache(step)?];
-            super::xnor::dense_forward(par, cx.packer, x[0], &bw.packed, c0, o, st.bits, out);
+            let wide = match (cx.wide.get(cache(step)?), &bw.wide_bits) {
+                (Some(Some(super::WideLayer::Dense(k))), Some(bits)) => Some((k, &**bits)),
+                _ => None,
+            };
+            super::xnor::dense_forward(par, cx.packer, wide, x[0], &bw.packed, c0, o, st.bits, out);
             let ep = epilogue(cx, step, a.output, a.scale, bw, o)?;
             if a.output != BinaryOutput::Dot || a.scale == Scale::Channel {
                 for row in out.chunks_mut(o) {

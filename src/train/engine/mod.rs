@@ -200,8 +200,8 @@ struct BinaryWeights {
     alpha: Vec<f32>,
     /// `sign(W)` packed for the XNOR-popcount kernel (dense layers only).
     packed: Vec<u64>,
-    /// `sign(W)` laid out for the 512-bit kernel (`bconv2d` on that path).
-    conv_bits: Option<std::sync::Arc<crate::codegen::kernels::wide::standalone::PackedRows>>,
+    /// `sign(W)` laid out for the layer's 512-bit kernel, if it has one.
+    wide_bits: Option<std::sync::Arc<crate::codegen::kernels::wide::standalone::PackedRows>>,
 }
 
 /// The buffers of one batch size.
@@ -230,9 +230,9 @@ pub struct StepEngine {
     bits: Vec<Vec<u64>>,
     /// Cranelift-compiled sign packing for the XNOR layers' row lengths.
     packer: Option<packer::Packer>,
-    /// Per binary layer: its `bconv2d` forward on the 512-bit kernel, where
-    /// it takes that path.
-    xnor_convs: Vec<Option<xnor_conv::XnorConv>>,
+    /// Per binary layer: its forward on the 512-bit kernel, where it takes
+    /// that path.
+    wide: Vec<Option<WideLayer>>,
     xnor_scratch: Vec<xnor_conv::XnorScratch>,
     /// Per step: seconds spent, runs, and the fastest run, while profiling.
     profile: Option<Vec<(f64, u64, f64)>>,
@@ -285,21 +285,10 @@ impl StepEngine {
         };
         let xnor_rows = plan.binary.iter().filter(|l| l.xnor).map(|l| l.shape[1]);
         let packer = packer::Packer::new(xnor_rows);
-        let mut xnor_convs: Vec<Option<xnor_conv::XnorConv>> =
-            (0..plan.binary.len()).map(|_| None).collect();
-        for step in &plan.steps {
-            if let (crate::ir::ops::Op::BConv2d(a), Some(i)) = (&step.op, step.cache)
-                && let Some(slot) = xnor_convs.get_mut(i)
-                && let Some(x) = step.operand_dims.first()
-            {
-                let conv = conv::Conv::new(&a.geometry, x, &step.dims);
-                *slot =
-                    xnor_conv::XnorConv::new(conv, a.pad_value == crate::ir::ops::PadValue::One);
-            }
-        }
+        let wide = wide_layers(&plan);
         Ok(StepEngine {
             packer,
-            xnor_convs,
+            wide,
             xnor_scratch: (0..threads).map(|_| Default::default()).collect(),
             binary: vec![BinaryWeights::default(); plan.binary.len()],
             bn: vec![BnCache::default(); plan.batchnorms.len()],
@@ -397,7 +386,7 @@ impl StepEngine {
                 params,
                 binary: &self.binary,
                 packer: self.packer.as_ref(),
-                xnor_convs: &self.xnor_convs,
+                wide: &self.wide,
             };
             let mut st = exec::State {
                 bn: &mut self.bn,
@@ -492,7 +481,7 @@ impl StepEngine {
             .binary
             .iter()
             .zip(&mut self.binary)
-            .zip(&self.xnor_convs)
+            .zip(&self.wide)
         {
             let name = format!("{}.weight", layer.name);
             let n: usize = layer.shape.iter().product();
@@ -512,9 +501,9 @@ impl StepEngine {
                 bw.scaled.clone_from(&bw.signs);
                 bw.alpha.clear();
                 pack_dense(layer, bw, self.packer.as_ref());
-                bw.conv_bits = xc
+                bw.wide_bits = xc
                     .as_ref()
-                    .and_then(|c| c.pack_weights(&bw.signs))
+                    .and_then(|l| l.pack(&bw.signs, &bw.packed))
                     .map(Into::into);
                 continue;
             }
@@ -535,9 +524,9 @@ impl StepEngine {
                 bw.alpha.clear();
             }
             pack_dense(layer, bw, self.packer.as_ref());
-            bw.conv_bits = xc
+            bw.wide_bits = xc
                 .as_ref()
-                .and_then(|c| c.pack_weights(&bw.signs))
+                .and_then(|l| l.pack(&bw.signs, &bw.packed))
                 .map(Into::into);
         }
         Ok(())
@@ -581,6 +570,62 @@ impl StepEngine {
             out.shape.extend_from_slice(&step.dims);
         }
     }
+}
+
+/// A binary layer's forward pass on the inference compiler's 512-bit
+/// XOR-popcount kernel.
+enum WideLayer {
+    /// `bconv2d` over bit patches.
+    Conv(xnor_conv::XnorConv),
+    /// `bdense` over packed rows.
+    Dense(crate::codegen::kernels::wide::standalone::XorPopcount),
+}
+
+impl WideLayer {
+    /// The weights laid out for the kernel, from `sign(W)` as ±1.0 and as
+    /// packed rows (`bdense`).
+    fn pack(
+        &self,
+        signs: &[f32],
+        rows: &[u64],
+    ) -> Option<crate::codegen::kernels::wide::standalone::PackedRows> {
+        match self {
+            WideLayer::Conv(c) => c.pack_weights(signs),
+            WideLayer::Dense(k) => k.pack(rows).ok(),
+        }
+    }
+}
+
+/// The 512-bit kernel of every binary layer that can use one on this
+/// machine, by the plan's binary-layer index.
+fn wide_layers(plan: &Plan) -> Vec<Option<WideLayer>> {
+    use crate::codegen::kernels::wide::standalone::XorPopcount;
+    use crate::ir::ops::{Op, PadValue};
+    let mut wide: Vec<Option<WideLayer>> = (0..plan.binary.len()).map(|_| None).collect();
+    if !XorPopcount::available() {
+        return wide;
+    }
+    for step in &plan.steps {
+        let (Some(i), Some(x)) = (step.cache, step.operand_dims.first()) else {
+            continue;
+        };
+        let Some(slot) = wide.get_mut(i) else {
+            continue;
+        };
+        *slot = match &step.op {
+            Op::BConv2d(a) => {
+                let conv = conv::Conv::new(&a.geometry, x, &step.dims);
+                xnor_conv::XnorConv::new(conv, a.pad_value == PadValue::One).map(WideLayer::Conv)
+            }
+            Op::BDense(a) if plan.binary[i].xnor => {
+                XorPopcount::new(xnor::words(x.iter().product()), a.out_features)
+                    .ok()
+                    .map(WideLayer::Dense)
+            }
+            _ => continue,
+        };
+    }
+    wide
 }
 
 /// Packs a `bdense` layer's `sign(W)` for the XNOR kernel.

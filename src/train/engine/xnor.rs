@@ -13,6 +13,7 @@
 
 use super::packer::Packer;
 use super::par::Par;
+use crate::codegen::kernels::wide::standalone::{PackedRows, XorPopcount};
 
 /// 64-bit words per packed row of `k` values.
 pub(super) fn words(k: usize) -> usize {
@@ -46,12 +47,18 @@ pub(super) fn pack(packer: Option<&Packer>, src: &[f32], k: usize, dst: &mut [u6
     }
 }
 
+/// The 512-bit kernel of a `bdense` layer and its weights laid out for it.
+pub(super) type Wide<'a> = (&'a XorPopcount, &'a PackedRows);
+
 /// `y[n, o] = K − 2·popcount(x_n XOR w_o)` for packed weights `w` (`out`
 /// rows) and ±1.0 inputs `x` (`[N, K]`); `scratch` holds the packed inputs.
+/// With `wide`, the dot products run on the inference compiler's 512-bit
+/// kernel, else on scalar `popcnt`: the same integers.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dense_forward(
     par: Par,
     packer: Option<&Packer>,
+    wide: Option<Wide>,
     x: &[f32],
     w: &[u64],
     k: usize,
@@ -74,6 +81,21 @@ pub(super) fn dense_forward(
             k,
             &mut packed[..rows * wpr],
         );
+        if let Some((kernel, bits)) = wide {
+            // The kernel writes i32 dot products; they are converted to f32
+            // in place (exact: |dot| ≤ K < 2^24).
+            // SAFETY: i32 and f32 have the same size and alignment and
+            // every bit pattern is valid for both; `ys` is not otherwise
+            // used while `counts` lives.
+            let counts =
+                unsafe { std::slice::from_raw_parts_mut(ys.as_mut_ptr().cast::<i32>(), ys.len()) };
+            if kernel.dots(&packed[..rows * wpr], bits, k, counts).is_ok() {
+                for v in ys.iter_mut() {
+                    *v = v.to_bits() as i32 as f32;
+                }
+                return;
+            }
+        }
         dots(&packed[..rows * wpr], w, k, out, ys);
     });
 }
@@ -123,31 +145,35 @@ mod tests {
 
     #[test]
     fn xnor_dots_equal_the_f32_sums() {
-        let (n, k, out) = (3, 70, 4);
-        let x: Vec<f32> = (0..n * k)
-            .map(|i| if (i * 7) % 3 == 0 { -1.0 } else { 1.0 })
-            .collect();
-        let w: Vec<f32> = (0..out * k)
-            .map(|i| if (i * 5) % 4 == 1 { -1.0 } else { 1.0 })
-            .collect();
-        let mut wp = vec![0u64; out * words(k)];
-        pack_rows(&w, k, &mut wp);
-        let mut y = vec![0.0; n * out];
-        let mut scratch = vec![Vec::new()];
-        dense_forward(
-            Par { threads: 1 },
-            None,
-            &x,
-            &wp,
-            k,
-            out,
-            &mut scratch,
-            &mut y,
-        );
-        for s in 0..n {
-            for o in 0..out {
-                let expected: f32 = (0..k).map(|j| x[s * k + j] * w[o * k + j]).sum();
-                assert_eq!(y[s * out + o], expected);
+        for (n, k, out) in [(3, 70, 4), (13, 256, 40), (1, 1, 1), (8, 784, 17)] {
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| if (i * 7) % 3 == 0 { -1.0 } else { 1.0 })
+                .collect();
+            let w: Vec<f32> = (0..out * k)
+                .map(|i| if (i * 5) % 4 == 1 { -1.0 } else { 1.0 })
+                .collect();
+            let mut wp = vec![0u64; out * words(k)];
+            pack_rows(&w, k, &mut wp);
+            let kernel = XorPopcount::available().then(|| XorPopcount::new(words(k), out).unwrap());
+            let bits = kernel.as_ref().map(|kr| kr.pack(&wp).unwrap());
+            let packer = Packer::new([k]);
+            let paths = [
+                (None, None),
+                (packer.as_ref(), kernel.as_ref().zip(bits.as_ref())),
+            ];
+            for (packer, wide) in paths {
+                for threads in [1, 2] {
+                    let mut y = vec![0.0; n * out];
+                    let mut scratch = vec![Vec::new(); 2];
+                    let par = Par { threads };
+                    dense_forward(par, packer, wide, &x, &wp, k, out, &mut scratch, &mut y);
+                    for s in 0..n {
+                        for o in 0..out {
+                            let expected: f32 = (0..k).map(|j| x[s * k + j] * w[o * k + j]).sum();
+                            assert_eq!(y[s * out + o], expected, "{n}x{k}x{out}");
+                        }
+                    }
+                }
             }
         }
     }
