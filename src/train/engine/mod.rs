@@ -15,9 +15,13 @@
 //! they return. Each run first checks the inputs and parameters, prepares
 //! every binary layer's `sign(W)`, `α_o·sign(W_o)` and XNOR scale once, then
 //! runs the steps on a rayon pool of [`EngineOptions::threads`] threads:
-//! - the forward dot products of `bdense` as XNOR-popcount (`xnor`), over
-//!   signs packed by a Cranelift kernel compiled for the layer's row length
-//!   (`packer`: the inference compiler's compare-and-gather packing);
+//! - the forward dot products of `bdense` and `bconv2d` as XNOR-popcount
+//!   on the inference compiler's 512-bit micro-kernel
+//!   (`codegen::kernels::wide::standalone`, the machine code compiled models
+//!   run; `xnor`, `xnor_conv`: bit patches from per-pixel channel words),
+//!   over signs packed by a Cranelift kernel compiled for the layer's row
+//!   length (`packer`); scalar `popcnt` or the GEMM where the machine lacks
+//!   AVX-512 (VPOPCNTDQ), and the GEMM for grouped or zero-padded `bconv2d`;
 //! - dense and convolution products (forward, input and weight gradients)
 //!   as f32 GEMMs (`gemm`, `conv`: im2col/col2im in cache-sized blocks of
 //!   samples), split over samples or output channels;
@@ -26,14 +30,17 @@
 //! - elementwise ops, pools and the loss as tight loops (`elementwise`,
 //!   `pool`), split over samples or planes.
 //!
-//! **Why these kernels.** The `gemm` crate's AVX-512 kernels reach about
-//! 110 GFLOP/s per core here on every product shape these models have, so
-//! every product is one GEMM call per thread on a contiguous block of output
-//! rows (never a split reduction: results do not depend on scheduling).
-//! `bdense` forward is XNOR-popcount (64 products per instruction); the same
-//! idea for `bconv2d`, one pixel of packed channels at a time, measured 3.5×
-//! slower than the GEMM on the digits CNN (32 channels: one word per tap),
-//! so binary convolutions run on the GEMM, whose ±1 sums are exact anyway.
+//! **Why these kernels.** The f32 FMA peak of this machine's cores is
+//! 16 MAC per cycle (57 GMAC/s per core measured: 512-bit FMAs issue at one
+//! per cycle); the `gemm` crate reaches ~90% of it on the step's products
+//! (98–105 GFLOP/s on the Fashion MLP's 100×784×256 and 256×100×784): an
+//! AVX-512 12×32 register-block kernel of our own measured 83–102 GFLOP/s
+//! on the same shapes in the same run, so the crate stays. Every product is
+//! one GEMM call per thread on a contiguous block of output rows (never a
+//! split reduction: results do not depend on scheduling). Binary forward
+//! products run 512 per instruction on the XOR-popcount kernel: the digits
+//! CNN's `bconv2d` forward went from 2.3 ms to 0.74 ms per batch of 64 with
+//! it (best of a loaded run); its ±1 sums are exact either way.
 //! Threads come from a rayon pool: disjoint output chunks are safe code,
 //! and a chunk a descheduled thread has not started is taken by the other.
 //!
