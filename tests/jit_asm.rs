@@ -8,12 +8,13 @@
 //!   check runs on any host, whether or not it could execute the code), has
 //!   the zmm xor / `vpopcntd` / `vpaddd` triple in its K loop, the fused
 //!   threshold epilogue (`vpcmpgtd` into a mask register, `kmovw` to
-//!   memory), ends in `vzeroupper; ret`, and uses no stack beyond pushing
+//!   memory) or the f32 one (`vcvtdq2ps`, the epilogue's operations, no
+//!   FMA, masked stores for a partial block), ends in `vzeroupper; ret`, and uses no stack beyond pushing
 //!   callee-saved registers.
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use onebit::codegen::kernels::wide::Tile;
-use onebit::codegen::kernels::wide::bconv::{self, Out, Spec};
+use onebit::codegen::kernels::wide::bconv::{self, FOp, Out, Spec};
 use onebit::codegen::target::{HostFeatures, KernelPath, Kernels};
 use onebit::ir::Params;
 use onebit::{CompiledModel, Options, Popcount};
@@ -97,12 +98,26 @@ fn avx512_kernel_instructions() {
             e_offset: 320,
         },
         Out::Counts { pixel_stride: 256 },
+        Out::Floats {
+            pixel_stride: 256,
+            k: 576,
+            ops: vec![FOp::Mul(0), FOp::Add(1)],
+            table_stride: 320,
+            last_valid: 16,
+        },
+        Out::Floats {
+            pixel_stride: 240,
+            k: 576,
+            ops: vec![FOp::Mul(0), FOp::Add(1)],
+            table_stride: 320,
+            last_valid: 12,
+        },
     ] {
         let spec = Spec {
             tile: Tile { mr: 4, nr: 6 },
             blocks: 4,
             steps: 18,
-            out,
+            out: out.clone(),
         };
         let code = bconv::assemble(&spec).unwrap();
         let ins = decode(&code);
@@ -115,7 +130,13 @@ fn avx512_kernel_instructions() {
         // The K loop: 24 triples and 6 broadcasts per step, on zmm.
         assert_eq!(count(Mnemonic::Vpopcntd), 24, "{out:?}");
         assert!(count(Mnemonic::Vpxord) >= 24, "{out:?}");
-        assert_eq!(count(Mnemonic::Vpaddd), 24, "{out:?}");
+        // (The f32 epilogue doubles each count with one more `vpaddd`.)
+        let doubling = if matches!(out, Out::Floats { .. }) {
+            24
+        } else {
+            0
+        };
+        assert_eq!(count(Mnemonic::Vpaddd), 24 + doubling, "{out:?}");
         assert_eq!(count(Mnemonic::Vpbroadcastd), 6, "{out:?}");
         match out {
             Out::Bits { .. } => {
@@ -128,6 +149,19 @@ fn avx512_kernel_instructions() {
                 );
             }
             Out::Counts { .. } => assert_eq!(count(Mnemonic::Vmovdqu32), 24),
+            Out::Floats { last_valid, .. } => {
+                // The affine epilogue: convert, multiply, add, store; the
+                // partial last block's stores masked with k2.
+                assert_eq!(count(Mnemonic::Vcvtdq2ps), 24);
+                assert_eq!(count(Mnemonic::Vmulps), 24);
+                assert_eq!(count(Mnemonic::Vaddps), 24);
+                assert!(ins.iter().all(|i| i.mnemonic() != Mnemonic::Vfmadd231ps));
+                let masked = ins
+                    .iter()
+                    .filter(|i| i.mnemonic() == Mnemonic::Vmovups && i.op_mask() == Register::K2)
+                    .count();
+                assert_eq!(masked, if last_valid < 16 { 6 } else { 0 });
+            }
         }
         let n = ins.len();
         assert_eq!(ins[n - 2].mnemonic(), Mnemonic::Vzeroupper);

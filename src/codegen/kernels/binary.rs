@@ -38,7 +38,8 @@ use cranelift_frontend::Variable;
 
 use crate::codegen::CodegenError;
 use crate::codegen::emit::Fx;
-use crate::codegen::kernels::wide::call::WideConv;
+use crate::codegen::kernels::wide::bconv::FOp;
+use crate::codegen::kernels::wide::call::{Epi, WideConv};
 use crate::codegen::plan::{BinConv, Epilogue};
 
 /// Steps up to which the receptive field is fully unrolled.
@@ -331,27 +332,9 @@ pub fn emit(
     let zero_words = bits && (g_n > 1 && !og.is_multiple_of(16) || nb * 16 * g_n < cwo * 64);
     let rmw = bits && g_n > 1 && !og.is_multiple_of(16);
     let wide = match b.wide {
-        Some(tile) => {
-            // Bits whose words the kernel can write whole: its fused
-            // threshold epilogue, with the padding lanes forced to +1 (bit 0).
-            let fused = (bits && b.zero_pad.is_none() && !rmw).then(|| {
-                let Epilogue::Threshold { dir, t } = &b.epi else {
-                    unreachable!("bits() is the threshold epilogue")
-                };
-                let (mut d, mut h) = (dir.clone(), t.clone());
-                d.resize(o_pad, 1);
-                h.resize(o_pad, 0);
-                let (mut s, mut e) = count_thresholds(&d, &h, ktot);
-                for o in b.o..o_pad {
-                    (s[o], e[o]) = (0, i32::MAX);
-                }
-                (s, e)
-            });
-            let fused_ref = fused.as_ref().map(|(s, e)| (s.as_slice(), e.as_slice()));
-            Some(WideConv::new(
-                fx, tile, g_n, nb, &lines, &offs, fused_ref, pix_bytes,
-            )?)
-        }
+        Some(tile) => Some(wide_conv(
+            fx, b, tile, &lines, &offs, o_pad, ktot, rmw, pix_bytes,
+        )?),
         None => None,
     };
     let wtab = if wide.is_none() {
@@ -424,6 +407,83 @@ pub fn emit(
         })
     })?;
     Ok(tiles)
+}
+
+/// The avx512 kernel of a layer, with its epilogue fused where it can be:
+/// bits whose 16-bit pieces it can store whole, and f32 outputs, both
+/// without zero-padding corrections (those need a per-pixel table and stay
+/// in the Cranelift epilogue over the kernel's popcounts).
+#[allow(clippy::too_many_arguments)]
+fn wide_conv(
+    fx: &mut Fx,
+    b: &BinConv,
+    tile: crate::codegen::kernels::wide::Tile,
+    lines: &[u8],
+    offs: &[i64],
+    o_pad: usize,
+    ktot: i64,
+    rmw: bool,
+    pix_bytes: i64,
+) -> Result<WideConv, CodegenError> {
+    let og = b.o / b.groups;
+    let nb = og.div_ceil(16);
+    let pad = |v: &[f32]| padded(v, o_pad);
+    let epi = match &b.epi {
+        _ if b.zero_pad.is_some() || rmw => Epi::Counts,
+        Epilogue::Threshold { dir, t } => {
+            // The padding lanes are forced to +1 (bit 0): the packed
+            // layout keeps a word's tail bits zero.
+            let (mut d, mut h) = (dir.clone(), t.clone());
+            d.resize(o_pad, 1);
+            h.resize(o_pad, 0);
+            let (mut s, mut e) = count_thresholds(&d, &h, ktot);
+            for o in b.o..o_pad {
+                (s[o], e[o]) = (0, i32::MAX);
+            }
+            Epi::Bits { s, e }
+        }
+        f32_epi => {
+            // The operations of `epilogue` below, in the same order.
+            let (ops, tables) = match f32_epi {
+                Epilogue::Dot { alpha: None } => (vec![], vec![]),
+                Epilogue::Dot { alpha: Some(a) } => (vec![FOp::Mul(0)], vec![pad(a)]),
+                Epilogue::BatchNorm {
+                    alpha,
+                    gamma,
+                    mean,
+                    std,
+                    beta,
+                } => {
+                    let i = u8::from(alpha.is_some());
+                    let mut ops = alpha
+                        .as_ref()
+                        .map(|_| FOp::Mul(0))
+                        .into_iter()
+                        .collect::<Vec<_>>();
+                    ops.extend([
+                        FOp::Sub(i + 1),
+                        FOp::Mul(i),
+                        FOp::Div(i + 2),
+                        FOp::Add(i + 3),
+                    ]);
+                    let mut tables: Vec<Vec<f32>> = alpha.iter().map(|a| pad(a)).collect();
+                    tables.extend([pad(gamma), pad(mean), pad(std), pad(beta)]);
+                    (ops, tables)
+                }
+                Epilogue::Affine { mul, bias } => {
+                    (vec![FOp::Mul(0), FOp::Add(1)], vec![pad(mul), pad(bias)])
+                }
+                Epilogue::Threshold { .. } => unreachable!("matched above"),
+            };
+            Epi::Floats {
+                k: ktot as i32,
+                ops,
+                tables,
+                last_valid: if og.is_multiple_of(16) { 16 } else { og % 16 },
+            }
+        }
+    };
+    WideConv::new(fx, tile, b.groups, nb, lines, offs, epi, pix_bytes)
 }
 
 /// Popcount sums `[pixel][vector of 4 channels]` (i32x4) of one 16-channel

@@ -12,10 +12,12 @@
 //! * `rcx` `out`: counts, `i32` at `out + n·pixel_stride + 4·channel`, or
 //!   bits, 16 per block at `out + n·pixel_stride + 2·block`;
 //! * `r8` `epi`: for bits, `s` then (at `+e_offset`) `e`, `i32` per channel:
-//!   bit 1 (−1) iff `(count ^ s) > e`.
+//!   bit 1 (−1) iff `(count ^ s) > e`; for f32 outputs, the tables of the
+//!   epilogue's operations ([`FOp`]), `f32` per channel.
 
+use iced_x86::code_asm::registers::gpr32::eax;
 use iced_x86::code_asm::registers::gpr64::*;
-use iced_x86::code_asm::registers::k::k1;
+use iced_x86::code_asm::registers::k::{k1, k2};
 use iced_x86::code_asm::registers::zmm::get_zmm;
 use iced_x86::code_asm::{
     AsmRegister64, AsmRegisterZmm, CodeAssembler, dword_ptr, word_ptr, zmmword_ptr,
@@ -33,8 +35,22 @@ const BASES: [AsmRegister64; MAX_PIXELS] = [r9, r11, rbx, rbp, r12, r13, r14, r1
 /// The callee-saved ones among them, pushed and popped.
 const SAVED: [AsmRegister64; 6] = [rbx, rbp, r12, r13, r14, r15];
 
-/// How the kernel leaves its results.
+/// One f32 operation of a fused epilogue, with its per-channel table:
+/// `y = y op table[channel]`, in the interpreter's order (no FMA).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FOp {
+    /// `y · t`.
+    Mul(u8),
+    /// `y − t`.
+    Sub(u8),
+    /// `y / t`.
+    Div(u8),
+    /// `y + t`.
+    Add(u8),
+}
+
+/// How the kernel leaves its results.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Out {
     /// `i32` popcounts of every channel, `pixel_stride` bytes per pixel.
     Counts {
@@ -48,10 +64,25 @@ pub enum Out {
         /// Byte offset of the `e` table from the `s` table.
         e_offset: i32,
     },
+    /// f32 values `ops(f32(K − 2·count))` of every channel; the tables of
+    /// `ops` are `table_stride` bytes apart from `epi`.
+    Floats {
+        /// Bytes between the pixels' output rows.
+        pixel_stride: i32,
+        /// `K`, the receptive field in bits.
+        k: i32,
+        /// The operations after the conversion.
+        ops: Vec<FOp>,
+        /// Bytes between the tables.
+        table_stride: i32,
+        /// Valid channels of the last block (16 = all): the rest are not
+        /// stored (they belong to the next group or pixel).
+        last_valid: usize,
+    },
 }
 
 /// One kernel's shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
     /// Register tile.
     pub tile: Tile,
@@ -64,7 +95,8 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// The m-tiles in order: `(blocks per tile, count)`.
+    /// The m-tiles in order: `(blocks per tile, count)`. A masked last
+    /// block gets a tile of its own code (count 1).
     pub fn m_tiles(&self) -> Vec<(usize, usize)> {
         let mr = self.tile.mr;
         let mut v = Vec::new();
@@ -73,6 +105,15 @@ impl Spec {
         }
         if !self.blocks.is_multiple_of(mr) {
             v.push((self.blocks % mr, 1));
+        }
+        let masked = matches!(self.out, Out::Floats { last_valid, .. } if last_valid < 16);
+        if masked
+            && let Some(&(tmr, count)) = v.last()
+            && count > 1
+        {
+            v.pop();
+            v.push((tmr, count - 1));
+            v.push((tmr, 1));
         }
         v
     }
@@ -116,7 +157,8 @@ fn emit(a: &mut CodeAssembler, spec: &Spec, nr: usize, table_bytes: i32) -> Resu
     for (n, &r) in bases.iter().enumerate() {
         a.mov(r, qword_at(rdi, 8 * n as i32))?;
     }
-    for &(tmr, count) in &spec.m_tiles() {
+    let tiles = spec.m_tiles();
+    for (i, &(tmr, count)) in tiles.iter().enumerate() {
         // One m-tile: `tmr` blocks × `nr` pixels; a runtime loop of `count`
         // iterations (r10 counts down) when there are several.
         let mut m_loop = a.create_label();
@@ -124,7 +166,8 @@ fn emit(a: &mut CodeAssembler, spec: &Spec, nr: usize, table_bytes: i32) -> Resu
             a.mov(r10, count as u64)?;
         }
         a.set_label(&mut m_loop)?;
-        m_tile(a, spec, tmr, nr, table_bytes)?;
+        let last = i + 1 == tiles.len();
+        m_tile(a, spec, tmr, nr, table_bytes, last)?;
         if count > 1 {
             a.dec(r10)?;
             a.jnz(m_loop)?;
@@ -151,6 +194,7 @@ fn m_tile(
     mr: usize,
     nr: usize,
     table_bytes: i32,
+    last: bool,
 ) -> Result<(), IcedError> {
     let acc = |m: usize, n: usize| zmm(m * nr + n);
     let w = |m: usize| zmm(mr * nr + m);
@@ -185,6 +229,50 @@ fn m_tile(
     a.add(rdi, 4)?;
     a.jnz(k_loop)?;
     match spec.out {
+        Out::Floats {
+            pixel_stride,
+            k,
+            ref ops,
+            table_stride,
+            last_valid,
+        } => {
+            // dot = K − 2·count, converted exactly (|dot| < 2²⁴), then the
+            // epilogue's operations with the tables as memory operands.
+            let kv = bcast(1);
+            a.mov(eax, k)?;
+            a.vpbroadcastd(kv, eax)?;
+            let masked = last && last_valid < 16;
+            if masked {
+                a.mov(eax, (1u32 << last_valid) - 1)?;
+                a.kmovw(k2, eax)?;
+            }
+            for m in 0..mr {
+                for n in 0..nr {
+                    let x = temp(n);
+                    a.vpaddd(x, acc(m, n), acc(m, n))?;
+                    a.vpsubd(x, kv, x)?;
+                    a.vcvtdq2ps(x, x)?;
+                    for op in ops {
+                        let at =
+                            |t: u8| zmmword_ptr(r8 + (i32::from(t) * table_stride + 64 * m as i32));
+                        match *op {
+                            FOp::Mul(t) => a.vmulps(x, x, at(t))?,
+                            FOp::Sub(t) => a.vsubps(x, x, at(t))?,
+                            FOp::Div(t) => a.vdivps(x, x, at(t))?,
+                            FOp::Add(t) => a.vaddps(x, x, at(t))?,
+                        }
+                    }
+                    let dst = zmmword_ptr(rcx + (n as i32 * pixel_stride + 64 * m as i32));
+                    if masked && m + 1 == mr {
+                        a.vmovups(dst.k2(), x)?;
+                    } else {
+                        a.vmovups(dst, x)?;
+                    }
+                }
+            }
+            a.add(rcx, 64 * mr as i32)?;
+            a.add(r8, 64 * mr as i32)?;
+        }
         Out::Counts { pixel_stride } => {
             for n in 0..nr {
                 for m in 0..mr {

@@ -22,10 +22,37 @@ pub struct WideConv {
     group_bytes: i64,
     /// Step offsets (`i32`).
     offs: Value,
-    /// `s | e` thresholds of the fused bit epilogue.
-    thresholds: Option<Value>,
+    /// The fused epilogue's tables (`s | e` thresholds, or f32 tables).
+    tables: Option<Value>,
+    /// The fused epilogue writes bits (else f32 values).
+    bits_out: bool,
     bases: StackSlot,
     counts: Option<StackSlot>,
+}
+
+/// What the kernel writes.
+pub enum Epi {
+    /// Popcounts, for the Cranelift epilogue.
+    Counts,
+    /// Bits: 1 iff `(count ^ s_o) > e_o`, tables padded to the layer's
+    /// padded channel count.
+    Bits {
+        /// `s` per channel.
+        s: Vec<i32>,
+        /// `e` per channel.
+        e: Vec<i32>,
+    },
+    /// f32 values `ops(f32(k − 2·count))`.
+    Floats {
+        /// The receptive field in bits.
+        k: i32,
+        /// The operations, in the interpreter's order.
+        ops: Vec<bconv::FOp>,
+        /// Their tables, each padded to the layer's padded channel count.
+        tables: Vec<Vec<f32>>,
+        /// Valid channels of a group's last block (16 = all).
+        last_valid: usize,
+    },
 }
 
 /// What the caller does with a 16-channel block's popcounts on the counts
@@ -37,9 +64,8 @@ impl WideConv {
     /// Assembles the kernel of a layer and declares its data.
     ///
     /// `lines` are the weights in the vector layout of `kernels::binary`,
-    /// `offs` the steps' input offsets, and `fused` the popcount thresholds
-    /// `(s, e)` per output channel when the kernel writes bits itself
-    /// (`pixel_bytes` apart); otherwise it writes popcounts.
+    /// `offs` the steps' input offsets, and `epi` what the kernel writes
+    /// (`pixel_bytes` apart for bits and f32 values).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         fx: &mut Fx,
@@ -48,20 +74,52 @@ impl WideConv {
         blocks: usize,
         lines: &[u8],
         offs: &[i64],
-        fused: Option<(&[i32], &[i32])>,
+        epi: Epi,
         pixel_bytes: i64,
     ) -> Result<WideConv, CodegenError> {
         let steps = offs.len();
-        let out = match fused {
-            Some((s, _)) => Out::Bits {
-                pixel_stride: i32::try_from(pixel_bytes)
-                    .map_err(|_| CodegenError::Internal("pixel too large".into()))?,
-                e_offset: 4 * s.len() as i32,
-            },
-            None => Out::Counts {
-                pixel_stride: 64 * blocks as i32,
-            },
+        let pixel_stride = i32::try_from(pixel_bytes)
+            .map_err(|_| CodegenError::Internal("pixel too large".into()))?;
+        let (out, tables) = match epi {
+            Epi::Bits { s, e } => {
+                let both: Vec<i32> = s.iter().chain(&e).copied().collect();
+                let out = Out::Bits {
+                    pixel_stride,
+                    e_offset: 4 * s.len() as i32,
+                };
+                (out, Some(fx.i32_data(&both)?))
+            }
+            Epi::Floats {
+                k,
+                ops,
+                tables,
+                last_valid,
+            } => {
+                let len = tables.first().map_or(0, |t| t.len());
+                let all: Vec<f32> = tables.iter().flat_map(|t| t.iter().copied()).collect();
+                let out = Out::Floats {
+                    pixel_stride,
+                    k,
+                    ops,
+                    table_stride: 4 * len as i32,
+                    last_valid,
+                };
+                let data = if all.is_empty() {
+                    fx.ic(0)
+                } else {
+                    fx.f32_data(&all)?
+                };
+                (out, Some(data))
+            }
+            Epi::Counts => (
+                Out::Counts {
+                    pixel_stride: 64 * blocks as i32,
+                },
+                None,
+            ),
         };
+        let counts_out = matches!(out, Out::Counts { .. });
+        let bits_out = matches!(out, Out::Bits { .. });
         let spec = Spec {
             tile,
             blocks,
@@ -74,19 +132,12 @@ impl WideConv {
         let weights = fx.data(bconv::tile_weights(lines, groups, &spec))?;
         let tab: Vec<i32> = offs.iter().map(|&o| o as i32).collect();
         let offs = fx.i32_data(&tab)?;
-        let thresholds = match fused {
-            Some((s, e)) => {
-                let both: Vec<i32> = s.iter().chain(e).copied().collect();
-                Some(fx.i32_data(&both)?)
-            }
-            None => None,
-        };
         let bases = fx.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
             (8 * tile.nr) as u32,
             3,
         ));
-        let counts = fused.is_none().then(|| {
+        let counts = counts_out.then(|| {
             fx.b.create_sized_stack_slot(StackSlotData::new(
                 StackSlotKind::ExplicitSlot,
                 (64 * blocks * tile.nr) as u32,
@@ -99,7 +150,8 @@ impl WideConv {
             weights,
             group_bytes: (blocks * steps * 64) as i64,
             offs,
-            thresholds,
+            tables,
+            bits_out,
             bases,
             counts,
         })
@@ -126,10 +178,15 @@ impl WideConv {
         let table = fx.b.ins().stack_addr(types::I64, self.bases, 0);
         let wg = fx.mul_imm(g, self.group_bytes);
         let w = fx.b.ins().iadd(self.weights, wg);
-        let (dst, epi) = match (self.thresholds, self.counts) {
+        let (dst, epi) = match (self.tables, self.counts) {
             (Some(th), _) => {
-                // Bits: 16-bit words at channel o_g (a multiple of 16 here).
-                let byte = fx.b.ins().ushr_imm_s(o_g, 3);
+                // Bits: 16-bit words at channel o_g (a multiple of 16 here);
+                // f32: 4 bytes per channel.
+                let byte = if self.bits_out {
+                    fx.b.ins().ushr_imm_s(o_g, 3)
+                } else {
+                    fx.mul_imm(o_g, 4)
+                };
                 let dst = fx.b.ins().iadd(out, byte);
                 let o4 = fx.mul_imm(o_g, 4);
                 (dst, fx.b.ins().iadd(th, o4))
