@@ -28,9 +28,10 @@ use super::ast::{self, Arg, Expr, ExprKind, Ident, Literal, Span, Stmt};
 use super::diagnostic::Diagnostic;
 use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
-    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, CrossEntropy, Dense, Grad,
-    HardTanh, Op, OpKind, PadValue, Pair, ParamRole, Pool, RunningStat, Scale, Sign, SignGrad,
-    Statistic, Stats, TypeError, WeightForm, WeightKind, Wrt,
+    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, CrossEntropy, Dense,
+    DistributionLoss, Grad, HardTanh, Op, OpKind, PadValue, Pair, ParamRole, Pool,
+    QuantizationLoss, RunningStat, Scale, Sign, SignGrad, Statistic, Stats, TypeError, WeightForm,
+    WeightKind, Wrt,
 };
 use crate::ir::types::{DType, MAX_ELEMENTS, TensorType};
 use crate::util::closest;
@@ -1471,6 +1472,33 @@ impl<'a> Lowerer<'a> {
                 ))
             }
             OpKind::Grad => self.grad(scope, args),
+            OpKind::QuantizationLoss => {
+                let (layer, span) = self.tensor(scope, args, "of")?;
+                let of = self.graph.node(layer).op.clone();
+                let weight = self.float(scope, args, "weight", 1.0)?;
+                let Some(&x) = self.graph.operands(layer).first() else {
+                    return Err(Diagnostic::at(
+                        span,
+                        format!(
+                            "`quantization_loss` needs a binary layer, found `{}`",
+                            of.name()
+                        ),
+                        "expected a layer with binary weights",
+                    ));
+                };
+                Ok((
+                    Op::QuantizationLoss(QuantizationLoss {
+                        weight,
+                        of: Box::new(of),
+                    }),
+                    vec![(layer, span), (x, span)],
+                ))
+            }
+            OpKind::DistributionLoss => {
+                let x = self.tensor(scope, args, "input")?;
+                let weight = self.float(scope, args, "weight", 1.0)?;
+                Ok((Op::DistributionLoss(DistributionLoss { weight }), vec![x]))
+            }
             OpKind::Input | OpKind::Choose => Err(Diagnostic::at(
                 args.callee.span,
                 format!("`{}` is not called like an op", kind.name()),
@@ -1495,7 +1523,7 @@ impl<'a> Lowerer<'a> {
         let forward = self.graph.node(of).op.clone();
         let mut operands = vec![(of, span)];
         operands.extend(self.graph.operands(of).into_iter().map(|o| (o, span)));
-        if !matches!(forward, Op::CrossEntropy(_)) {
+        if !forward.kind().is_loss() {
             operands.push(self.tensor(scope, args, "dy")?);
         }
         let Some((e, _)) = args.take("wrt")? else {
@@ -1621,7 +1649,9 @@ impl<'a> Lowerer<'a> {
             | OpKind::Choose
             | OpKind::CrossEntropy
             | OpKind::RunningStat
-            | OpKind::Grad => {
+            | OpKind::Grad
+            | OpKind::QuantizationLoss
+            | OpKind::DistributionLoss => {
                 unreachable!("build_op handles `{kind}` itself")
             }
         })

@@ -163,6 +163,14 @@ pub struct TrainArgs {
     /// Label smoothing.
     #[arg(long, default_value_t = 0.0)]
     pub smoothing: f32,
+    /// Add the weight quantization loss λ·Σ‖W − α·sign(W)‖² over the layers
+    /// with binary weights, with this weight λ (Zheng et al. 2019).
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub quantization_loss: f32,
+    /// Add the distribution loss on every sign's input (Ding et al. 2019),
+    /// with this weight.
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub distribution_loss: f32,
     /// Random-crop padding for image data (0: none).
     #[arg(long, default_value_t = 0)]
     pub crop: usize,
@@ -301,6 +309,8 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         },
         optimizer: optimizer(&args)?,
         smoothing: args.smoothing,
+        quantization_loss: args.quantization_loss,
+        distribution_loss: args.distribution_loss,
         clip_latent: true,
         threads: args.threads.max(1),
     };

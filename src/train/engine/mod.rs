@@ -47,6 +47,7 @@ mod conv;
 mod elementwise;
 mod exec;
 mod gemm;
+mod loss_terms;
 mod norm;
 mod par;
 mod plan;
