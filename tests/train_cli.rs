@@ -259,3 +259,38 @@ fn train_checks_threads_and_resource_limits_first() {
     assert!(stderr.contains("parameters need 16.00 GiB"), "{stderr}");
     assert!(!out.exists());
 }
+
+/// `--quantization-loss` and `--distribution-loss` add their terms to the
+/// loss: the run trains (and differs from one without them), and a weight
+/// that is not a finite number >= 0 is refused with the flag's meaning.
+#[test]
+fn loss_term_flags_train_and_bad_weights_are_refused() {
+    let dir = scratch("terms");
+    let (plain, terms) = (dir.join("plain.safetensors"), dir.join("terms.safetensors"));
+    ok(onebit(&train_args(&plain, 2)));
+    let mut args = train_args(&terms, 2);
+    args.extend(["--quantization-loss", "0.001", "--distribution-loss", "0.5"].map(String::from));
+    let stdout = ok(onebit(&args));
+    let last = stdout.lines().last().unwrap();
+    let accuracy: f64 = last
+        .strip_prefix("test accuracy ")
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(accuracy > 80.0, "{last}");
+    assert_ne!(
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&terms).unwrap()
+    );
+
+    let mut bad = train_args(&dir.join("bad.safetensors"), 1);
+    bad.push("--quantization-loss=-1".into());
+    let out = onebit(&bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("the weight of the quantization loss must be a finite number >= 0, found -1"),
+        "{stderr}"
+    );
+}
