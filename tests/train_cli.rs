@@ -294,3 +294,75 @@ fn loss_term_flags_train_and_bad_weights_are_refused() {
         "{stderr}"
     );
 }
+
+/// A model that declares its input's normalisation is trained and evaluated
+/// on data normalised that way: `normalize(mean=8, std=8)` maps the digits'
+/// 0..16 to −1..1 exactly as the data set's default does, so the weights are
+/// the same bits; `--normalize` overrides the clause and says so.
+#[test]
+fn the_models_declared_normalisation_is_honoured_and_overridable() {
+    let dir = scratch("declared");
+    let source = std::fs::read_to_string(example("mlp_digits")).unwrap();
+    let declared = source.replace(
+        "input x: f32[64]",
+        "input x: f32[64] normalize(mean=8, std=8)",
+    );
+    assert_ne!(declared, source);
+    let model = dir.join("declared.bnn");
+    std::fs::write(&model, declared).unwrap();
+    let (default, own) = (dir.join("default.safetensors"), dir.join("own.safetensors"));
+    ok(onebit(&train_args(&default, 1)));
+    let mut args = train_args(&own, 1);
+    args[1] = model.display().to_string();
+    let stdout = ok(onebit(&args));
+    assert_eq!(
+        std::fs::read(&default).unwrap(),
+        std::fs::read(&own).unwrap()
+    );
+
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval".to_string(),
+            model.display().to_string(),
+            "--weights".into(),
+            own.display().to_string(),
+            "--data".into(),
+            "digits".into(),
+            "--json".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        onebit(&a)
+    };
+    let out = eval(&[]);
+    let v: serde_json::Value = serde_json::from_str(ok(out).trim()).unwrap();
+    let correct = v["correct"].as_u64().unwrap();
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains(&format!("({correct}/359)")),
+        "{stdout}"
+    );
+    let out = eval(&["--normalize", "none"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        stderr.contains(
+            "note: --normalize none overrides the model's `normalize(mean=8, std=8)` of input `x`"
+        ),
+        "{stderr}"
+    );
+    ok(out);
+    // `--normalize model` on a model without the clause is an error.
+    let mut plain = train_args(&dir.join("x.safetensors"), 1);
+    plain.extend(["--normalize", "model"].map(String::from));
+    let out = onebit(&plain);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--normalize model: input `x` of the model declares no `normalize(mean=…, std=…)`"
+        ),
+        "{stderr}"
+    );
+}

@@ -173,6 +173,9 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
 
     // 1. The forward pass in training mode.
     let mut g = Graph::new(model.name.clone());
+    for (input, n) in model.input_normalizations() {
+        g.set_input_normalization(input, Some(*n));
+    }
     let mut new_id: HashMap<NodeId, NodeId> = HashMap::new();
     for &id in &order {
         let node = model.node(id);

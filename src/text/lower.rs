@@ -671,6 +671,10 @@ impl<'a> Lowerer<'a> {
                         .graph
                         .add_input(&decl.name.name, ty)
                         .map_err(|e| self.graph_error(e, decl.name.span))?;
+                    if let Some(clause) = &decl.normalize {
+                        let n = input_normalization(clause)?;
+                        self.graph.set_input_normalization(&decl.name.name, Some(n));
+                    }
                     scope.slots.insert(
                         &decl.name.name,
                         Slot {
@@ -1656,4 +1660,75 @@ impl<'a> Lowerer<'a> {
             }
         })
     }
+}
+
+/// The `normalize(mean=M, std=S)` clause of an input declaration: keyword
+/// numbers only, `mean` finite (default 0), `std` finite and not zero
+/// (default 1).
+fn input_normalization(clause: &ast::Expr) -> Result<crate::ir::InputNormalization, Diagnostic> {
+    let ExprKind::Call { args, .. } = &clause.kind else {
+        return Err(Diagnostic::at(
+            clause.span,
+            "expected `normalize(mean=M, std=S)`",
+            "here",
+        ));
+    };
+    let mut n = crate::ir::InputNormalization {
+        mean: 0.0,
+        std: 1.0,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for arg in args {
+        let Some(key) = &arg.keyword else {
+            return Err(Diagnostic::at(
+                arg.value.span,
+                "`normalize` takes keyword arguments: `normalize(mean=M, std=S)`",
+                "expected `mean=` or `std=`",
+            ));
+        };
+        if seen.contains(&key.name.as_str()) {
+            return Err(Diagnostic::at(
+                key.span,
+                format!("`{}` is given twice", key.name),
+                "second value",
+            ));
+        }
+        let value = match arg.value.kind {
+            ExprKind::Literal(Literal::Int(v)) => v as f64,
+            ExprKind::Literal(Literal::Float(v)) => v,
+            _ => {
+                return Err(Diagnostic::at(
+                    arg.value.span,
+                    format!("`{}` of `normalize` needs a number", key.name),
+                    "expected a number",
+                ));
+            }
+        };
+        let v = value as f32;
+        let bad = |what: &str| {
+            Diagnostic::at(
+                arg.value.span,
+                format!(
+                    "`{}` of `normalize` must be {what}, found {value}",
+                    key.name
+                ),
+                "out of range",
+            )
+        };
+        match key.name.as_str() {
+            "mean" if v.is_finite() => n.mean = v,
+            "mean" => return Err(bad("a finite number")),
+            "std" if v.is_finite() && v != 0.0 => n.std = v,
+            "std" => return Err(bad("a finite number other than 0")),
+            other => {
+                return Err(Diagnostic::at(
+                    key.span,
+                    format!("`normalize` has no parameter `{other}`"),
+                    "expected `mean` or `std`",
+                ));
+            }
+        }
+        seen.push(&key.name);
+    }
+    Ok(n)
 }

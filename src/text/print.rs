@@ -26,7 +26,17 @@ fn write_graph(out: &mut String, graph: &Graph) -> std::fmt::Result {
     writeln!(out, "model {} {{", graph.name)?;
     for &id in graph.inputs() {
         let n = graph.node(id);
-        writeln!(out, "  input {}: {}", n.name, n.ty)?;
+        match graph.input_normalization(&n.name) {
+            Some(m) => writeln!(
+                out,
+                "  input {}: {} normalize(mean={}, std={})",
+                n.name,
+                n.ty,
+                float(m.mean),
+                float(m.std)
+            )?,
+            None => writeln!(out, "  input {}: {}", n.name, n.ty)?,
+        }
     }
     let order = graph
         .topo_order()
