@@ -36,8 +36,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
-    BatchNorm, CrossEntropy, DistributionLoss, Grad, Op, ParamRole, QuantizationLoss, RunningStat,
-    Statistic, Stats, Wrt,
+    BatchNorm, BinaryOutput, CrossEntropy, DistributionLoss, Grad, Op, ParamRole, QuantizationLoss,
+    RunningStat, Statistic, Stats, WeightForm, WeightKind, Wrt,
 };
 use crate::ir::types::DType;
 use crate::ir::verify::{VerifyError, verify};
@@ -446,13 +446,14 @@ fn grad_operands(g: &Graph, fwd: NodeId, dy: Option<NodeId>) -> Vec<NodeId> {
 /// Whether `op` is a layer with latent binary weights, the layers a
 /// quantization loss regularises.
 fn has_latent_binary_weights(op: &Op) -> bool {
-    crate::ir::interp::loss_terms::binary_weight_shape(op, 1).is_some()
-        && op
-            .trainable_param(
-                &[&crate::ir::types::TensorType::f32(vec![1])],
-                ParamRole::Weight,
-            )
-            .is_some()
+    let latent_dot = |output, weights| output == BinaryOutput::Dot && weights == WeightForm::Latent;
+    match op {
+        Op::BConv2d(a) => latent_dot(a.output, a.weights),
+        Op::BDense(a) => latent_dot(a.output, a.weights),
+        Op::Conv2d(a) => a.weights == WeightKind::Binary,
+        Op::Dense(a) => a.weights == WeightKind::Binary,
+        _ => false,
+    }
 }
 
 /// The distinct inputs of `sign` nodes that depend on a parameter, each with
