@@ -31,15 +31,18 @@ pub fn binary_weight_shape(of: &Op, channels: usize) -> Option<(Vec<usize>, Scal
     }
 }
 
-/// The latent weights `W` (`[O, K]` in C order) of the layer `layer` that a
-/// quantization loss reads, their shape, and the scale `α_o` of each output
-/// channel (`mean|W_o|` with `scale=channel`, else 1).
+/// What a quantization loss reads: the latent weights `W` (`[O, K]` in C
+/// order), their shape, and the scale `α_o` of each output channel.
+type QuantizationOperands<'p> = (&'p [f32], Vec<usize>, Vec<f32>);
+
+/// The latent weights of the layer `layer` that a quantization loss reads,
+/// their shape, and `α_o` (`mean|W_o|` with `scale=channel`, else 1).
 fn quantization_operands<'p>(
     params: &'p Params,
     layer: &str,
     a: &QuantizationLoss,
     channels: usize,
-) -> Result<(&'p [f32], Vec<usize>, Vec<f32>), InterpError> {
+) -> Result<QuantizationOperands<'p>, InterpError> {
     let (shape, scale) = binary_weight_shape(&a.of, channels).ok_or_else(|| {
         InterpError::Verify(Box::new(crate::ir::verify::VerifyError::Training {
             node: layer.to_string(),
@@ -200,9 +203,10 @@ pub(super) fn distribution_loss_grad(x: &Tensor, a: &DistributionLoss) -> Tensor
         for ch in 0..c {
             let base = (s * c + ch) * inner;
             let (d_mu, d_sigma_over_s) = slopes[ch];
-            for i in base..base + inner {
-                let centred = x.data[i] as f64 - mean[ch];
-                dx[i] = (scale * (d_mu + d_sigma_over_s * centred)) as f32;
+            let plane = &x.data[base..][..inner];
+            for (d, &v) in dx[base..][..inner].iter_mut().zip(plane) {
+                let centred = v as f64 - mean[ch];
+                *d = (scale * (d_mu + d_sigma_over_s * centred)) as f32;
             }
         }
     }
