@@ -282,7 +282,12 @@ fn op(kind: Kind, a: &Attrs) -> Op {
         Kind::Choose => Op::Choose,
         Kind::Threshold => Op::Threshold,
         Kind::Affine => Op::Affine,
-        Kind::Input | Kind::CrossEntropy | Kind::RunningStat | Kind::Grad => {
+        Kind::Input
+        | Kind::CrossEntropy
+        | Kind::RunningStat
+        | Kind::Grad
+        | Kind::QuantizationLoss
+        | Kind::DistributionLoss => {
             unreachable!("recipes add neither inputs nor training ops: see `kinds`")
         }
     }

@@ -259,3 +259,110 @@ fn train_checks_threads_and_resource_limits_first() {
     assert!(stderr.contains("parameters need 16.00 GiB"), "{stderr}");
     assert!(!out.exists());
 }
+
+/// `--quantization-loss` and `--distribution-loss` add their terms to the
+/// loss: the run trains (and differs from one without them), and a weight
+/// that is not a finite number >= 0 is refused with the flag's meaning.
+#[test]
+fn loss_term_flags_train_and_bad_weights_are_refused() {
+    let dir = scratch("terms");
+    let (plain, terms) = (dir.join("plain.safetensors"), dir.join("terms.safetensors"));
+    ok(onebit(&train_args(&plain, 2)));
+    let mut args = train_args(&terms, 2);
+    args.extend(["--quantization-loss", "0.001", "--distribution-loss", "0.5"].map(String::from));
+    let stdout = ok(onebit(&args));
+    let last = stdout.lines().last().unwrap();
+    let accuracy: f64 = last
+        .strip_prefix("test accuracy ")
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(accuracy > 80.0, "{last}");
+    assert_ne!(
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&terms).unwrap()
+    );
+
+    let mut bad = train_args(&dir.join("bad.safetensors"), 1);
+    bad.push("--quantization-loss=-1".into());
+    let out = onebit(&bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("the weight of the quantization loss must be a finite number >= 0, found -1"),
+        "{stderr}"
+    );
+}
+
+/// A model that declares its input's normalisation is trained and evaluated
+/// on data normalised that way: `normalize(mean=8, std=8)` maps the digits'
+/// 0..16 to −1..1 exactly as the data set's default does, so the weights are
+/// the same bits; `--normalize` overrides the clause and says so.
+#[test]
+fn the_models_declared_normalisation_is_honoured_and_overridable() {
+    let dir = scratch("declared");
+    let source = std::fs::read_to_string(example("mlp_digits")).unwrap();
+    let declared = source.replace(
+        "input x: f32[64]",
+        "input x: f32[64] normalize(mean=8, std=8)",
+    );
+    assert_ne!(declared, source);
+    let model = dir.join("declared.bnn");
+    std::fs::write(&model, declared).unwrap();
+    let (default, own) = (dir.join("default.safetensors"), dir.join("own.safetensors"));
+    ok(onebit(&train_args(&default, 1)));
+    let mut args = train_args(&own, 1);
+    args[1] = model.display().to_string();
+    let stdout = ok(onebit(&args));
+    assert_eq!(
+        std::fs::read(&default).unwrap(),
+        std::fs::read(&own).unwrap()
+    );
+
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval".to_string(),
+            model.display().to_string(),
+            "--weights".into(),
+            own.display().to_string(),
+            "--data".into(),
+            "digits".into(),
+            "--json".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        onebit(&a)
+    };
+    let out = eval(&[]);
+    let v: serde_json::Value = serde_json::from_str(ok(out).trim()).unwrap();
+    let correct = v["correct"].as_u64().unwrap();
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains(&format!("({correct}/359)")),
+        "{stdout}"
+    );
+    let out = eval(&["--normalize", "none"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        stderr.contains(
+            "note: --normalize none overrides the model's `normalize(mean=8, std=8)` of input `x`"
+        ),
+        "{stderr}"
+    );
+    ok(out);
+    // `--normalize model` on a model without the clause is an error.
+    let mut plain = train_args(&dir.join("x.safetensors"), 1);
+    plain.extend(["--normalize", "model"].map(String::from));
+    let out = onebit(&plain);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--normalize model: input `x` of the model declares no `normalize(mean=…, std=…)`"
+        ),
+        "{stderr}"
+    );
+}

@@ -80,9 +80,22 @@ fn worst(a: &Tensor, b: &Tensor, exact: bool, floor: f64) -> f64 {
 /// Zero for other outputs. At least `1e-6·` the largest gradient flowing
 /// through the graph (see below).
 fn term_floor(graph: &Graph, all: &HashMap<NodeId, Tensor>, id: NodeId) -> f64 {
+    // A parameter gradient with several parts (the part through the layer
+    // and a loss term's): the largest floor of its parts.
+    if let Op::Add = graph.node(id).op {
+        return graph
+            .operands(id)
+            .into_iter()
+            .map(|o| term_floor(graph, all, o))
+            .fold(0.0, f64::max);
+    }
     let Op::Grad(g) = &graph.node(id).op else {
         return 0.0;
     };
+    if g.of.kind().is_loss() {
+        // A loss term's gradient is a direct function of its operands.
+        return 0.0;
+    }
     if !matches!(g.wrt, Wrt::Param(_)) {
         return 0.0;
     }
@@ -163,15 +176,17 @@ fn check(what: &str, graph: &Graph, params: &Params, inputs: &[Tensor], threads:
 /// The training graph of `source` checked at batches 1, 3 and 16 and
 /// threads 1 and 2.
 fn check_training(what: &str, source: &str, batches: &[usize], seed: u64) {
+    let spec = LossSpec {
+        smoothing: 0.1,
+        ..LossSpec::default()
+    };
+    check_training_with(what, source, &spec, batches, seed);
+}
+
+/// As [`check_training`], with the loss `spec`.
+fn check_training_with(what: &str, source: &str, spec: &LossSpec, batches: &[usize], seed: u64) {
     let model = parse_str(source).unwrap();
-    let train = differentiate(
-        &model,
-        &LossSpec {
-            logits: None,
-            smoothing: 0.1,
-        },
-    )
-    .unwrap();
+    let train = differentiate(&model, spec).unwrap();
     let params = random_params(&model, seed);
     let mut worst_seen = 0.0f64;
     for &n in batches {
@@ -232,6 +247,49 @@ fn fashion_models_training_steps_match_the_interpreter() {
                    y = dense(flatten(batchnorm(c)), 5)  output y }",
         &[1, 4],
         7,
+    );
+}
+
+/// The extra loss terms: the weight quantization loss on every kind of
+/// layer with binary weights and the distribution loss on every sign's
+/// input, on the examples and on a model with every binary layer kind.
+#[test]
+fn loss_terms_match_the_interpreter() {
+    let spec = LossSpec {
+        smoothing: 0.1,
+        quantization: 0.01,
+        distribution: 0.5,
+        ..LossSpec::default()
+    };
+    check_training_with(
+        "digits_cnn + terms",
+        &example("digits_cnn"),
+        &spec,
+        &[1, 16],
+        11,
+    );
+    check_training_with(
+        "fashion_mlp + terms",
+        &example("fashion_mlp"),
+        &spec,
+        &[1, 5],
+        12,
+    );
+    check_training_with(
+        "every binary layer + terms",
+        "model m { input x: f32[2, 6, 6]
+                   c = conv2d(x, 4, kernel=3, pad=1, weights=binary, scale=channel)
+                   s = sign(batchnorm(c))
+                   b = bconv2d(s, 6, kernel=3, stride=2, pad_value=1)
+                   t = sign(batchnorm(b))
+                   d = bdense(flatten(t), 8, scale=channel)
+                   u = sign(d)
+                   e = dense(flatten(batchnorm(c)), 8, weights=binary)
+                   y = dense(add(bdense(u, 8), e), 5)
+                   output y }",
+        &spec,
+        &[1, 3, 16],
+        13,
     );
 }
 

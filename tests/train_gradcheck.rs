@@ -85,8 +85,8 @@ fn check_real(source: &str, seed: u64, n: usize) {
     let train = differentiate(
         &model,
         &LossSpec {
-            logits: None,
             smoothing: 0.1,
+            ..LossSpec::default()
         },
     )
     .unwrap();
@@ -370,5 +370,203 @@ fn binary_weights_over_real_inputs_follow_the_estimator() {
                 }
             }
         }
+    }
+}
+
+/// A node's value in a run of the training graph.
+fn node_value(train: &TrainingGraph, params: &Params, inputs: &[Tensor], name: &str) -> Tensor {
+    let id = train
+        .graph
+        .find(name)
+        .unwrap_or_else(|| panic!("no node `{name}`"));
+    interp::run_all(&train.graph, params, inputs).unwrap()[&id].clone()
+}
+
+/// The weight quantization loss: its value against the formula written out
+/// here, its gradient against central differences of that value (a real
+/// path: `α = mean|W|` moves with `W` too), each regularised weight's
+/// gradient the sum of its two parts, and the loss the sum of its terms.
+#[test]
+fn quantization_loss_follows_its_definition_and_finite_differences() {
+    let model = parse_str(
+        "model m { input x: f32[2, 5, 5]
+                   c = conv2d(x, 3, kernel=3, weights=binary, scale=channel)
+                   s = sign(batchnorm(c))
+                   b = bconv2d(s, 4, kernel=2, pad=1)
+                   d = bdense(flatten(sign(batchnorm(b))), 6, scale=channel)
+                   y = dense(batchnorm(d), 3)
+                   output y }",
+    )
+    .unwrap();
+    let lambda = 0.05f32;
+    let spec = LossSpec {
+        quantization: lambda,
+        ..LossSpec::default()
+    };
+    let train = differentiate(&model, &spec).unwrap();
+    let mut params = random_params(&model, 41);
+    let mut rng = Rng::new(42);
+    for layer in ["c", "b", "d"] {
+        for v in &mut params
+            .tensors
+            .get_mut(&format!("{layer}.weight"))
+            .unwrap()
+            .data
+        {
+            *v = rng.uniform(1.3);
+        }
+    }
+    let inputs = batch(&train, 4, 43);
+    let mut terms = 0.0f32;
+    for (layer, scaled) in [("c", true), ("b", false), ("d", true)] {
+        let term = format!("{layer}.quantization_loss");
+        let w = &params.tensors[&format!("{layer}.weight")];
+        let out = w.shape[0];
+        let k = w.data.len() / out;
+        let mut expected = 0.0f64;
+        for o in 0..out {
+            let row = &w.data[o * k..][..k];
+            let alpha = if scaled {
+                row.iter().map(|v| v.abs() as f64).sum::<f64>() / k as f64
+            } else {
+                1.0
+            };
+            for &v in row {
+                let d = v as f64 - alpha * if v >= 0.0 { 1.0 } else { -1.0 };
+                expected += d * d;
+            }
+        }
+        expected *= lambda as f64;
+        let value = node_value(&train, &params, &inputs, &term).data[0];
+        assert!(
+            (value as f64 - expected).abs() <= 1e-5 * expected,
+            "{term}: {value} vs {expected}"
+        );
+        terms += value;
+
+        // The term's own gradient, against central differences of the term.
+        let part = node_value(&train, &params, &inputs, &format!("{layer}.weight.grad.1"));
+        let h = 1e-3f32;
+        let mut checked = 0;
+        for i in (0..w.data.len()).step_by(3) {
+            if w.data[i].abs() < 10.0 * h {
+                continue; // the difference quotient would cross sign's jump
+            }
+            let at = |delta: f32| {
+                let mut p = params.clone();
+                p.tensors.get_mut(&format!("{layer}.weight")).unwrap().data[i] += delta;
+                node_value(&train, &p, &inputs, &term).data[0] as f64
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+            let an = part.data[i] as f64;
+            assert!(
+                (fd - an).abs() <= 1e-3 + 1e-2 * fd.abs().max(an.abs()),
+                "{layer}.weight[{i}]: analytic {an}, finite differences {fd}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 5, "{layer}: {checked} weights checked");
+
+        // The weight's gradient is the part through the layer plus the term's.
+        let through = node_value(&train, &params, &inputs, &format!("{layer}.weight.grad.0"));
+        let total = node_value(&train, &params, &inputs, &format!("{layer}.weight.grad"));
+        for i in 0..total.data.len() {
+            assert_eq!(
+                total.data[i],
+                through.data[i] + part.data[i],
+                "{layer}[{i}]"
+            );
+        }
+    }
+    let ce = node_value(&train, &params, &inputs, "loss.cross_entropy").data[0];
+    let total = loss(&train, &params, &inputs) as f32;
+    assert!(
+        (total - (ce + terms)).abs() <= 1e-6 * total.abs(),
+        "loss {total} vs {ce} + {terms}"
+    );
+}
+
+/// The distribution loss on a real path: the sign whose input it shapes
+/// does not reach the logits, so every parameter gradient of the total
+/// loss (cross-entropy plus the term) is checked against central
+/// differences, and the term's value against the formula written out here
+/// (Ding et al. 2019, the reference implementation's `distrloss_layer.py`),
+/// with channels set up to exercise each of its three hinges.
+#[test]
+fn distribution_loss_follows_its_definition_and_finite_differences() {
+    for (source, x_name, sign) in [
+        (
+            "model m { input x: f32[10]  h = dense(x, 9)  s = sign(h)
+                       y = dense(relu(h), 4)  output y, s }",
+            "h",
+            "s",
+        ),
+        (
+            "model m { input x: f32[2, 4, 4]  h = conv2d(x, 3, kernel=3, pad=1)
+                       s = sign(h)  y = dense(global_avgpool(h), 4)  output y, s }",
+            "h",
+            "s",
+        ),
+    ] {
+        let model = parse_str(source).unwrap();
+        let lambda = 0.7f32;
+        let spec = LossSpec {
+            distribution: lambda,
+            ..LossSpec::default()
+        };
+        let train = differentiate(&model, &spec).unwrap();
+        let mut params = random_params(&model, 51);
+        // Channel 0 wide (saturation: σ > 4), channel 1 off-centre
+        // (degeneration: |μ| > σ), the rest narrow (gradient mismatch).
+        let w = params.tensors.get_mut("h.weight").unwrap();
+        let k = w.data.len() / w.shape[0];
+        for v in &mut w.data[..k] {
+            *v *= 20.0;
+        }
+        params.tensors.get_mut("h.bias").unwrap().data[1] = 3.0;
+        let inputs = batch(&train, 6, 52);
+
+        let h = node_value(&train, &params, &inputs, x_name);
+        let (n, c) = (h.shape[0], h.shape[1]);
+        let inner: usize = h.shape[2..].iter().product();
+        let m = (n * inner) as f64;
+        let mut expected = 0.0f64;
+        let mut hinges = [0; 3];
+        for ch in 0..c {
+            let values: Vec<f64> = (0..n)
+                .flat_map(|s| {
+                    h.data[(s * c + ch) * inner..][..inner]
+                        .iter()
+                        .map(|&v| v as f64)
+                })
+                .collect();
+            let mu = values.iter().sum::<f64>() / m;
+            let var = values.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / m;
+            let sigma = (var + 1e-10).sqrt();
+            let mismatch = (2.0 - mu - sigma).min(2.0 + mu - sigma).max(0.0);
+            let saturation = (sigma - 4.0).max(0.0);
+            let degeneration = (mu * mu - sigma * sigma).max(0.0);
+            for (count, v) in hinges.iter_mut().zip([mismatch, saturation, degeneration]) {
+                *count += usize::from(v > 0.0);
+            }
+            expected += mismatch * mismatch + saturation * saturation + degeneration;
+        }
+        expected *= lambda as f64 / c as f64;
+        assert!(
+            hinges.iter().all(|&k| k > 0),
+            "every hinge is active somewhere: {hinges:?}"
+        );
+        let value = node_value(
+            &train,
+            &params,
+            &inputs,
+            &format!("{sign}.distribution_loss"),
+        );
+        assert!(
+            (value.data[0] as f64 - expected).abs() <= 1e-5 * expected,
+            "{source}: {} vs {expected}",
+            value.data[0]
+        );
+        finite_differences(&train, &params, &inputs, 8, &[]);
     }
 }

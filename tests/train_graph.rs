@@ -34,3 +34,26 @@ fn training_graphs_print_parse_and_verify() {
         insta::assert_snapshot!(format!("training_graph__{name}"), text);
     }
 }
+
+/// The extra loss terms: one `quantization_loss` per layer with binary
+/// weights, one `distribution_loss` per sign input, summed into `loss`; the
+/// regularised weights' gradients summed from their two parts.
+#[test]
+fn training_graphs_with_loss_terms_print_parse_and_verify() {
+    let spec = LossSpec {
+        quantization: 0.001,
+        distribution: 0.5,
+        ..LossSpec::default()
+    };
+    for name in ["mlp_digits", "fashion_mlp"] {
+        let model = parse_str(&source(name)).unwrap();
+        let train = differentiate(&model, &spec).unwrap();
+        assert!(!train.terms.is_empty(), "{name}: the loss has terms");
+        let text = print(&train.graph);
+        let reparsed = parse_str(&text).unwrap_or_else(|e| panic!("{name}: {e:?}\n{text}"));
+        reparsed
+            .same_as(&train.graph)
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+        insta::assert_snapshot!(format!("training_graph_with_terms__{name}"), text);
+    }
+}

@@ -677,7 +677,11 @@ impl<'g> Planner<'g> {
             return Err(training());
         }
         match &node.op {
-            Op::CrossEntropy(_) | Op::RunningStat(_) | Op::Grad(_) => return Err(training()),
+            Op::CrossEntropy(_)
+            | Op::RunningStat(_)
+            | Op::Grad(_)
+            | Op::QuantizationLoss(_)
+            | Op::DistributionLoss(_) => return Err(training()),
             Op::Input => {
                 let io = graph
                     .inputs()

@@ -8,7 +8,7 @@
 //! Node names are unique and stable: parameters are found by `NODE.weight` and the
 //! like, so a node keeps its name through every rewrite that keeps its meaning.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use petgraph::Direction;
@@ -83,6 +83,19 @@ pub enum GraphError {
     UnknownNode(NodeId),
 }
 
+/// How the data fed to a model input is normalised before it reaches the
+/// model: `(x − mean) / std` for every value (the `normalize(mean=…, std=…)`
+/// clause of an input declaration, `ir-spec/language.md`). It describes the
+/// data, not a computation of the graph: the data pipeline of `onebit train`
+/// and `onebit eval` applies it, engines never do.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputNormalization {
+    /// Subtracted first (finite).
+    pub mean: f32,
+    /// Divided by next (finite, not zero).
+    pub std: f32,
+}
+
 /// A model: a dataflow graph with ordered inputs and outputs.
 #[derive(Clone, Debug)]
 pub struct Graph {
@@ -92,6 +105,8 @@ pub struct Graph {
     names: HashMap<String, NodeId>,
     inputs: Vec<NodeId>,
     outputs: Vec<NodeId>,
+    /// The declared normalisation of inputs, by input name.
+    normalization: BTreeMap<String, InputNormalization>,
 }
 
 impl Graph {
@@ -103,7 +118,27 @@ impl Graph {
             names: HashMap::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            normalization: BTreeMap::new(),
         }
+    }
+
+    /// The normalisation declared for the input `name`, if any.
+    pub fn input_normalization(&self, name: &str) -> Option<InputNormalization> {
+        self.normalization.get(name).copied()
+    }
+
+    /// Every declared input normalisation, by input name.
+    pub fn input_normalizations(&self) -> &BTreeMap<String, InputNormalization> {
+        &self.normalization
+    }
+
+    /// Declares (or, with `None`, removes) the normalisation of the input
+    /// `name`. Metadata only: it changes no node.
+    pub fn set_input_normalization(&mut self, name: &str, n: Option<InputNormalization>) {
+        match n {
+            Some(n) => self.normalization.insert(name.to_string(), n),
+            None => self.normalization.remove(name),
+        };
     }
 
     /// Adds a model input of the declared type.
@@ -331,6 +366,12 @@ impl Graph {
                 "inputs {:?} vs {:?}",
                 names(self, &self.inputs),
                 names(other, &other.inputs)
+            ));
+        }
+        if self.normalization != other.normalization {
+            return Err(format!(
+                "input normalisation {:?} vs {:?}",
+                self.normalization, other.normalization
             ));
         }
         if names(self, &self.outputs) != names(other, &other.outputs) {

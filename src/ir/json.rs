@@ -11,9 +11,11 @@
 //! [`from_json`] rebuilds the graph through the builder, so every node is
 //! re-typed and a malformed document is an error, never a wrong graph.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use super::graph::{Graph, NodeId};
+use super::graph::{Graph, InputNormalization, NodeId};
 use super::ops::Op;
 use super::types::TensorType;
 
@@ -21,6 +23,9 @@ use super::types::TensorType;
 struct GraphDoc {
     model: String,
     inputs: Vec<String>,
+    /// Declared input normalisation, by input name (absent when none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    normalize: BTreeMap<String, InputNormalization>,
     outputs: Vec<String>,
     nodes: Vec<NodeDoc>,
 }
@@ -44,6 +49,7 @@ pub fn to_json(graph: &Graph) -> String {
     let doc = GraphDoc {
         model: graph.name.clone(),
         inputs: graph.inputs().iter().map(|&i| name(i)).collect(),
+        normalize: graph.input_normalizations().clone(),
         outputs: graph.outputs().iter().map(|&o| name(o)).collect(),
         nodes: order
             .into_iter()
@@ -110,6 +116,14 @@ pub fn from_json(text: &str) -> Result<Graph, String> {
     }
     if inputs != graph.inputs() {
         return Err("`inputs` must list the input nodes in the order they appear".into());
+    }
+    for (input, n) in &doc.normalize {
+        if !doc.inputs.contains(input) {
+            return Err(format!(
+                "`normalize` names `{input}`, which is not an input"
+            ));
+        }
+        graph.set_input_normalization(input, Some(*n));
     }
     for o in &doc.outputs {
         let id = graph

@@ -10,7 +10,7 @@ pub mod params;
 pub mod types;
 pub mod verify;
 
-pub use graph::{Graph, Node, NodeId};
+pub use graph::{Graph, InputNormalization, Node, NodeId};
 pub use ops::{Op, OpKind};
 pub use params::{Params, Tensor};
 pub use types::{DType, Shape, TensorType};

@@ -312,6 +312,29 @@ pub struct CrossEntropy {
     pub smoothing: f32,
 }
 
+/// Attributes of `quantization_loss`: a weighted loss term between a binary
+/// layer's latent weights and their binarized, scaled form (Zheng et al. 2019).
+///
+/// Operands: the layer, then the layer's own operand (the printer leaves it
+/// out and the parser adds it back, as for `running_stat`). The layer's op is
+/// repeated here so that the typing rule can derive the weight's shape; the
+/// verifier checks that it equals the layer's op.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationLoss {
+    /// The term's weight `λ` in the total loss (finite, `>= 0`).
+    pub weight: f32,
+    /// The layer's op.
+    pub of: Box<Op>,
+}
+
+/// Attributes of `distribution_loss`: a weighted loss term on the batch
+/// distribution of pre-sign activations (Ding et al. 2019).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistributionLoss {
+    /// The term's weight `λ` in the total loss (finite, `>= 0`).
+    pub weight: f32,
+}
+
 /// The statistic a `running_stat` node updates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -485,6 +508,12 @@ pub enum Op {
     RunningStat(RunningStat),
     /// A vector-Jacobian product of a forward node (training).
     Grad(Grad),
+    /// `λ·Σ (W − α·sign(W))²` over a binary layer's latent weights (a
+    /// training loss term).
+    QuantizationLoss(QuantizationLoss),
+    /// The distribution loss of Ding et al. 2019 on a pre-sign activation,
+    /// over the batch (a training loss term).
+    DistributionLoss(DistributionLoss),
 }
 
 /// How many operands an op takes.
@@ -569,11 +598,15 @@ pub enum OpKind {
     RunningStat,
     /// See [`Op::Grad`].
     Grad,
+    /// See [`Op::QuantizationLoss`].
+    QuantizationLoss,
+    /// See [`Op::DistributionLoss`].
+    DistributionLoss,
 }
 
 impl OpKind {
     /// Every op kind, in the order of `ir-spec/ops.md`.
-    pub const ALL: [OpKind; 25] = [
+    pub const ALL: [OpKind; 27] = [
         OpKind::Input,
         OpKind::Conv2d,
         OpKind::BConv2d,
@@ -599,6 +632,8 @@ impl OpKind {
         OpKind::CrossEntropy,
         OpKind::RunningStat,
         OpKind::Grad,
+        OpKind::QuantizationLoss,
+        OpKind::DistributionLoss,
     ];
 
     /// The name in the text format.
@@ -629,6 +664,8 @@ impl OpKind {
             OpKind::CrossEntropy => "cross_entropy",
             OpKind::RunningStat => "running_stat",
             OpKind::Grad => "grad",
+            OpKind::QuantizationLoss => "quantization_loss",
+            OpKind::DistributionLoss => "distribution_loss",
         }
     }
 
@@ -646,7 +683,9 @@ impl OpKind {
             OpKind::Input => Arity::Exactly(0),
             OpKind::Add => Arity::AtLeast(2),
             OpKind::Concat | OpKind::Choose => Arity::AtLeast(1),
-            OpKind::CrossEntropy | OpKind::RunningStat => Arity::Exactly(2),
+            OpKind::CrossEntropy | OpKind::RunningStat | OpKind::QuantizationLoss => {
+                Arity::Exactly(2)
+            }
             OpKind::Grad => Arity::AtLeast(2),
             _ => Arity::Exactly(1),
         }
@@ -661,7 +700,21 @@ impl OpKind {
     pub fn is_training(self) -> bool {
         matches!(
             self,
-            OpKind::CrossEntropy | OpKind::RunningStat | OpKind::Grad
+            OpKind::CrossEntropy
+                | OpKind::RunningStat
+                | OpKind::Grad
+                | OpKind::QuantizationLoss
+                | OpKind::DistributionLoss
+        )
+    }
+
+    /// Whether the op is a loss or a loss term: a scalar for the batch that
+    /// the training loss sums, so a `grad` node of it takes no upstream
+    /// gradient.
+    pub fn is_loss(self) -> bool {
+        matches!(
+            self,
+            OpKind::CrossEntropy | OpKind::QuantizationLoss | OpKind::DistributionLoss
         )
     }
 }
@@ -701,6 +754,8 @@ impl Op {
             Op::CrossEntropy(_) => OpKind::CrossEntropy,
             Op::RunningStat(_) => OpKind::RunningStat,
             Op::Grad(_) => OpKind::Grad,
+            Op::QuantizationLoss(_) => OpKind::QuantizationLoss,
+            Op::DistributionLoss(_) => OpKind::DistributionLoss,
         }
     }
 
@@ -758,6 +813,11 @@ impl Op {
             (Op::PRelu, ParamRole::Weight) => Some(vec![channels]),
             (Op::Shift, ParamRole::Bias) => Some(vec![channels]),
             (Op::Choose, ParamRole::Alpha) => Some(vec![inputs.len()]),
+            // The regularised layer's weight: the term's operands are the
+            // layer and the layer's operand.
+            (Op::QuantizationLoss(q), ParamRole::Weight) => {
+                q.of.trainable_param(inputs.get(1..)?, role)
+            }
             _ => None,
         }
     }
@@ -771,7 +831,10 @@ impl Op {
             Op::Input | Op::Threshold | Op::Affine | Op::RunningStat(_) | Op::Grad(_) => false,
             Op::BConv2d(a) => a.output == BinaryOutput::Dot && a.weights == WeightForm::Latent,
             Op::BDense(a) => a.output == BinaryOutput::Dot && a.weights == WeightForm::Latent,
-            Op::CrossEntropy(_) => index == 0,
+            Op::CrossEntropy(_) | Op::DistributionLoss(_) => index == 0,
+            // A function of the layer's weights only: its gradient goes to
+            // the weights (`wrt=weight`), not to the layer's value.
+            Op::QuantizationLoss(_) => false,
             _ => true,
         }
     }
@@ -1087,7 +1150,12 @@ impl Op {
         }
         // Batch-extent values (losses, gradients of parameters) are results
         // only: nothing consumes them, except a `grad` node differentiating
-        // the loss itself.
+        // the loss itself, and an `add` of batch values only (the total loss,
+        // the sum of a parameter's gradients), which is a batch value too.
+        if kind == OpKind::Add && inputs.iter().all(|t| t.extent == Extent::Batch) {
+            all_same_shape(kind, inputs)?;
+            return Ok(TensorType::batch_f32(inputs[0].dims().to_vec()));
+        }
         let skip = usize::from(kind == OpKind::Grad);
         if let Some(operand) = inputs
             .iter()
@@ -1138,6 +1206,21 @@ impl Op {
             Op::CrossEntropy(a) => return cross_entropy_type(a, inputs),
             Op::RunningStat(a) => return running_stat_type(a, inputs),
             Op::Grad(g) => return grad_type(g, inputs),
+            Op::QuantizationLoss(a) => return quantization_loss_type(a, inputs),
+            Op::DistributionLoss(a) => {
+                loss_weight(kind, a.weight)?;
+                if inputs[0].dtype != DType::F32 {
+                    return Err(attribute(
+                        kind,
+                        format!(
+                            "the operand must be f32 (the input of a `sign`), found {}",
+                            inputs[0]
+                        ),
+                    ));
+                }
+                need_channels(kind, inputs[0])?;
+                TensorType::batch_f32(Vec::new())
+            }
             Op::BatchNorm(a) => {
                 need_channels(kind, inputs[0])?;
                 if !(a.eps >= 0.0 && a.eps.is_finite()) {
@@ -1311,6 +1394,58 @@ fn cross_entropy_type(a: &CrossEntropy, inputs: &[&TensorType]) -> Result<Tensor
     Ok(TensorType::batch_f32(Vec::new()))
 }
 
+/// A loss term's weight must be a finite number `>= 0`.
+fn loss_weight(op: OpKind, weight: f32) -> Result<(), TypeError> {
+    if weight.is_finite() && weight >= 0.0 {
+        Ok(())
+    } else {
+        Err(attribute(
+            op,
+            format!("weight must be a finite number >= 0, found {weight}"),
+        ))
+    }
+}
+
+/// `quantization_loss(layer, layer's operand)`: the layer must have latent
+/// binary weights (`bconv2d`, `bdense` with `output=dot`, or `conv2d`/`dense`
+/// with `weights=binary`), and its op, re-typed on the second operand, must
+/// give the first operand's type. One loss value for the batch.
+fn quantization_loss_type(
+    a: &QuantizationLoss,
+    inputs: &[&TensorType],
+) -> Result<TensorType, TypeError> {
+    let op = OpKind::QuantizationLoss;
+    loss_weight(op, a.weight)?;
+    let binary = match &*a.of {
+        Op::BConv2d(b) => b.output == BinaryOutput::Dot && b.weights == WeightForm::Latent,
+        Op::BDense(b) => b.output == BinaryOutput::Dot && b.weights == WeightForm::Latent,
+        Op::Conv2d(c) => c.weights == WeightKind::Binary,
+        Op::Dense(d) => d.weights == WeightKind::Binary,
+        _ => false,
+    };
+    if !binary {
+        return Err(attribute(
+            op,
+            format!(
+                "needs a layer with latent binary weights (`bconv2d`, `bdense`, or `conv2d`/`dense` with `weights=binary`), found `{}`",
+                a.of.name()
+            ),
+        ));
+    }
+    let value = a.of.infer_type(&inputs[1..])?;
+    if value != *inputs[0] {
+        return Err(attribute(
+            op,
+            format!(
+                "the layer is {} but `{}` of its operand gives {value}",
+                inputs[0],
+                a.of.name()
+            ),
+        ));
+    }
+    Ok(TensorType::batch_f32(Vec::new()))
+}
+
 /// `running_stat(bn, x)`: the batchnorm node and its operand; `[C]` for the
 /// batch. (The verifier checks that `bn` is a batchnorm of `x`.)
 fn running_stat_type(a: &RunningStat, inputs: &[&TensorType]) -> Result<TensorType, TypeError> {
@@ -1330,7 +1465,7 @@ fn running_stat_type(a: &RunningStat, inputs: &[&TensorType]) -> Result<TensorTy
 /// shape per sample, or a parameter's shape for the batch.
 fn grad_type(g: &Grad, inputs: &[&TensorType]) -> Result<TensorType, TypeError> {
     let op = OpKind::Grad;
-    let has_dy = !matches!(*g.of, Op::CrossEntropy(_));
+    let has_dy = !g.of.kind().is_loss();
     let forward_operands = inputs.len() - 1 - usize::from(has_dy);
     if forward_operands == 0 || matches!(*g.of, Op::Input | Op::Grad(_) | Op::RunningStat(_)) {
         return Err(attribute(

@@ -180,7 +180,9 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
         | Op::Identity
         | Op::CrossEntropy(_)
         | Op::RunningStat(_)
-        | Op::Grad(_) => Vec::new(),
+        | Op::Grad(_)
+        | Op::QuantizationLoss(_)
+        | Op::DistributionLoss(_) => Vec::new(),
     }
 }
 

@@ -181,6 +181,17 @@ fn verify_training_operands(graph: &Graph, id: NodeId) -> Result<(), VerifyError
             }
             Ok(())
         }
+        Op::QuantizationLoss(q) => {
+            let layer = graph.node(operands[0]);
+            if layer.op != *q.of || graph.operands(operands[0]) != operands[1..] {
+                return bad(format!(
+                    "`quantization_loss` must read a binary layer and that layer's operand, and repeat the layer's op; found `{}`, a `{}`",
+                    layer.name,
+                    layer.op.name()
+                ));
+            }
+            Ok(())
+        }
         Op::RunningStat(_) => {
             let bn = graph.node(operands[0]);
             if !matches!(bn.op, Op::BatchNorm(_)) || graph.operands(operands[0]) != operands[1..] {

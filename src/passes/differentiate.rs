@@ -36,7 +36,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
-    BatchNorm, CrossEntropy, Grad, Op, ParamRole, RunningStat, Statistic, Stats, Wrt,
+    BatchNorm, BinaryOutput, CrossEntropy, DistributionLoss, Grad, Op, ParamRole, QuantizationLoss,
+    RunningStat, Statistic, Stats, WeightForm, WeightKind, Wrt,
 };
 use crate::ir::types::DType;
 use crate::ir::verify::{VerifyError, verify};
@@ -53,6 +54,14 @@ pub struct LossSpec {
     pub logits: Option<String>,
     /// Label smoothing of the cross-entropy, in `[0, 1)`.
     pub smoothing: f32,
+    /// The weight `λ` of the weight quantization loss (Zheng et al. 2019),
+    /// one `quantization_loss` term per layer with latent binary weights;
+    /// 0 for none.
+    pub quantization: f32,
+    /// The weight `λ` of the distribution loss (Ding et al. 2019), one
+    /// `distribution_loss` term per distinct input of a `sign` that depends
+    /// on a parameter; 0 for none.
+    pub distribution: f32,
 }
 
 impl Default for LossSpec {
@@ -60,17 +69,26 @@ impl Default for LossSpec {
         LossSpec {
             logits: None,
             smoothing: 0.0,
+            quantization: 0.0,
+            distribution: 0.0,
         }
     }
 }
+
+/// The name of the cross-entropy node when the loss has other terms.
+pub const CROSS_ENTROPY: &str = "loss.cross_entropy";
 
 /// A training-step graph and where its parts are.
 #[derive(Clone, Debug)]
 pub struct TrainingGraph {
     /// The graph: inputs are the model's, then `target`.
     pub graph: Graph,
-    /// The loss node (a scalar for the batch).
+    /// The loss node (a scalar for the batch): the cross-entropy, or the sum
+    /// of the cross-entropy and the extra terms.
     pub loss: NodeId,
+    /// The extra loss terms (each a weighted scalar for the batch), by node
+    /// name; empty without `LossSpec::quantization` and `::distribution`.
+    pub terms: Vec<(String, NodeId)>,
     /// The logits node.
     pub logits: NodeId,
     /// The gradient of each trainable parameter, by parameter name.
@@ -109,6 +127,14 @@ pub enum DifferentiateError {
     /// A name the training graph needs is taken by a node of the model.
     #[error("the model already has a node named `{0}`, which the training graph needs")]
     NameTaken(String),
+    /// A loss term's weight is not a finite number `>= 0`.
+    #[error("the weight of the {term} loss must be a finite number >= 0, found {found}")]
+    TermWeight {
+        /// Which term.
+        term: &'static str,
+        /// The weight given.
+        found: f32,
+    },
     /// A node could not be added: a bug in this pass.
     #[error("internal error while building the training graph: {0}")]
     Internal(String),
@@ -147,6 +173,9 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
 
     // 1. The forward pass in training mode.
     let mut g = Graph::new(model.name.clone());
+    for (input, n) in model.input_normalizations() {
+        g.set_input_normalization(input, Some(*n));
+    }
     let mut new_id: HashMap<NodeId, NodeId> = HashMap::new();
     for &id in &order {
         let node = model.node(id);
@@ -167,19 +196,77 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
         new_id.insert(id, copied);
     }
 
-    // 2. The loss.
+    // 2. The loss: the cross-entropy, plus the weighted terms if any.
+    let needs_grad = influenced_by_parameters(model, &order);
+    for (term, found) in [
+        ("quantization", spec.quantization),
+        ("distribution", spec.distribution),
+    ] {
+        if !(found.is_finite() && found >= 0.0) {
+            return Err(DifferentiateError::TermWeight { term, found });
+        }
+    }
+    let quantized: Vec<NodeId> = if spec.quantization > 0.0 {
+        order
+            .iter()
+            .copied()
+            .filter(|&id| has_latent_binary_weights(&model.node(id).op))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let distributed = if spec.distribution > 0.0 {
+        pre_sign_values(model, &order, &needs_grad)
+    } else {
+        Vec::new()
+    };
+    let has_terms = !quantized.is_empty() || !distributed.is_empty();
     let target = g.add_input(TARGET, logits_ty.clone())?;
-    let loss = g.add_node(
-        LOSS,
+    let cross_entropy = g.add_node(
+        if has_terms { CROSS_ENTROPY } else { LOSS },
         Op::CrossEntropy(CrossEntropy {
             smoothing: spec.smoothing,
         }),
         &[new_id[&logits], target],
     )?;
+    let mut terms = Vec::new();
+    for &layer in &quantized {
+        let name = format!("{}.quantization_loss", model.node(layer).name);
+        let fwd = new_id[&layer];
+        let id = g.add_node(
+            name.clone(),
+            Op::QuantizationLoss(QuantizationLoss {
+                weight: spec.quantization,
+                of: Box::new(g.node(fwd).op.clone()),
+            }),
+            &[fwd, g.operands(fwd)[0]],
+        )?;
+        terms.push((name, id));
+    }
+    for &(sign, x) in &distributed {
+        let name = format!("{}.distribution_loss", model.node(sign).name);
+        let id = g.add_node(
+            name.clone(),
+            Op::DistributionLoss(DistributionLoss {
+                weight: spec.distribution,
+            }),
+            &[new_id[&x]],
+        )?;
+        terms.push((name, id));
+    }
+    let loss = if has_terms {
+        let mut parts = vec![cross_entropy];
+        parts.extend(terms.iter().map(|t| t.1));
+        g.add_node(LOSS, Op::Add, &parts)?
+    } else {
+        cross_entropy
+    };
 
     // 3. Reverse mode over the nodes between a parameter and the loss.
-    let on_path = reaches(model, logits);
-    let needs_grad = influenced_by_parameters(model, &order);
+    let mut on_path = reaches(model, logits);
+    for &(_, x) in &distributed {
+        on_path.extend(reaches(model, x));
+    }
     let active = |id: NodeId| on_path.contains(&id) && needs_grad.contains(&id);
     // How many contributions each value's gradient sums, to name them.
     let mut expected: HashMap<NodeId, usize> = HashMap::new();
@@ -189,6 +276,9 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
                 *expected.entry(x).or_default() += 1;
             }
         }
+    }
+    for &(_, x) in &distributed {
+        *expected.entry(x).or_default() += 1;
     }
     let grad_name = |x: NodeId, k: usize| {
         let name = &model.node(x).name;
@@ -202,12 +292,26 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
     let seed = g.add_node(
         grad_name(logits, 0),
         Op::Grad(Grad {
-            of: Box::new(g.node(loss).op.clone()),
+            of: Box::new(g.node(cross_entropy).op.clone()),
             wrt: Wrt::Operand(0),
         }),
-        &grad_operands(&g, loss, None),
+        &grad_operands(&g, cross_entropy, None),
     )?;
     contributions.insert(logits, vec![seed]);
+    // Each loss term's gradient, like the cross-entropy's, is a seed: the
+    // total loss is their sum, so d loss / d term = 1.
+    for (&(_, x), (_, term)) in distributed.iter().zip(&terms[quantized.len()..]) {
+        let k = contributions.get(&x).map_or(0, Vec::len);
+        let id = g.add_node(
+            grad_name(x, k),
+            Op::Grad(Grad {
+                of: Box::new(g.node(*term).op.clone()),
+                wrt: Wrt::Operand(0),
+            }),
+            &grad_operands(&g, *term, None),
+        )?;
+        contributions.entry(x).or_default().push(id);
+    }
 
     let mut gradients = Vec::new();
     let mut running = Vec::new();
@@ -227,8 +331,15 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
         for role in ParamRole::ALL {
             if op.trainable_param(&operand_types, role).is_some() {
                 let param = format!("{name}.{}", role.name());
+                // A regularised weight's gradient has a second part, the
+                // quantization loss's, added below.
+                let also_regularised = role == ParamRole::Weight && quantized.contains(&u);
                 let id = g.add_node(
-                    format!("{param}.grad"),
+                    if also_regularised {
+                        format!("{param}.grad.0")
+                    } else {
+                        format!("{param}.grad")
+                    },
                     Op::Grad(Grad {
                         of: Box::new(op.clone()),
                         wrt: Wrt::Param(role),
@@ -273,6 +384,32 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
         }
     }
 
+    // The quantization loss's part of each regularised weight's gradient,
+    // summed with the part through the layer's value when there is one.
+    for (&layer, (_, term)) in quantized.iter().zip(&terms) {
+        let param = format!("{}.weight", model.node(layer).name);
+        let through_value = gradients.iter().position(|(p, _)| *p == param);
+        let part = g.add_node(
+            if through_value.is_some() {
+                format!("{param}.grad.1")
+            } else {
+                format!("{param}.grad")
+            },
+            Op::Grad(Grad {
+                of: Box::new(g.node(*term).op.clone()),
+                wrt: Wrt::Param(ParamRole::Weight),
+            }),
+            &grad_operands(&g, *term, None),
+        )?;
+        match through_value {
+            Some(i) => {
+                let sum = g.add_node(format!("{param}.grad"), Op::Add, &[gradients[i].1, part])?;
+                gradients[i].1 = sum;
+            }
+            None => gradients.push((param, part)),
+        }
+    }
+
     // Parameter order, as `graph_params` lists them.
     let param_order: HashMap<String, usize> = crate::ir::params::graph_params(model)
         .into_iter()
@@ -292,6 +429,7 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
         logits: new_id[&logits],
         graph: g,
         loss,
+        terms,
         gradients,
         running,
     })
@@ -303,6 +441,40 @@ fn grad_operands(g: &Graph, fwd: NodeId, dy: Option<NodeId>) -> Vec<NodeId> {
     v.extend(g.operands(fwd));
     v.extend(dy);
     v
+}
+
+/// Whether `op` is a layer with latent binary weights, the layers a
+/// quantization loss regularises.
+fn has_latent_binary_weights(op: &Op) -> bool {
+    let latent_dot = |output, weights| output == BinaryOutput::Dot && weights == WeightForm::Latent;
+    match op {
+        Op::BConv2d(a) => latent_dot(a.output, a.weights),
+        Op::BDense(a) => latent_dot(a.output, a.weights),
+        Op::Conv2d(a) => a.weights == WeightKind::Binary,
+        Op::Dense(a) => a.weights == WeightKind::Binary,
+        _ => false,
+    }
+}
+
+/// The distinct inputs of `sign` nodes that depend on a parameter, each with
+/// the first `sign` that reads it: the values a distribution loss shapes.
+/// (A `sign` of a model input has nothing to train.)
+fn pre_sign_values(
+    model: &Graph,
+    order: &[NodeId],
+    needs_grad: &HashSet<NodeId>,
+) -> Vec<(NodeId, NodeId)> {
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    for &id in order {
+        if let Op::Sign(_) = model.node(id).op {
+            let x = model.operands(id)[0];
+            if needs_grad.contains(&x) && seen.insert(x) {
+                found.push((id, x));
+            }
+        }
+    }
+    found
 }
 
 /// Whether `op` passes a (possibly nonzero) gradient to operand `slot`.

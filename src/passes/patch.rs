@@ -281,6 +281,10 @@ impl Patch {
 
         // Rebuild: inputs first, in declaration order, then the rest.
         let mut new = Graph::new(graph.name.clone());
+        // The inputs' declared normalisation describes the data: it stays.
+        for (input, n) in graph.input_normalizations() {
+            new.set_input_normalization(input, Some(*n));
+        }
         let mut map: HashMap<NodeId, NodeId> = HashMap::new();
         for &i in graph.inputs() {
             if nodes.contains_key(&i) {

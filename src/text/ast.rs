@@ -83,7 +83,7 @@ pub enum Stmt {
     Binding(Binding),
 }
 
-/// `input NAME: DTYPE[d, ...]`
+/// `input NAME: DTYPE[d, ...] [normalize(mean=M, std=S)]`
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputDecl {
     /// The input's name.
@@ -92,6 +92,8 @@ pub struct InputDecl {
     pub dtype: Ident,
     /// The dimensions as written, each with its span.
     pub dims: Vec<(Literal, Span)>,
+    /// The `normalize(mean=…, std=…)` clause, a call expression, if any.
+    pub normalize: Option<Expr>,
 }
 
 /// `NAME = expr`

@@ -28,9 +28,10 @@ use super::ast::{self, Arg, Expr, ExprKind, Ident, Literal, Span, Stmt};
 use super::diagnostic::Diagnostic;
 use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
-    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, CrossEntropy, Dense, Grad,
-    HardTanh, Op, OpKind, PadValue, Pair, ParamRole, Pool, RunningStat, Scale, Sign, SignGrad,
-    Statistic, Stats, TypeError, WeightForm, WeightKind, Wrt,
+    BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, CrossEntropy, Dense,
+    DistributionLoss, Grad, HardTanh, Op, OpKind, PadValue, Pair, ParamRole, Pool,
+    QuantizationLoss, RunningStat, Scale, Sign, SignGrad, Statistic, Stats, TypeError, WeightForm,
+    WeightKind, Wrt,
 };
 use crate::ir::types::{DType, MAX_ELEMENTS, TensorType};
 use crate::util::closest;
@@ -670,6 +671,10 @@ impl<'a> Lowerer<'a> {
                         .graph
                         .add_input(&decl.name.name, ty)
                         .map_err(|e| self.graph_error(e, decl.name.span))?;
+                    if let Some(clause) = &decl.normalize {
+                        let n = input_normalization(clause)?;
+                        self.graph.set_input_normalization(&decl.name.name, Some(n));
+                    }
                     scope.slots.insert(
                         &decl.name.name,
                         Slot {
@@ -1471,6 +1476,33 @@ impl<'a> Lowerer<'a> {
                 ))
             }
             OpKind::Grad => self.grad(scope, args),
+            OpKind::QuantizationLoss => {
+                let (layer, span) = self.tensor(scope, args, "of")?;
+                let of = self.graph.node(layer).op.clone();
+                let weight = self.float(scope, args, "weight", 1.0)?;
+                let Some(&x) = self.graph.operands(layer).first() else {
+                    return Err(Diagnostic::at(
+                        span,
+                        format!(
+                            "`quantization_loss` needs a binary layer, found `{}`",
+                            of.name()
+                        ),
+                        "expected a layer with binary weights",
+                    ));
+                };
+                Ok((
+                    Op::QuantizationLoss(QuantizationLoss {
+                        weight,
+                        of: Box::new(of),
+                    }),
+                    vec![(layer, span), (x, span)],
+                ))
+            }
+            OpKind::DistributionLoss => {
+                let x = self.tensor(scope, args, "input")?;
+                let weight = self.float(scope, args, "weight", 1.0)?;
+                Ok((Op::DistributionLoss(DistributionLoss { weight }), vec![x]))
+            }
             OpKind::Input | OpKind::Choose => Err(Diagnostic::at(
                 args.callee.span,
                 format!("`{}` is not called like an op", kind.name()),
@@ -1495,7 +1527,7 @@ impl<'a> Lowerer<'a> {
         let forward = self.graph.node(of).op.clone();
         let mut operands = vec![(of, span)];
         operands.extend(self.graph.operands(of).into_iter().map(|o| (o, span)));
-        if !matches!(forward, Op::CrossEntropy(_)) {
+        if !forward.kind().is_loss() {
             operands.push(self.tensor(scope, args, "dy")?);
         }
         let Some((e, _)) = args.take("wrt")? else {
@@ -1621,9 +1653,82 @@ impl<'a> Lowerer<'a> {
             | OpKind::Choose
             | OpKind::CrossEntropy
             | OpKind::RunningStat
-            | OpKind::Grad => {
+            | OpKind::Grad
+            | OpKind::QuantizationLoss
+            | OpKind::DistributionLoss => {
                 unreachable!("build_op handles `{kind}` itself")
             }
         })
     }
+}
+
+/// The `normalize(mean=M, std=S)` clause of an input declaration: keyword
+/// numbers only, `mean` finite (default 0), `std` finite and not zero
+/// (default 1).
+fn input_normalization(clause: &ast::Expr) -> Result<crate::ir::InputNormalization, Diagnostic> {
+    let ExprKind::Call { args, .. } = &clause.kind else {
+        return Err(Diagnostic::at(
+            clause.span,
+            "expected `normalize(mean=M, std=S)`",
+            "here",
+        ));
+    };
+    let mut n = crate::ir::InputNormalization {
+        mean: 0.0,
+        std: 1.0,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for arg in args {
+        let Some(key) = &arg.keyword else {
+            return Err(Diagnostic::at(
+                arg.value.span,
+                "`normalize` takes keyword arguments: `normalize(mean=M, std=S)`",
+                "expected `mean=` or `std=`",
+            ));
+        };
+        if seen.contains(&key.name.as_str()) {
+            return Err(Diagnostic::at(
+                key.span,
+                format!("`{}` is given twice", key.name),
+                "second value",
+            ));
+        }
+        let value = match arg.value.kind {
+            ExprKind::Literal(Literal::Int(v)) => v as f64,
+            ExprKind::Literal(Literal::Float(v)) => v,
+            _ => {
+                return Err(Diagnostic::at(
+                    arg.value.span,
+                    format!("`{}` of `normalize` needs a number", key.name),
+                    "expected a number",
+                ));
+            }
+        };
+        let v = value as f32;
+        let bad = |what: &str| {
+            Diagnostic::at(
+                arg.value.span,
+                format!(
+                    "`{}` of `normalize` must be {what}, found {value}",
+                    key.name
+                ),
+                "out of range",
+            )
+        };
+        match key.name.as_str() {
+            "mean" if v.is_finite() => n.mean = v,
+            "mean" => return Err(bad("a finite number")),
+            "std" if v.is_finite() && v != 0.0 => n.std = v,
+            "std" => return Err(bad("a finite number other than 0")),
+            other => {
+                return Err(Diagnostic::at(
+                    key.span,
+                    format!("`normalize` has no parameter `{other}`"),
+                    "expected `mean` or `std`",
+                ));
+            }
+        }
+        seen.push(&key.name);
+    }
+    Ok(n)
 }

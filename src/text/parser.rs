@@ -373,7 +373,7 @@ impl Parser<'_> {
         }
     }
 
-    /// stmt = "input" NAME ":" IDENT "[" INT { "," INT } [","] "]"
+    /// stmt = "input" NAME ":" IDENT "[" INT { "," INT } [","] "]" [ "normalize" "(" args ")" ]
     ///      | "output" NAME { "," NAME }
     ///      | binding
     fn stmt<'a>(&self, i: &'a str) -> PResult<'a, Stmt> {
@@ -396,7 +396,24 @@ impl Parser<'_> {
                 }
                 Ok((rest, (lit, self.span(start, rest))))
             })?;
-            return Ok((i, Stmt::Input(InputDecl { name, dtype, dims })));
+            // An optional `normalize(...)` clause; `normalize = ...` on the
+            // next line is a binding, not the clause.
+            let (i, normalize) = match skip(i).strip_prefix("normalize") {
+                Some(rest) if skip(rest).starts_with('(') => {
+                    let (i, e) = self.expr(i, 0)?;
+                    (i, Some(e))
+                }
+                _ => (i, None),
+            };
+            return Ok((
+                i,
+                Stmt::Input(InputDecl {
+                    name,
+                    dtype,
+                    dims,
+                    normalize,
+                }),
+            ));
         }
         if self.peek(i, "output") {
             let (i, _) = self.expect(i, "output")?;

@@ -26,7 +26,17 @@ fn write_graph(out: &mut String, graph: &Graph) -> std::fmt::Result {
     writeln!(out, "model {} {{", graph.name)?;
     for &id in graph.inputs() {
         let n = graph.node(id);
-        writeln!(out, "  input {}: {}", n.name, n.ty)?;
+        match graph.input_normalization(&n.name) {
+            Some(m) => writeln!(
+                out,
+                "  input {}: {} normalize(mean={}, std={})",
+                n.name,
+                n.ty,
+                float(m.mean),
+                float(m.std)
+            )?,
+            None => writeln!(out, "  input {}: {}", n.name, n.ty)?,
+        }
     }
     let order = graph
         .topo_order()
@@ -116,7 +126,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
         Op::Grad(g) => {
             // The forward node's operands are implied by the forward node.
             let mut args = vec![operands[0].clone()];
-            if !matches!(*g.of, Op::CrossEntropy(_)) {
+            if !g.of.kind().is_loss() {
                 args.push(operands[operands.len() - 1].clone());
             }
             args.push(match g.wrt {
@@ -133,6 +143,12 @@ fn call(graph: &Graph, id: NodeId) -> String {
             }
             return format!("running_stat({})", args.join(", "));
         }
+        Op::QuantizationLoss(a) => {
+            // The layer's operand is implied by the layer.
+            let args = [operands[0].clone(), format!("weight={}", float(a.weight))];
+            return format!("quantization_loss({})", args.join(", "));
+        }
+        Op::DistributionLoss(a) => args.push(format!("weight={}", float(a.weight))),
         Op::CrossEntropy(a) => {
             if a.smoothing != 0.0 {
                 args.push(format!("smoothing={}", float(a.smoothing)));

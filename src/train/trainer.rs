@@ -69,6 +69,12 @@ pub struct TrainerConfig {
     pub optimizer: OptimizerConfig,
     /// Label smoothing of the cross-entropy.
     pub smoothing: f32,
+    /// The weight of the weight quantization loss added to the
+    /// cross-entropy (`LossSpec::quantization`; 0: none).
+    pub quantization_loss: f32,
+    /// The weight of the distribution loss on pre-sign activations added to
+    /// the cross-entropy (`LossSpec::distribution`; 0: none).
+    pub distribution_loss: f32,
     /// Clip latent binary weights to [−1, 1] after each step (BinaryConnect).
     pub clip_latent: bool,
     /// Threads for the step and the optimizer.
@@ -81,6 +87,8 @@ impl Default for TrainerConfig {
             runner: StepRunner::Engine,
             optimizer: OptimizerConfig::adam(),
             smoothing: 0.0,
+            quantization_loss: 0.0,
+            distribution_loss: 0.0,
             clip_latent: true,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
@@ -144,7 +152,8 @@ pub enum TrainError {
 /// What one step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepMetrics {
-    /// The mean loss over the batch.
+    /// The loss: the mean cross-entropy over the batch, plus the weighted
+    /// extra terms when the configuration asks for them.
     pub loss: f32,
     /// Samples whose largest logit is their label's.
     pub correct: usize,
@@ -191,6 +200,8 @@ impl Trainer {
             &LossSpec {
                 logits: None,
                 smoothing: config.smoothing,
+                quantization: config.quantization_loss,
+                distribution: config.distribution_loss,
             },
         )?;
         let mut params = params;

@@ -815,7 +815,11 @@ pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Res
     Ok(match &node.op {
         Op::Input => return Err("an input is not computed".into()),
         // Training graphs are checked by finite differences (train_gradcheck.rs).
-        Op::CrossEntropy(_) | Op::RunningStat(_) | Op::Grad(_) => {
+        Op::CrossEntropy(_)
+        | Op::RunningStat(_)
+        | Op::Grad(_)
+        | Op::QuantizationLoss(_)
+        | Op::DistributionLoss(_) => {
             return Err(format!("`{}` is a training op", node.op.name()));
         }
         Op::Conv2d(a) => {

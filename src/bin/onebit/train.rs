@@ -46,9 +46,10 @@ pub struct DataArgs {
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
     /// Input normalisation: `none`, `digits` (0..16 to −1..1), `mnist`
-    /// (0..255 to −1..1) or `standardize` (per-channel mean and std of the
-    /// training part) [default: `digits` for digits, `mnist` for
-    /// Fashion-MNIST, `none` for files].
+    /// (0..255 to −1..1), `standardize` (per-channel mean and std of the
+    /// training part) or `model` (the input's `normalize(mean=…, std=…)`
+    /// clause) [default: `model` when the model declares one, else `digits`
+    /// for digits, `mnist` for Fashion-MNIST, `none` for files].
     #[arg(long)]
     pub normalize: Option<String>,
 }
@@ -93,14 +94,45 @@ fn load_data(args: &DataArgs, model: &Graph) -> Result<(Dataset, Dataset), Failu
             (train, test, "none")
         }
     };
-    let normalize = match args.normalize.as_deref().unwrap_or(default_norm) {
+    // The model's declared normalisation comes before the data set's
+    // default; `--normalize` overrides both, and says so when it overrides
+    // the model's.
+    let input = model.node(model.inputs()[0]);
+    let declared = model.input_normalization(&input.name);
+    if let (Some(cli), Some(n)) = (args.normalize.as_deref(), declared) {
+        eprintln!(
+            "note: --normalize {cli} overrides the model's `normalize(mean={}, std={})` of input `{}`",
+            n.mean, n.std, input.name
+        );
+    }
+    let chosen = match (args.normalize.as_deref(), declared) {
+        (None, Some(_)) => "model",
+        (cli, _) => cli.unwrap_or(default_norm),
+    };
+    let normalize = match chosen {
+        "model" => {
+            let n = declared.ok_or_else(|| {
+                Failure(format!(
+                    "error: --normalize model: input `{}` of the model declares no `normalize(mean=…, std=…)`",
+                    input.name
+                ))
+            })?;
+            let channels = match train.sample_shape.as_slice() {
+                [] | [_] => 1,
+                [c, ..] => *c,
+            };
+            Normalize::Standardize {
+                mean: vec![n.mean; channels],
+                std: vec![n.std; channels],
+            }
+        }
         "none" => Normalize::None,
         "digits" => Normalize::digits(),
         "mnist" => Normalize::mnist(),
         "standardize" => Normalize::fit(&train),
         other => {
             return Err(Failure(format!(
-                "error: --normalize: `{other}` is not one of none, digits, mnist, standardize"
+                "error: --normalize: `{other}` is not one of none, digits, mnist, standardize, model"
             )));
         }
     };
@@ -108,7 +140,6 @@ fn load_data(args: &DataArgs, model: &Graph) -> Result<(Dataset, Dataset), Failu
     normalize.apply(&mut test).map_err(fail)?;
     // Samples of the same size are taken in C order: 8×8 images feed an
     // `f32[64]` input as a flattened vector.
-    let input = model.node(model.inputs()[0]);
     if train.sample_len() != input.ty.shape.elements() {
         return Err(Failure(format!(
             "error: the {} samples are {:?}, but model input `{}` is {}",
@@ -164,6 +195,14 @@ pub struct TrainArgs {
     /// Label smoothing.
     #[arg(long, default_value_t = 0.0)]
     pub smoothing: f32,
+    /// Add the weight quantization loss λ·Σ‖W − α·sign(W)‖² over the layers
+    /// with binary weights, with this weight λ (Zheng et al. 2019).
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub quantization_loss: f32,
+    /// Add the distribution loss on every sign's input (Ding et al. 2019),
+    /// with this weight.
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub distribution_loss: f32,
     /// Random-crop padding for image data (0: none).
     #[arg(long, default_value_t = 0)]
     pub crop: usize,
@@ -302,6 +341,8 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         },
         optimizer: optimizer(&args)?,
         smoothing: args.smoothing,
+        quantization_loss: args.quantization_loss,
+        distribution_loss: args.distribution_loss,
         clip_latent: true,
         threads: args.threads.max(1),
     };

@@ -178,11 +178,18 @@ pub(super) fn grad(
     x: &[&Tensor],
 ) -> Result<Tensor, InterpError> {
     let p = |suffix: &str, shape: &[usize]| param(params, &format!("{of}.{suffix}"), shape);
-    let forward = &x[1..x.len() - usize::from(!matches!(*g.of, Op::CrossEntropy(_)))];
+    let forward = &x[1..x.len() - usize::from(!g.of.kind().is_loss())];
     let dy = x[x.len() - 1];
     let channels = forward[0].shape.get(1).copied().unwrap_or(0);
     Ok(match (&*g.of, g.wrt) {
         (Op::CrossEntropy(a), Wrt::Operand(0)) => cross_entropy_grad(forward[0], forward[1], a),
+        (Op::QuantizationLoss(a), Wrt::Param(ParamRole::Weight)) => {
+            let channels = forward[1].shape.get(1).copied().unwrap_or(0);
+            super::loss_terms::quantization_loss_grad(params, of, a, channels)?
+        }
+        (Op::DistributionLoss(a), Wrt::Operand(0)) => {
+            super::loss_terms::distribution_loss_grad(forward[0], a)
+        }
 
         (Op::Conv2d(a), Wrt::Operand(0)) => {
             let w = p("weight", &conv_weight_shape(&a.geometry, channels))?;

@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 
 mod backward;
+pub mod loss_terms;
 
 use super::graph::{Graph, Node, NodeId};
 use super::ops::{
@@ -488,9 +489,20 @@ fn eval_node(
             backward::running_stat(params, bn, a, x[1])?
         }
         Op::Grad(g) => {
-            let of = &graph.node(graph.operands(id)[0]).name;
-            backward::grad(params, of, g, x)?
+            // The node whose parameters the rule reads: the forward node,
+            // or for a quantization loss the layer it regularises.
+            let mut of = graph.operands(id)[0];
+            if let Op::QuantizationLoss(_) = *g.of {
+                of = graph.operands(of)[0];
+            }
+            backward::grad(params, &graph.node(of).name, g, x)?
         }
+        Op::QuantizationLoss(a) => {
+            let layer = &graph.node(graph.operands(id)[0]).name;
+            let channels = sample_dims(x[1]).first().copied().unwrap_or(0);
+            loss_terms::quantization_loss(params, layer, a, channels)?
+        }
+        Op::DistributionLoss(a) => loss_terms::distribution_loss(x[0], a),
         Op::BatchNorm(a) => {
             let c = [channels()];
             let bn = BatchNormParams {

@@ -32,7 +32,7 @@ pub(super) fn grad(
         return Ok(());
     };
     let par = cx.par;
-    let has_dy = !matches!(*g.of, Op::CrossEntropy(_));
+    let has_dy = !g.of.kind().is_loss();
     let nf = x.len() - 1 - usize::from(has_dy);
     let forward = &x[1..1 + nf];
     let dy = x[x.len() - 1];
@@ -44,6 +44,15 @@ pub(super) fn grad(
     match (&*g.of, g.wrt) {
         (Op::CrossEntropy(a), Wrt::Operand(0)) => {
             pool::cross_entropy_grad(forward[0], forward[1], c0, a.smoothing, out)
+        }
+        (Op::QuantizationLoss(a), Wrt::Param(ParamRole::Weight)) => {
+            let shape = super::exec::quantized_shape(step, &a.of)?;
+            let latent = cx.param(of, "weight", &shape)?;
+            let bw = &cx.binary[cache(step)?];
+            super::loss_terms::quantization_grad(par, latent, &bw.scaled, a.weight, out);
+        }
+        (Op::DistributionLoss(a), Wrt::Operand(0)) => {
+            super::loss_terms::distribution_grad(par, forward[0], c0, inner(d0), a.weight, out);
         }
         (Op::Conv2d(a), Wrt::Operand(0)) => {
             let conv = Conv::new(&a.geometry, d0, ydims);

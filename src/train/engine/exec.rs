@@ -209,6 +209,22 @@ pub(super) fn bn_norm(
     }
 }
 
+/// The latent weight shape of the layer a `quantization_loss` step (or its
+/// `grad`) regularises: the step's operands are the layer, then its input.
+pub(super) fn quantized_shape(step: &Step, layer: &Op) -> Result<Vec<usize>, EngineError> {
+    let input = match &step.op {
+        Op::Grad(_) => step.operand_dims.get(2),
+        _ => step.operand_dims.get(1),
+    };
+    let channels = input.and_then(|d| d.first().copied()).unwrap_or(0);
+    crate::ir::interp::loss_terms::binary_weight_shape(layer, channels)
+        .map(|(shape, _)| shape)
+        .ok_or_else(|| EngineError::Unsupported {
+            node: step.name.clone(),
+            what: format!("a quantization loss of a `{}`", layer.name()),
+        })
+}
+
 /// Runs `step` on its operands `x`, writing `out`.
 pub(super) fn exec(
     cx: &Ctx,
@@ -394,6 +410,15 @@ pub(super) fn exec(
             }
         }
         Op::Grad(_) => super::backward::grad(cx, st, step, x, out)?,
+        Op::QuantizationLoss(a) => {
+            let bw = &cx.binary[cache(step)?];
+            let layer = &step.operand_dims[0];
+            let w = cx.param(&step.of_name, "weight", &quantized_shape(step, &a.of)?)?;
+            out[0] = super::loss_terms::quantization_loss(par, w, &bw.scaled, layer[0], a.weight);
+        }
+        Op::DistributionLoss(a) => {
+            out[0] = super::loss_terms::distribution_loss(par, x[0], c0, inner(d0), a.weight);
+        }
     }
     Ok(())
 }

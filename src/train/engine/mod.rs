@@ -56,6 +56,7 @@ mod conv;
 mod elementwise;
 mod exec;
 mod gemm;
+mod loss_terms;
 mod norm;
 mod packer;
 mod par;

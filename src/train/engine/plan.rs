@@ -186,8 +186,13 @@ impl Plan {
                 .collect();
             // The node that owns the parameters and caches this step uses.
             let (owner, owner_op, owner_in) = match &node.op {
-                Op::Grad(_) | Op::RunningStat(_) => {
-                    let f = operand_ids[0];
+                Op::Grad(_) | Op::RunningStat(_) | Op::QuantizationLoss(_) => {
+                    // A quantization loss (and its gradient) reads the
+                    // parameters and binary-weight cache of its layer.
+                    let mut f = operand_ids[0];
+                    if let Op::QuantizationLoss(_) = graph.node(f).op {
+                        f = graph.operands(f)[0];
+                    }
                     let fo = graph.operands(f);
                     (
                         graph.node(f).name.clone(),

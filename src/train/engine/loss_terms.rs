@@ -1,0 +1,102 @@
+//! The extra loss terms (`quantization_loss`, `distribution_loss`) and their
+//! gradients: the interpreter's rules (`src/ir/interp/loss_terms.rs`) as
+//! passes over the engine's prepared binary weights and the activations.
+
+use super::norm;
+use super::par::Par;
+use crate::ir::interp::loss_terms::{DISTRIBUTION_EPS, distribution_terms};
+
+/// `λ·Σ (W − α·sign(W))²`, with `scaled` the layer's prepared `α·sign(W)`
+/// (`sign(W)` without a scale). Summed per output row in f64.
+pub(super) fn quantization_loss(
+    par: Par,
+    latent: &[f32],
+    scaled: &[f32],
+    out: usize,
+    weight: f32,
+) -> f32 {
+    let k = latent.len() / out.max(1);
+    let rows = par.map(out, latent.len(), |o| {
+        let (w, s) = (&latent[o * k..][..k], &scaled[o * k..][..k]);
+        w.iter()
+            .zip(s)
+            .map(|(&w, &s)| {
+                let d = (w - s) as f64;
+                d * d
+            })
+            .sum::<f64>()
+    });
+    (weight as f64 * rows.iter().sum::<f64>()) as f32
+}
+
+/// `2λ·(W − α·sign(W))`, the gradient of [`quantization_loss`] with respect to `W`.
+pub(super) fn quantization_grad(
+    par: Par,
+    latent: &[f32],
+    scaled: &[f32],
+    weight: f32,
+    dw: &mut [f32],
+) {
+    let k = latent.len().max(1);
+    par.rows(dw, k, latent.len(), |_, d| {
+        for ((g, &w), &s) in d.iter_mut().zip(latent).zip(scaled) {
+            *g = 2.0 * weight * (w - s);
+        }
+    });
+}
+
+/// Per channel of `x` (`[N, C, inner]`): `μ_c` and `σ_c = √(var_c + ε)`.
+fn mean_and_std(par: Par, x: &[f32], c: usize, inner: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mean, var) = norm::moments(par, x, c, inner);
+    let std = var.iter().map(|v| (v + DISTRIBUTION_EPS).sqrt()).collect();
+    (mean, std)
+}
+
+/// `λ·(1/C)·Σ_c terms(μ_c, σ_c)`.
+pub(super) fn distribution_loss(par: Par, x: &[f32], c: usize, inner: usize, weight: f32) -> f32 {
+    let (mean, std) = mean_and_std(par, x, c, inner);
+    let total: f64 = mean
+        .iter()
+        .zip(&std)
+        .map(|(&m, &s)| distribution_terms(m, s).0)
+        .sum();
+    (weight as f64 * total / c.max(1) as f64) as f32
+}
+
+/// `dx = (λ/C)·(∂L/∂μ_c / M + ∂L/∂σ_c·(x − μ_c)/(M·σ_c))`, `M = N·inner`.
+pub(super) fn distribution_grad(
+    par: Par,
+    x: &[f32],
+    c: usize,
+    inner: usize,
+    weight: f32,
+    dx: &mut [f32],
+) {
+    let (mean, std) = mean_and_std(par, x, c, inner);
+    let m = x.len() / c.max(1);
+    let scale = weight as f64 / c.max(1) as f64 / m.max(1) as f64;
+    // Per channel: dx = a_c + b_c·(x − μ_c), in f32.
+    let mut a = vec![0.0f32; c];
+    let mut b = vec![0.0f32; c];
+    let mut mu = vec![0.0f32; c];
+    for ch in 0..c {
+        let (_, d_mu, d_sigma) = distribution_terms(mean[ch], std[ch]);
+        a[ch] = (scale * d_mu) as f32;
+        b[ch] = (scale * d_sigma / std[ch]) as f32;
+        mu[ch] = mean[ch] as f32;
+    }
+    let sample = c * inner;
+    par.rows(dx, sample.max(1), x.len(), |s0, d| {
+        let xs = &x[s0 * sample..][..d.len()];
+        for (i, (dp, xp)) in d
+            .chunks_exact_mut(inner.max(1))
+            .zip(xs.chunks_exact(inner.max(1)))
+            .enumerate()
+        {
+            let ch = i % c;
+            for (g, &v) in dp.iter_mut().zip(xp) {
+                *g = a[ch] + b[ch] * (v - mu[ch]);
+            }
+        }
+    });
+}
