@@ -618,16 +618,18 @@ fn clip_latent(w: &mut [f32]) {
 /// build computes the same bits as the baseline one, 16 lanes at a time.
 #[inline(always)]
 fn wide<R>(f: impl FnOnce() -> R) -> R {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
-        f()
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { avx512(f) };
+        }
     }
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, checked just above.
-        unsafe { avx512(f) }
-    } else {
-        f()
-    }
+    f()
 }
 
 /// Adam's coefficients for one step.
