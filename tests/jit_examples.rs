@@ -11,6 +11,11 @@ fn check_example(file: &str, batch: usize) {
         std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let graph = onebit::parse(&src).unwrap();
     let params = Params::init(&graph, 11);
+    check_graph(file, &graph, &params, batch);
+}
+
+/// The JIT on every kernel path and thread count against the interpreter.
+fn check_graph(file: &str, graph: &onebit::ir::Graph, params: &Params, batch: usize) {
     for (path, popcount) in common::variants() {
         for threads in [1, 2] {
             let options = common::on(
@@ -21,7 +26,7 @@ fn check_example(file: &str, batch: usize) {
                     ..Options::default()
                 },
             );
-            let (got, expected) = common::both(&graph, &params, batch, 5, &options);
+            let (got, expected) = common::both(graph, params, batch, 5, &options);
             common::assert_match(
                 &format!("{file} {path:?} {popcount:?} threads={threads}"),
                 &got,
@@ -87,4 +92,29 @@ fn fashion_mlp() {
 #[test]
 fn fashion_cnn() {
     check_example("fashion_cnn.bnn", 2);
+}
+
+/// `scale=learned`, with factors a learned α can take (negative, zero): the
+/// real layer computes with `α·sign(W)`, the binary ones fold it into
+/// thresholds and affine epilogues.
+#[test]
+fn learned_scales() {
+    let src = std::fs::read_to_string(format!(
+        "{}/tests/in/learned_scales.bnn",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let graph = onebit::parse(&src).unwrap();
+    let mut params = Params::init(&graph, 11);
+    for layer in ["c1", "c2", "c3", "d"] {
+        let scale = params.tensors.get_mut(&format!("{layer}.scale")).unwrap();
+        for (o, a) in scale.data.iter_mut().enumerate() {
+            *a = match o % 5 {
+                0 => -*a,
+                1 => 0.0,
+                _ => *a * (1.0 + o as f32 / 8.0),
+            };
+        }
+    }
+    check_graph("learned_scales.bnn", &graph, &params, 3);
 }

@@ -591,6 +591,7 @@ fn direct_bconv2d(x: &Value, w: &Tensor, a: &BConv2d) -> Vec<f64> {
                     out.push(match a.scale {
                         Scale::None => y,
                         Scale::Channel => y * alpha,
+                        Scale::Learned => unreachable!("the cases compute their scale"),
                     });
                 }
             }

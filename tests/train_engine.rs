@@ -291,6 +291,17 @@ fn loss_terms_match_the_interpreter() {
         &[1, 3, 16],
         13,
     );
+    check_training_with(
+        "learned scales + terms",
+        "model m { input x: f32[2, 6, 6]
+                   c = conv2d(x, 4, kernel=3, pad=1, weights=binary, scale=learned)
+                   b = bconv2d(sign(c), 6, kernel=3, stride=2, scale=learned)
+                   y = dense(flatten(b), 5)
+                   output y }",
+        &spec,
+        &[1, 3, 16],
+        14,
+    );
 }
 
 #[test]
@@ -338,6 +349,12 @@ fn gradcheck_models_match_the_interpreter() {
            c = bconv2d(s, 5, kernel=(3, 2), stride=2)  y = dense(flatten(batchnorm(c)), 3)  output y }",
         "model m { input x: f32[2, 6, 6]  h = conv2d(x, 4, kernel=1)  s = sign(h)
            c = bconv2d(s, 4, kernel=3, pad=1, groups=2, scale=channel)  y = dense(flatten(batchnorm(c)), 3)  output y }",
+        // Learned scales, with no batchnorm after them to cancel α.
+        "model m { input x: f32[2, 6, 6]  s = sign(conv2d(x, 4, kernel=1))
+           c = bconv2d(s, 5, kernel=3, pad=1, pad_value=1, scale=learned)  y = dense(flatten(c), 3)  output y }",
+        "model m { input x: f32[3, 5, 5]  c = conv2d(x, 4, kernel=3, pad=1, weights=binary, scale=learned)
+           d = bdense(sign(flatten(c)), 6, scale=learned)  y = dense(d, 3)  output y }",
+        "model m { input x: f32[12]  d = dense(x, 7, weights=binary, scale=learned)  y = dense(d, 3)  output y }",
     ];
     for (i, source) in models.iter().enumerate() {
         check_training(

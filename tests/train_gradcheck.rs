@@ -570,3 +570,178 @@ fn distribution_loss_follows_its_definition_and_finite_differences() {
         finite_differences(&train, &params, &inputs, 8, &[]);
     }
 }
+
+/// `scale=learned`: `NODE.scale` starts at `mean|W_o|`, where the layer
+/// computes what `scale=channel` computes; its gradient, smooth in α, matches
+/// finite differences; the latent weights' gradient is the real twin's
+/// (weights `α·sign(W)` with the learned α) masked by `1[|W| <= 1]`.
+#[test]
+fn learned_scales_start_at_the_channel_scale_and_match_finite_differences() {
+    let cases = [
+        (
+            "f32[2, 6, 6]",
+            "s = sign(conv2d(x, 4, kernel=1))  c = bconv2d(s, 5, kernel=3, pad=1, scale=learned)",
+        ),
+        (
+            "f32[12]",
+            "s = sign(dense(x, 9))  c = bdense(s, 6, scale=learned)",
+        ),
+        (
+            "f32[3, 5, 5]",
+            "c = conv2d(x, 4, kernel=3, pad=1, weights=binary, scale=learned)",
+        ),
+        ("f32[12]", "c = dense(x, 7, weights=binary, scale=learned)"),
+    ];
+    for (input, body) in cases {
+        let model = |scale: &str| {
+            format!(
+                "model m {{ input x: {input}  {}  y = dense(flatten(c), 3)  output y }}",
+                body.replace("scale=learned", scale)
+            )
+        };
+        let learned = parse_str(&model("scale=learned")).unwrap();
+        let channel = parse_str(&model("scale=channel")).unwrap();
+
+        // Initialised to the channel scale, the two compute the same.
+        let init = Params::init(&learned, 31);
+        let mut init_channel = init.clone();
+        init_channel.tensors.remove("c.scale");
+        let x = common::random_inputs(&learned, 3, 32);
+        assert_eq!(
+            interp::run(&learned, &init, &x).unwrap(),
+            interp::run(&channel, &init_channel, &x).unwrap(),
+            "{body}"
+        );
+        let w = &init.tensors["c.weight"];
+        let k = w.data.len() / w.shape[0];
+        for (o, &a) in init.tensors["c.scale"].data.iter().enumerate() {
+            let mean = w.data[o * k..][..k].iter().map(|v| v.abs()).sum::<f32>() / k as f32;
+            assert_eq!(a, mean, "{body}: c.scale[{o}]");
+        }
+
+        // The scale's gradient against finite differences, away from init.
+        let train = differentiate(&learned, &LossSpec::default()).unwrap();
+        let mut params = random_params(&learned, 33);
+        let mut rng = Rng::new(34);
+        for v in &mut params.tensors.get_mut("c.scale").unwrap().data {
+            *v = 0.2 + rng.uniform(0.5).abs();
+        }
+        for v in &mut params.tensors.get_mut("c.weight").unwrap().data {
+            *v = rng.uniform(1.4);
+        }
+        let inputs = batch(&train, 4, 35);
+        finite_differences(&train, &params, &inputs, 8, &["c.scale", "y.weight"]);
+
+        // The latent weights: the twin with weights α·sign(W), masked.
+        let alpha = params.tensors["c.scale"].data.clone();
+        let real_src = model("scale=none")
+            .replace(
+                "bconv2d(s, 5, kernel=3, pad=1, scale=none)",
+                "conv2d(s, 5, kernel=3, pad=1, bias=false)",
+            )
+            .replace("bdense(s, 6, scale=none)", "dense(s, 6, bias=false)")
+            .replace(", weights=binary, scale=none", "");
+        let real = parse_str(&real_src).unwrap();
+        let mut twin = params.clone();
+        twin.tensors.remove("c.scale");
+        let latent = params.tensors["c.weight"].clone();
+        for (i, v) in twin
+            .tensors
+            .get_mut("c.weight")
+            .unwrap()
+            .data
+            .iter_mut()
+            .enumerate()
+        {
+            *v = alpha[i / k] * if latent.data[i] >= 0.0 { 1.0 } else { -1.0 };
+        }
+        let train_re = differentiate(&real, &LossSpec::default()).unwrap();
+        let g_re = gradients(&train_re, &twin, &inputs);
+        let g_bin = gradients(&train, &params, &inputs);
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 + 1e-3 * a.abs().max(b.abs());
+        for (i, (&gb, &gr)) in g_bin["c.weight"]
+            .data
+            .iter()
+            .zip(&g_re["c.weight"].data)
+            .enumerate()
+        {
+            let mask = if latent.data[i].abs() <= 1.0 {
+                1.0
+            } else {
+                0.0
+            };
+            let want = mask * alpha[i / k] * gr;
+            assert!(close(gb, want), "{body}: c.weight[{i}] {gb} vs {want}");
+        }
+    }
+}
+
+/// The quantization loss of a layer with a learned scale: the term's value
+/// with `α` the parameter, its gradient with respect to `NODE.scale` against
+/// central differences of the term, and the scale's total gradient the sum
+/// of its two parts.
+#[test]
+fn quantization_loss_of_a_learned_scale_matches_finite_differences() {
+    let model = parse_str(
+        "model m { input x: f32[2, 5, 5]
+                   c = bconv2d(sign(x), 4, kernel=3, pad=1, scale=learned)
+                   y = dense(flatten(c), 3)
+                   output y }",
+    )
+    .unwrap();
+    let lambda = 0.05f32;
+    let spec = LossSpec {
+        quantization: lambda,
+        ..LossSpec::default()
+    };
+    let train = differentiate(&model, &spec).unwrap();
+    let mut params = random_params(&model, 51);
+    let mut rng = Rng::new(52);
+    for v in &mut params.tensors.get_mut("c.scale").unwrap().data {
+        *v = 0.1 + rng.uniform(0.6).abs();
+    }
+    let inputs = batch(&train, 3, 53);
+    let w = params.tensors["c.weight"].clone();
+    let alpha = params.tensors["c.scale"].data.clone();
+    let k = w.data.len() / alpha.len();
+    let expected: f64 = w
+        .data
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let d = v as f64 - alpha[i / k] as f64 * if v >= 0.0 { 1.0 } else { -1.0 };
+            d * d
+        })
+        .sum::<f64>()
+        * lambda as f64;
+    let value = node_value(&train, &params, &inputs, "c.quantization_loss").data[0];
+    assert!(
+        (value as f64 - expected).abs() <= 1e-5 * expected,
+        "{value} vs {expected}"
+    );
+
+    let part = node_value(&train, &params, &inputs, "c.scale.grad.1");
+    let h = 1e-3f32;
+    for o in 0..alpha.len() {
+        let at = |delta: f32| {
+            let mut p = params.clone();
+            p.tensors.get_mut("c.scale").unwrap().data[o] += delta;
+            node_value(&train, &p, &inputs, "c.quantization_loss").data[0] as f64
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h as f64);
+        let an = part.data[o] as f64;
+        assert!(
+            (fd - an).abs() <= 1e-3 + 1e-2 * fd.abs().max(an.abs()),
+            "c.scale[{o}]: analytic {an}, finite differences {fd}"
+        );
+    }
+    let through = node_value(&train, &params, &inputs, "c.scale.grad.0");
+    let total = &gradients(&train, &params, &inputs)["c.scale"];
+    for o in 0..alpha.len() {
+        assert_eq!(
+            total.data[o],
+            through.data[o] + part.data[o],
+            "c.scale[{o}]"
+        );
+    }
+}

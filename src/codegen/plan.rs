@@ -552,8 +552,8 @@ impl<'g> Planner<'g> {
         let o = [shape[0]];
         let epi = match output {
             BinaryOutput::Dot => Epilogue::Dot {
-                alpha: if scale == Scale::Channel {
-                    Some(interp::channel_scales(p("weight", shape)?, shape[0]))
+                alpha: if scale.is_scaled() {
+                    interp::scale_factors(scale, p("weight", shape)?, shape[0], || p("scale", &o))?
                 } else {
                     None
                 },
@@ -761,7 +761,11 @@ impl<'g> Planner<'g> {
                     "weight",
                     &[g.out_channels, d[0] / g.groups, g.kernel[0], g.kernel[1]],
                 )?;
-                let w = interp::layer_weights(a.weights, a.scale, w, g.out_channels).into_owned();
+                let alpha = interp::scale_factors(a.scale, w, g.out_channels, || {
+                    p("scale", &[g.out_channels])
+                })?;
+                let w = interp::layer_weights(a.weights, alpha.as_deref(), w, g.out_channels)
+                    .into_owned();
                 let bias = if a.bias {
                     Some(p("bias", &[g.out_channels])?.to_vec())
                 } else {
@@ -772,7 +776,11 @@ impl<'g> Planner<'g> {
             Op::Dense(a) => {
                 let k = in_dims(0)[0];
                 let w = p("weight", &[a.out_features, k])?;
-                let w = interp::layer_weights(a.weights, a.scale, w, a.out_features).into_owned();
+                let alpha = interp::scale_factors(a.scale, w, a.out_features, || {
+                    p("scale", &[a.out_features])
+                })?;
+                let w = interp::layer_weights(a.weights, alpha.as_deref(), w, a.out_features)
+                    .into_owned();
                 let bias = if a.bias {
                     Some(p("bias", &[a.out_features])?.to_vec())
                 } else {

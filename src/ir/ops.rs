@@ -33,6 +33,26 @@ pub enum Scale {
     None,
     /// XNOR-Net: output channel `o` is multiplied by `mean |W_o|` of its latent weights.
     Channel,
+    /// A trainable per-channel factor, the parameter `NODE.scale` (`[O]`),
+    /// initialised to `mean |W_o|` (XNOR-Net++'s learned α; Bulat and
+    /// Tzimiropoulos 2019): the output channel `o` is multiplied by it.
+    Learned,
+}
+
+impl Scale {
+    /// The word of the text format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scale::None => "none",
+            Scale::Channel => "channel",
+            Scale::Learned => "learned",
+        }
+    }
+
+    /// Whether the layer multiplies its outputs by a per-channel factor.
+    pub fn is_scaled(self) -> bool {
+        self != Scale::None
+    }
 }
 
 /// What a binary layer outputs, computed from its ±1 dot products `dot_o`
@@ -383,6 +403,8 @@ pub enum ParamRole {
     Bias,
     /// `NODE.alpha` (the architecture weights of `choose`).
     Alpha,
+    /// `NODE.scale` (the learned per-channel factor of `scale=learned`).
+    Scale,
 }
 
 impl ParamRole {
@@ -392,11 +414,17 @@ impl ParamRole {
             ParamRole::Weight => "weight",
             ParamRole::Bias => "bias",
             ParamRole::Alpha => "alpha",
+            ParamRole::Scale => "scale",
         }
     }
 
     /// Every role.
-    pub const ALL: [ParamRole; 3] = [ParamRole::Weight, ParamRole::Bias, ParamRole::Alpha];
+    pub const ALL: [ParamRole; 4] = [
+        ParamRole::Weight,
+        ParamRole::Bias,
+        ParamRole::Alpha,
+        ParamRole::Scale,
+    ];
 }
 
 /// What a `grad` node differentiates the loss with respect to.
@@ -798,8 +826,17 @@ impl Op {
         let latent_dot = |output: BinaryOutput, weights: WeightForm| {
             output == BinaryOutput::Dot && weights == WeightForm::Latent
         };
+        let learned = |scale: Scale, out: usize| (scale == Scale::Learned).then(|| vec![out]);
         match (self, role) {
             (Op::Conv2d(a), ParamRole::Weight) => Some(conv_weight(&a.geometry)),
+            (Op::Conv2d(a), ParamRole::Scale) => learned(a.scale, a.geometry.out_channels),
+            (Op::Dense(a), ParamRole::Scale) => learned(a.scale, a.out_features),
+            (Op::BConv2d(a), ParamRole::Scale) if latent_dot(a.output, a.weights) => {
+                learned(a.scale, a.geometry.out_channels)
+            }
+            (Op::BDense(a), ParamRole::Scale) if latent_dot(a.output, a.weights) => {
+                learned(a.scale, a.out_features)
+            }
             (Op::Conv2d(a), ParamRole::Bias) if a.bias => Some(vec![a.geometry.out_channels]),
             (Op::BConv2d(a), ParamRole::Weight) if latent_dot(a.output, a.weights) => {
                 Some(conv_weight(&a.geometry))
@@ -813,9 +850,9 @@ impl Op {
             (Op::PRelu, ParamRole::Weight) => Some(vec![channels]),
             (Op::Shift, ParamRole::Bias) => Some(vec![channels]),
             (Op::Choose, ParamRole::Alpha) => Some(vec![inputs.len()]),
-            // The regularised layer's weight: the term's operands are the
+            // The regularised layer's weight (and learned scale): the term's operands are the
             // layer and the layer's operand.
-            (Op::QuantizationLoss(q), ParamRole::Weight) => {
+            (Op::QuantizationLoss(q), ParamRole::Weight | ParamRole::Scale) => {
                 q.of.trainable_param(inputs.get(1..)?, role)
             }
             _ => None,
@@ -1066,30 +1103,44 @@ fn binary_form(
     output: BinaryOutput,
     weights: WeightForm,
 ) -> Result<(), TypeError> {
-    if scale == Scale::Channel && output != BinaryOutput::Dot {
+    if scale.is_scaled() && output != BinaryOutput::Dot {
         return Err(TypeError::Attribute {
             op,
             message: format!(
-                "`scale=channel` needs `output=dot`; with `output={}` fold the scale into its parameters",
+                "`scale={}` needs `output=dot`; with `output={}` fold the scale into its parameters",
+                scale.name(),
                 output.name()
             ),
         });
     }
-    if scale == Scale::Channel && weights == WeightForm::Packed {
-        return Err(TypeError::Attribute {
-            op,
-            message: "`scale=channel` needs the latent weights, not `weights=packed`".into(),
-        });
+    match (scale, weights) {
+        (Scale::Channel, WeightForm::Packed) => {
+            return Err(TypeError::Attribute {
+                op,
+                message: "`scale=channel` needs the latent weights, not `weights=packed`".into(),
+            });
+        }
+        // Packed layers come out of the passes, which fold every scale into
+        // the epilogue first; one form per meaning keeps the engines simple.
+        (Scale::Learned, WeightForm::Packed) => {
+            return Err(TypeError::Attribute {
+                op,
+                message: "`scale=learned` with `weights=packed`: fold the scale into \
+                          `output=affine` (its multiplier) before packing"
+                    .into(),
+            });
+        }
+        _ => {}
     }
     Ok(())
 }
 
 /// The XNOR-Net scale belongs to binary weights.
 fn real_weights_form(op: OpKind, weights: WeightKind, scale: Scale) -> Result<(), TypeError> {
-    if scale == Scale::Channel && weights != WeightKind::Binary {
+    if scale.is_scaled() && weights != WeightKind::Binary {
         return Err(TypeError::Attribute {
             op,
-            message: "`scale=channel` needs `weights=binary`".into(),
+            message: format!("`scale={}` needs `weights=binary`", scale.name()),
         });
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::graph::{Graph, NodeId};
-use super::ops::{BinaryOutput, Op, WeightForm, WeightKind};
+use super::ops::{BinaryOutput, Op, Scale, WeightForm, WeightKind};
 use crate::util::rng::Rng;
 
 /// How a parameter starts out.
@@ -26,6 +26,10 @@ pub enum Init {
     },
     /// Every element equal to this value.
     Constant(f32),
+    /// One value per output channel: `mean |W_o|` of the same node's
+    /// `weight` as initialised (a learned scale starts where XNOR-Net's
+    /// computed one is).
+    MeanAbsOfWeight,
 }
 
 /// One parameter of one node.
@@ -87,6 +91,10 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
             spec("direction", vec![out], Init::Constant(1.0), false),
         ],
     };
+    // `scale=learned`'s factor, right after the weight it starts from.
+    let learned_scale = |scale: Scale, out: usize| {
+        (scale == Scale::Learned).then(|| spec("scale", vec![out], Init::MeanAbsOfWeight, false))
+    };
     let binary_weight = |shape: Vec<usize>, fan_in: usize, form: WeightForm| ParamSpec {
         packed: form == WeightForm::Packed,
         ..spec("weight", shape, fan_bound(fan_in), true)
@@ -102,6 +110,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
                 fan_bound(fan_in),
                 a.weights == WeightKind::Binary,
             )];
+            v.extend(learned_scale(a.scale, g.out_channels));
             if a.bias {
                 v.push(spec("bias", vec![g.out_channels], fan_bound(fan_in), false));
             }
@@ -113,6 +122,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
             let fan_in = per_group * g.kernel[0] * g.kernel[1];
             let shape = vec![g.out_channels, per_group, g.kernel[0], g.kernel[1]];
             let mut v = vec![binary_weight(shape, fan_in, a.weights)];
+            v.extend(learned_scale(a.scale, g.out_channels));
             v.extend(epilogue(a.output, g.out_channels));
             v
         }
@@ -125,6 +135,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
                 fan_bound(k),
                 binary,
             )];
+            v.extend(learned_scale(a.scale, a.out_features));
             if a.bias {
                 v.push(spec("bias", vec![a.out_features], fan_bound(k), false));
             }
@@ -133,6 +144,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
         Op::BDense(a) => {
             let shape = vec![a.out_features, channels()];
             let mut v = vec![binary_weight(shape, channels(), a.weights)];
+            v.extend(learned_scale(a.scale, a.out_features));
             v.extend(epilogue(a.output, a.out_features));
             v
         }
@@ -361,13 +373,25 @@ impl Params {
         let mut rng = Rng::new(seed);
         let mut packed = BTreeMap::new();
         let mut tensors = BTreeMap::new();
+        // The node's weight as initialised, for `MeanAbsOfWeight` (which
+        // `node_params` lists right after it).
+        let mut last_weight: Option<(NodeId, Vec<f32>)> = None;
         for spec in graph_params(graph) {
             let data: Vec<f32> = match spec.init {
                 Init::Uniform { bound } => {
                     (0..spec.elements()).map(|_| rng.uniform(bound)).collect()
                 }
                 Init::Constant(c) => vec![c; spec.elements()],
+                Init::MeanAbsOfWeight => match &last_weight {
+                    Some((node, w)) if *node == spec.node => {
+                        crate::ir::interp::channel_scales(w, spec.elements())
+                    }
+                    _ => vec![1.0; spec.elements()],
+                },
             };
+            if spec.name.ends_with(".weight") {
+                last_weight = Some((spec.node, data.clone()));
+            }
             if spec.packed {
                 // Binary weights are rank 2 or 4, so packing succeeds.
                 if let Some(bits) = PackedBits::pack(&spec.shape, &data) {

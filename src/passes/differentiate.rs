@@ -331,9 +331,10 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
         for role in ParamRole::ALL {
             if op.trainable_param(&operand_types, role).is_some() {
                 let param = format!("{name}.{}", role.name());
-                // A regularised weight's gradient has a second part, the
-                // quantization loss's, added below.
-                let also_regularised = role == ParamRole::Weight && quantized.contains(&u);
+                // A regularised weight's (and learned scale's) gradient has
+                // a second part, the quantization loss's, added below.
+                let also_regularised =
+                    matches!(role, ParamRole::Weight | ParamRole::Scale) && quantized.contains(&u);
                 let id = g.add_node(
                     if also_regularised {
                         format!("{param}.grad.0")
@@ -384,29 +385,42 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
         }
     }
 
-    // The quantization loss's part of each regularised weight's gradient,
-    // summed with the part through the layer's value when there is one.
+    // The quantization loss's part of each regularised weight's (and learned
+    // scale's) gradient, summed with the part through the layer's value when
+    // there is one.
     for (&layer, (_, term)) in quantized.iter().zip(&terms) {
-        let param = format!("{}.weight", model.node(layer).name);
-        let through_value = gradients.iter().position(|(p, _)| *p == param);
-        let part = g.add_node(
-            if through_value.is_some() {
-                format!("{param}.grad.1")
-            } else {
-                format!("{param}.grad")
-            },
-            Op::Grad(Grad {
-                of: Box::new(g.node(*term).op.clone()),
-                wrt: Wrt::Param(ParamRole::Weight),
-            }),
-            &grad_operands(&g, *term, None),
-        )?;
-        match through_value {
-            Some(i) => {
-                let sum = g.add_node(format!("{param}.grad"), Op::Add, &[gradients[i].1, part])?;
-                gradients[i].1 = sum;
+        let term_op = g.node(*term).op.clone();
+        let roles: Vec<ParamRole> = [ParamRole::Weight, ParamRole::Scale]
+            .into_iter()
+            .filter(|&r| {
+                term_op
+                    .trainable_param(&g.operand_types(*term), r)
+                    .is_some()
+            })
+            .collect();
+        for role in roles {
+            let param = format!("{}.{}", model.node(layer).name, role.name());
+            let through_value = gradients.iter().position(|(p, _)| *p == param);
+            let part = g.add_node(
+                if through_value.is_some() {
+                    format!("{param}.grad.1")
+                } else {
+                    format!("{param}.grad")
+                },
+                Op::Grad(Grad {
+                    of: Box::new(term_op.clone()),
+                    wrt: Wrt::Param(role),
+                }),
+                &grad_operands(&g, *term, None),
+            )?;
+            match through_value {
+                Some(i) => {
+                    let sum =
+                        g.add_node(format!("{param}.grad"), Op::Add, &[gradients[i].1, part])?;
+                    gradients[i].1 = sum;
+                }
+                None => gradients.push((param, part)),
             }
-            None => gradients.push((param, part)),
         }
     }
 

@@ -132,7 +132,11 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
                 })?;
                 // Binary weights fold as the real weights `α·sign(W)` they
                 // stand for; the layer becomes a real one.
-                let effective = crate::ir::interp::layer_weights(kind, scale, &w.data, out);
+                let alpha = crate::ir::interp::scale_factors(scale, &w.data, out, || {
+                    cx.param(&format!("{x_name}.scale"), out)
+                })?;
+                let effective =
+                    crate::ir::interp::layer_weights(kind, alpha.as_deref(), &w.data, out);
                 let per_row = w.data.len() / out.max(1);
                 let bias = if has_bias {
                     cx.param(&format!("{x_name}.bias"), out)?.to_vec()

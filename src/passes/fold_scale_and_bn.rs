@@ -37,8 +37,9 @@
 //! at the border too, so the same `τ_o` is exact everywhere.
 //!
 //! **Pattern 2 (f32 out).** The same layer and chain, without the final
-//! `sign`/`threshold`, when there is something to fold: `scale=channel`, or
-//! at least one `batchnorm`/`affine`.
+//! `sign`/`threshold`, when there is something to fold: a scale
+//! (`scale=channel`, or `scale=learned` whose `NODE.scale` the epilogue
+//! absorbs), or at least one `batchnorm`/`affine`.
 //!
 //! **Rewrite 2.** `output=affine`, `scale=none`, with
 //! `multiplier_o·dot + bias_o` the composed linear map, computed in f64 from
@@ -226,6 +227,11 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
                     .map(|a| Some(Stage::Scale(a)))
                     .collect()
             }
+            (_, Scale::Learned) => cx
+                .param(&format!("{name}.scale"), out)?
+                .iter()
+                .map(|&a| Some(Stage::Scale(a)))
+                .collect(),
             (_, Scale::None) => vec![None; out],
         };
 
@@ -282,7 +288,7 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
                 ));
                 set_output(&mut patch, graph, layer, BinaryOutput::Threshold);
                 patch.fuse_chain(layer, &chain);
-                if scale == Scale::Channel && output == BinaryOutput::Dot {
+                if scale.is_scaled() && output == BinaryOutput::Dot {
                     cx.fused(&name, "scale α".into(), "");
                 }
                 for &n in &chain {
@@ -300,7 +306,7 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         }
 
         // Pattern 2: fold the maps into an affine epilogue.
-        let has_scale = scale == Scale::Channel && output == BinaryOutput::Dot;
+        let has_scale = scale.is_scaled() && output == BinaryOutput::Dot;
         if maps.is_empty() && !has_scale {
             if let Some(why) = why_not
                 && output == BinaryOutput::Dot

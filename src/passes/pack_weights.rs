@@ -21,7 +21,7 @@
 use super::patch::Patch;
 use super::{Changed, PassCx, PassError};
 use crate::ir::graph::Graph;
-use crate::ir::ops::{Op, Scale, WeightForm};
+use crate::ir::ops::{Op, WeightForm};
 use crate::ir::params::{PackedBits, node_params};
 
 /// Runs the pass.
@@ -37,11 +37,16 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         if weights == WeightForm::Packed {
             continue;
         }
-        if scale == Scale::Channel {
+        if scale.is_scaled() {
+            // Only an unfolded scale is left here (a following batchnorm or
+            // sign would have absorbed it); `scale=channel` reads the latent
+            // weights, and a packed layer carries no scale of either kind.
             cx.note(
                 &node.name,
-                "weights not packed: `scale=channel` needs the latent weights (α = mean |W|)"
-                    .into(),
+                format!(
+                    "weights not packed: `scale={}` is not folded into an epilogue",
+                    scale.name()
+                ),
             );
             continue;
         }

@@ -191,7 +191,11 @@ fn suggest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
 /// The words `bias=` takes.
 const BOOL: [(&str, bool); 2] = [("true", true), ("false", false)];
 /// The words `scale=` takes.
-const SCALE: [(&str, Scale); 2] = [("none", Scale::None), ("channel", Scale::Channel)];
+const SCALE: [(&str, Scale); 3] = [
+    ("none", Scale::None),
+    ("channel", Scale::Channel),
+    ("learned", Scale::Learned),
+];
 /// The words `output=` takes (binary layers).
 const OUTPUT: [(&str, BinaryOutput); 3] = [
     ("dot", BinaryOutput::Dot),

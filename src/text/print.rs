@@ -107,8 +107,12 @@ fn real_layer_weights(args: &mut Vec<String>, weights: WeightKind, scale: Scale)
     if weights != WeightKind::Real {
         args.push(format!("weights={}", weights.name()));
     }
-    if scale == Scale::Channel {
-        args.push("scale=channel".into());
+    scale_word(args, scale);
+}
+
+fn scale_word(args: &mut Vec<String>, scale: Scale) {
+    if scale.is_scaled() {
+        args.push(format!("scale={}", scale.name()));
     }
 }
 
@@ -171,9 +175,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
             if a.pad_value == PadValue::One {
                 args.push("pad_value=1".into());
             }
-            if a.scale == Scale::Channel {
-                args.push("scale=channel".into());
-            }
+            scale_word(&mut args, a.scale);
             binary_form(&mut args, a.output, a.weights);
         }
         Op::Dense(a) => {
@@ -185,9 +187,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
         }
         Op::BDense(a) => {
             args.push(a.out_features.to_string());
-            if a.scale == Scale::Channel {
-                args.push("scale=channel".into());
-            }
+            scale_word(&mut args, a.scale);
             binary_form(&mut args, a.output, a.weights);
         }
         Op::BatchNorm(a) => {

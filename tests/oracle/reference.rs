@@ -261,10 +261,32 @@ fn channel_scales(weight: &Tensor, outputs: usize) -> Vec<f64> {
         .collect()
 }
 
+/// The per-output factor of `scale=`: 1, `mean|W_o|`, or the learned
+/// parameter `NODE.scale`.
+fn scale_values(
+    params: &Params,
+    node: &str,
+    scale: Scale,
+    weight: &Tensor,
+    outputs: usize,
+) -> Result<Vec<f64>, String> {
+    Ok(match scale {
+        Scale::None => vec![1.0; outputs],
+        Scale::Channel => channel_scales(weight, outputs),
+        Scale::Learned => param(params, node, "scale")?
+            .data
+            .iter()
+            .map(|&a| f64::from(a))
+            .collect(),
+    })
+}
+
 /// An exact dot product `dot` over `k` valid ±1 positions, scaled.
 fn scaled(dot: i64, k: usize, scale: Scale, alpha: f64) -> (f64, f64) {
     match scale {
         Scale::None => (dot as f64, (dot as f64).abs()),
+        // A learned α is a parameter, exact: only the one product rounds.
+        Scale::Learned => (dot as f64 * alpha, (dot as f64 * alpha).abs()),
         // The popcount sum is exact; what rounds is α, a mean of K latent
         // weights (relative error ≈ √K·u, so ∝ α·|dot|), and, in an
         // implementation that accumulates α-scaled terms, the partial sums,
@@ -278,6 +300,26 @@ fn scaled(dot: i64, k: usize, scale: Scale, alpha: f64) -> (f64, f64) {
 
 /// Binary convolution in the bit domain: XOR + popcount over packed channels.
 pub fn bconv2d(x: &Value, weight: &Tensor, a: &BConv2d) -> Result<Value, String> {
+    let alpha = computed_scales(weight, a.geometry.out_channels, a.scale)?;
+    bconv2d_scaled(x, weight, a, &alpha)
+}
+
+/// The factors of a scale computed from the weights alone (not `learned`).
+fn computed_scales(weight: &Tensor, outputs: usize, scale: Scale) -> Result<Vec<f64>, String> {
+    match scale {
+        Scale::None => Ok(vec![1.0; outputs]),
+        Scale::Channel => Ok(channel_scales(weight, outputs)),
+        Scale::Learned => Err("`scale=learned` needs its parameter".into()),
+    }
+}
+
+/// [`bconv2d`] with the per-output factors `alpha` of its `scale=`.
+pub fn bconv2d_scaled(
+    x: &Value,
+    weight: &Tensor,
+    a: &BConv2d,
+    alpha: &[f64],
+) -> Result<Value, String> {
     check_bits(x, "bconv2d")?;
     let g = &a.geometry;
     let [n, c, h, w] = dims4(x)?;
@@ -314,7 +356,6 @@ pub fn bconv2d(x: &Value, weight: &Tensor, a: &BConv2d) -> Result<Value, String>
             }
         }
     }
-    let alpha = channel_scales(weight, o);
     let mut out = Value::zeros(vec![n, o, oh, ow]);
     let mut e = 0;
     for s in 0..n {
@@ -418,6 +459,17 @@ pub fn dense(x: &Value, weight: &Tensor, bias: Option<&Tensor>) -> Result<Value,
 
 /// Binary dense layer in the bit domain.
 pub fn bdense(x: &Value, weight: &Tensor, scale: Scale) -> Result<Value, String> {
+    let alpha = computed_scales(weight, weight.shape[0], scale)?;
+    bdense_scaled(x, weight, scale, &alpha)
+}
+
+/// [`bdense`] with the per-output factors `alpha` of its `scale=`.
+pub fn bdense_scaled(
+    x: &Value,
+    weight: &Tensor,
+    scale: Scale,
+    alpha: &[f64],
+) -> Result<Value, String> {
     check_bits(x, "bdense")?;
     let (n, k) = (x.batch(), x.sample_len());
     let o = weight.shape[0];
@@ -444,7 +496,6 @@ pub fn bdense(x: &Value, weight: &Tensor, scale: Scale) -> Result<Value, String>
             &mut wp[oo * words..(oo + 1) * words],
         );
     }
-    let alpha = channel_scales(weight, o);
     let mut out = Value::zeros(vec![n, o]);
     for s in 0..n {
         for oo in 0..o {
@@ -781,10 +832,9 @@ fn affine(x: &Value, multiplier: &Tensor, bias: &Tensor) -> Value {
 }
 
 /// `weights=binary`: each output row `o` of the latent weights becomes
-/// `a_o · (±1)`, with `a_o` the mean absolute value of row `o` under
-/// `scale=channel` (in f64, rounded once) and 1 otherwise; the sign of zero
-/// is +1.
-fn real_layer_weight(w: &Tensor, kind: WeightKind, scale: Scale) -> Tensor {
+/// `a_o · (±1)`, with `a_o` from [`scale_values`] (in f64, rounded once);
+/// the sign of zero is +1.
+fn real_layer_weight(w: &Tensor, kind: WeightKind, alpha: &[f64]) -> Tensor {
     if kind == WeightKind::Real {
         return w.clone();
     }
@@ -793,12 +843,7 @@ fn real_layer_weight(w: &Tensor, kind: WeightKind, scale: Scale) -> Tensor {
     let mut out = w.clone();
     for o in 0..rows {
         let row = &w.data[o * per..(o + 1) * per];
-        let a = match scale {
-            Scale::Channel => {
-                (row.iter().map(|v| f64::from(v.abs())).sum::<f64>() / per as f64) as f32
-            }
-            Scale::None => 1.0,
-        };
+        let a = alpha[o] as f32;
         for (dst, &v) in out.data[o * per..(o + 1) * per].iter_mut().zip(row) {
             *dst = if v < 0.0 { -a } else { a };
         }
@@ -824,22 +869,29 @@ pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Res
         }
         Op::Conv2d(a) => {
             let bias = if a.bias { Some(p("bias")?) } else { None };
-            let w = real_layer_weight(p("weight")?, a.weights, a.scale);
+            let (w, o) = (p("weight")?, a.geometry.out_channels);
+            let alpha = scale_values(params, &node.name, a.scale, w, o)?;
+            let w = real_layer_weight(w, a.weights, &alpha);
             conv2d(x()?, &w, bias, &a.geometry)?
         }
         Op::BConv2d(a) => {
             let weight = binary_weight(params, &node.name, a.weights, &[a.geometry.out_channels])?;
-            let dot = bconv2d(x()?, &weight, a)?;
+            let o = a.geometry.out_channels;
+            let alpha = scale_values(params, &node.name, a.scale, &weight, o)?;
+            let dot = bconv2d_scaled(x()?, &weight, a, &alpha)?;
             epilogue(params, &node.name, a.output, dot)?
         }
         Op::Dense(a) => {
             let bias = if a.bias { Some(p("bias")?) } else { None };
-            let w = real_layer_weight(p("weight")?, a.weights, a.scale);
+            let w = p("weight")?;
+            let alpha = scale_values(params, &node.name, a.scale, w, a.out_features)?;
+            let w = real_layer_weight(w, a.weights, &alpha);
             dense(x()?, &w, bias)?
         }
         Op::BDense(a) => {
             let weight = binary_weight(params, &node.name, a.weights, &[a.out_features])?;
-            let dot = bdense(x()?, &weight, a.scale)?;
+            let alpha = scale_values(params, &node.name, a.scale, &weight, a.out_features)?;
+            let dot = bdense_scaled(x()?, &weight, a.scale, &alpha)?;
             epilogue(params, &node.name, a.output, dot)?
         }
         Op::Threshold => threshold(x()?, p("threshold")?, p("direction")?)?,

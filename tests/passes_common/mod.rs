@@ -58,6 +58,12 @@ pub fn stress_params(graph: &Graph, seed: u64, gamma: Gamma) -> Params {
                 }
             }
         };
+        // Learned scales of every sign, zero included (a constant channel).
+        fill("scale", &mut |r| match r.below(8) {
+            0 => 0.0,
+            1 => -(0.2 + r.next_f32()),
+            _ => 0.05 + r.next_f32(),
+        });
         match &node.op {
             Op::BatchNorm(_) => {
                 let positive = name.contains("pos")

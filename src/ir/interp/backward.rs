@@ -9,12 +9,12 @@
 //! against it, whatever order that engine sums in.
 
 use super::{
-    InterpError, batchnorm_std, batchnorm_with_std, channel_scales, conv_weight_shape,
-    copy_from_padded, copy_into_padded, dims4, layer_weights, out_size, param, sign_of,
+    InterpError, batchnorm_std, batchnorm_with_std, conv_weight_shape, copy_from_padded,
+    copy_into_padded, dims4, layer_alpha, layer_weights, out_size, param, sign_of,
 };
 use crate::ir::ops::{
-    BatchNorm, ConvGeometry, CrossEntropy, Grad, Op, PadValue, ParamRole, Pool, RunningStat, Scale,
-    SignGrad, Statistic, Stats, WeightKind, Wrt,
+    BatchNorm, Conv2d, ConvGeometry, CrossEntropy, Dense, Grad, Op, PadValue, ParamRole, Pool,
+    RunningStat, SignGrad, Statistic, Stats, WeightKind, Wrt,
 };
 use crate::ir::params::{Params, Tensor};
 
@@ -187,13 +187,19 @@ pub(super) fn grad(
             let channels = forward[1].shape.get(1).copied().unwrap_or(0);
             super::loss_terms::quantization_loss_grad(params, of, a, channels)?
         }
+        (Op::QuantizationLoss(a), Wrt::Param(ParamRole::Scale)) => {
+            let channels = forward[1].shape.get(1).copied().unwrap_or(0);
+            super::loss_terms::quantization_loss_scale_grad(params, of, a, channels)?
+        }
         (Op::DistributionLoss(a), Wrt::Operand(0)) => {
             super::loss_terms::distribution_loss_grad(forward[0], a)
         }
 
         (Op::Conv2d(a), Wrt::Operand(0)) => {
             let w = p("weight", &conv_weight_shape(&a.geometry, channels))?;
-            let w = layer_weights(a.weights, a.scale, w, a.geometry.out_channels);
+            let out = a.geometry.out_channels;
+            let alpha = layer_alpha(params, of, a.scale, w, out)?;
+            let w = layer_weights(a.weights, alpha.as_deref(), w, out);
             convolve_transpose(dy, &a.geometry, &w, dims4(forward[0]))
         }
         (Op::Conv2d(a), Wrt::Param(ParamRole::Weight)) => match a.weights {
@@ -201,23 +207,47 @@ pub(super) fn grad(
             WeightKind::Binary => {
                 let shape = conv_weight_shape(&a.geometry, channels);
                 let latent = p("weight", &shape)?;
-                let dy = scaled(dy, a.scale, latent, shape[0]);
+                let dy = scaled(dy, layer_alpha(params, of, a.scale, latent, shape[0])?);
                 latent_ste(conv_weight_grad(forward[0], &dy, &a.geometry, 0.0), latent)
             }
         },
+        (Op::Conv2d(a), Wrt::Param(ParamRole::Scale)) => {
+            let shape = conv_weight_shape(&a.geometry, channels);
+            let signs = layer_weights(a.weights, None, p("weight", &shape)?, shape[0]);
+            let unscaled = Conv2d { bias: false, ..*a };
+            let dot = super::conv2d(forward[0], &unscaled, &signs, None);
+            channel_dot(dy, &dot)
+        }
+        (Op::Dense(a), Wrt::Param(ParamRole::Scale)) => {
+            let shape = [a.out_features, channels];
+            let signs = layer_weights(a.weights, None, p("weight", &shape)?, shape[0]);
+            let unscaled = Dense { bias: false, ..*a };
+            let dot = super::dense(forward[0], &unscaled, &signs, None);
+            channel_dot(dy, &dot)
+        }
+        (Op::BConv2d(a), Wrt::Param(ParamRole::Scale)) => {
+            let shape = conv_weight_shape(&a.geometry, channels);
+            let signs: Vec<f32> = p("weight", &shape)?.iter().map(|&v| sign_of(v)).collect();
+            channel_dot(dy, &super::bconv2d(forward[0], a, &signs))
+        }
+        (Op::BDense(a), Wrt::Param(ParamRole::Scale)) => {
+            let shape = [a.out_features, channels];
+            let signs: Vec<f32> = p("weight", &shape)?.iter().map(|&v| sign_of(v)).collect();
+            channel_dot(dy, &super::matvec(forward[0], &signs, a.out_features))
+        }
         (Op::Conv2d(_), Wrt::Param(ParamRole::Bias))
         | (Op::Dense(_), Wrt::Param(ParamRole::Bias)) => channel_sums(dy),
         (Op::BConv2d(a), Wrt::Operand(0)) => {
             let shape = conv_weight_shape(&a.geometry, channels);
             let latent = p("weight", &shape)?;
             let signs: Vec<f32> = latent.iter().map(|&v| sign_of(v)).collect();
-            let dy = scaled(dy, a.scale, latent, shape[0]);
+            let dy = scaled(dy, layer_alpha(params, of, a.scale, latent, shape[0])?);
             convolve_transpose(&dy, &a.geometry, &signs, dims4(forward[0]))
         }
         (Op::BConv2d(a), Wrt::Param(ParamRole::Weight)) => {
             let shape = conv_weight_shape(&a.geometry, channels);
             let latent = p("weight", &shape)?;
-            let dy = scaled(dy, a.scale, latent, shape[0]);
+            let dy = scaled(dy, layer_alpha(params, of, a.scale, latent, shape[0])?);
             let pad = match a.pad_value {
                 PadValue::Zero => 0.0,
                 PadValue::One => 1.0,
@@ -227,26 +257,36 @@ pub(super) fn grad(
 
         (Op::Dense(a), Wrt::Operand(0)) => {
             let w = p("weight", &[a.out_features, channels])?;
-            let w = layer_weights(a.weights, a.scale, w, a.out_features);
+            let alpha = layer_alpha(params, of, a.scale, w, a.out_features)?;
+            let w = layer_weights(a.weights, alpha.as_deref(), w, a.out_features);
             matvec_transpose(dy, &w, channels)
         }
         (Op::Dense(a), Wrt::Param(ParamRole::Weight)) => match a.weights {
             WeightKind::Real => outer_sum(dy, forward[0]),
             WeightKind::Binary => {
                 let latent = p("weight", &[a.out_features, channels])?;
-                let dy = scaled(dy, a.scale, latent, a.out_features);
+                let dy = scaled(
+                    dy,
+                    layer_alpha(params, of, a.scale, latent, a.out_features)?,
+                );
                 latent_ste(outer_sum(&dy, forward[0]), latent)
             }
         },
         (Op::BDense(a), Wrt::Operand(0)) => {
             let latent = p("weight", &[a.out_features, channels])?;
             let signs: Vec<f32> = latent.iter().map(|&v| sign_of(v)).collect();
-            let dy = scaled(dy, a.scale, latent, a.out_features);
+            let dy = scaled(
+                dy,
+                layer_alpha(params, of, a.scale, latent, a.out_features)?,
+            );
             matvec_transpose(&dy, &signs, channels)
         }
         (Op::BDense(a), Wrt::Param(ParamRole::Weight)) => {
             let latent = p("weight", &[a.out_features, channels])?;
-            let dy = scaled(dy, a.scale, latent, a.out_features);
+            let dy = scaled(
+                dy,
+                layer_alpha(params, of, a.scale, latent, a.out_features)?,
+            );
             latent_ste(outer_sum(&dy, forward[0]), latent)
         }
 
@@ -361,18 +401,27 @@ fn sign_grad(estimator: SignGrad, x: f32) -> f32 {
     }
 }
 
-/// `dy` times the XNOR-Net scale `α_o` of each output channel (held constant:
-/// larq's magnitude-aware sign stops its gradient), or `dy` unchanged.
-fn scaled(dy: &Tensor, scale: Scale, latent: &[f32], out: usize) -> Tensor {
-    match scale {
-        Scale::None => dy.clone(),
-        Scale::Channel => {
-            let alpha = channel_scales(latent, out);
-            let mut d = dy.clone();
-            for_each_channel(dy, |c, i| d.data[i] *= alpha[c]);
-            d
-        }
+/// `dy` times the scale `α_o` of each output channel, or `dy` unchanged.
+/// `scale=channel`'s α is held constant (larq's magnitude-aware sign stops
+/// its gradient); `scale=learned`'s is a parameter with a gradient of its
+/// own ([`channel_dot`]).
+fn scaled(dy: &Tensor, alpha: Option<Vec<f32>>) -> Tensor {
+    let mut d = dy.clone();
+    if let Some(alpha) = alpha {
+        for_each_channel(dy, |c, i| d.data[i] *= alpha[c]);
     }
+    d
+}
+
+/// `Σ_{n, spatial} dy[n, o, …]·dot[n, o, …]`: the gradient of a learned
+/// per-channel factor `α_o` of `y = α_o·dot` (in f64, rounded once).
+fn channel_dot(dy: &Tensor, dot: &Tensor) -> Tensor {
+    let c = dy.shape[1];
+    let mut sum = vec![0.0f64; c];
+    for_each_channel(dy, |ch, i| {
+        sum[ch] += dy.data[i] as f64 * dot.data[i] as f64
+    });
+    rounded(vec![c], &sum)
 }
 
 /// The clipped straight-through estimator of a latent weight: the gradient

@@ -6,7 +6,7 @@
 //!
 //! As in the rest of the oracle, reductions accumulate in f64 and round once.
 
-use super::{InterpError, channel_scales, conv_weight_shape, param, sign_of};
+use super::{InterpError, conv_weight_shape, layer_alpha, param, sign_of};
 use crate::ir::ops::{DistributionLoss, Op, QuantizationLoss, Scale, WeightKind};
 use crate::ir::params::{Params, Tensor};
 
@@ -54,10 +54,7 @@ fn quantization_operands<'p>(
     })?;
     let w = param(params, &format!("{layer}.weight"), &shape)?;
     let out = shape[0];
-    let alpha = match scale {
-        Scale::Channel => channel_scales(w, out),
-        Scale::None => vec![1.0; out],
-    };
+    let alpha = layer_alpha(params, layer, scale, w, out)?.unwrap_or_else(|| vec![1.0; out]);
     Ok((w, shape, alpha))
 }
 
@@ -86,7 +83,8 @@ pub(super) fn quantization_loss(
 /// The gradient of `quantization_loss` with respect to the latent weights:
 /// `2λ·(W − α·sign(W))`. With `α_o = mean|W_o|` the term through `α` is
 /// `−2λ·Σ_j (W_oj − α_o·s_oj)·s_oj · s_ok/K = −2λ·(Σ_j|W_oj| − K·α_o)·s_ok/K
-/// = 0`, so this is the whole derivative wherever `sign` is constant.
+/// = 0`, so this is the whole derivative wherever `sign` is constant; a
+/// learned α is a parameter of its own ([`quantization_loss_scale_grad`]).
 pub(super) fn quantization_loss_grad(
     params: &Params,
     layer: &str,
@@ -105,6 +103,37 @@ pub(super) fn quantization_loss_grad(
         })
         .collect();
     Ok(Tensor { shape, data })
+}
+
+/// The gradient of `quantization_loss` with respect to a learned scale
+/// (`scale=learned`): `−2λ·Σ_k (W_ok − α_o·s_ok)·s_ok` per output channel.
+pub(super) fn quantization_loss_scale_grad(
+    params: &Params,
+    layer: &str,
+    a: &QuantizationLoss,
+    channels: usize,
+) -> Result<Tensor, InterpError> {
+    let (w, _, alpha) = quantization_operands(params, layer, a, channels)?;
+    let k = w.len() / alpha.len().max(1);
+    let lambda = a.weight as f64;
+    let data = alpha
+        .iter()
+        .enumerate()
+        .map(|(o, &al)| {
+            let sum: f64 = w[o * k..(o + 1) * k]
+                .iter()
+                .map(|&v| {
+                    let s = sign_of(v);
+                    (v as f64 - (al * s) as f64) * s as f64
+                })
+                .sum();
+            (-2.0 * lambda * sum) as f32
+        })
+        .collect();
+    Ok(Tensor {
+        shape: vec![alpha.len()],
+        data,
+    })
 }
 
 /// Per channel of `x` (`[N, C, …]`): the batch mean `μ_c`, the standard

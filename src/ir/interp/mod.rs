@@ -437,7 +437,9 @@ fn eval_node(
         }
         Op::Conv2d(a) => {
             let w = p("weight", &conv_weight_shape(&a.geometry, channels()))?;
-            let w = &layer_weights(a.weights, a.scale, w, a.geometry.out_channels);
+            let out = a.geometry.out_channels;
+            let alpha = layer_alpha(params, &node.name, a.scale, w, out)?;
+            let w = &layer_weights(a.weights, alpha.as_deref(), w, out);
             let b = if a.bias {
                 Some(p("bias", &[a.geometry.out_channels])?)
             } else {
@@ -453,7 +455,9 @@ fn eval_node(
         }
         Op::Dense(a) => {
             let w = p("weight", &[a.out_features, channels()])?;
-            let w = &layer_weights(a.weights, a.scale, w, a.out_features);
+            let out = a.out_features;
+            let alpha = layer_alpha(params, &node.name, a.scale, w, out)?;
+            let w = &layer_weights(a.weights, alpha.as_deref(), w, out);
             let b = if a.bias {
                 Some(p("bias", &[a.out_features])?)
             } else {
@@ -567,23 +571,55 @@ pub fn channel_scales(w: &[f32], out: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The per-channel factor `α` of a layer's `scale=`: none, `mean|W_o|` of
+/// the latent weights (`scale=channel`), or the layer's own parameter
+/// `NODE.scale` (`scale=learned`), which `learned` fetches (so every engine
+/// reports a missing parameter its own way). `w` is `[O, …]`.
+pub fn scale_factors<'a, E>(
+    scale: Scale,
+    w: &[f32],
+    out: usize,
+    learned: impl FnOnce() -> Result<&'a [f32], E>,
+) -> Result<Option<Vec<f32>>, E> {
+    Ok(match scale {
+        Scale::None => None,
+        Scale::Channel => Some(channel_scales(w, out)),
+        Scale::Learned => Some(learned()?.to_vec()),
+    })
+}
+
+/// [`scale_factors`] with the interpreter's parameter lookup.
+pub(crate) fn layer_alpha(
+    params: &Params,
+    node: &str,
+    scale: Scale,
+    w: &[f32],
+    out: usize,
+) -> Result<Option<Vec<f32>>, InterpError> {
+    scale_factors(scale, w, out, || {
+        param(params, &format!("{node}.scale"), &[out])
+    })
+}
+
 /// The weights a real-valued layer computes with: `W` itself, or for
-/// `weights=binary` `α_o·sign(W)` (`α_o = mean|W_o|` with `scale=channel`,
-/// else 1). `α·(±1)` is exact, so every engine that multiplies by these
+/// `weights=binary` `α_o·sign(W)` (`α` from [`scale_factors`], 1 without a
+/// scale). `α·(±1)` is exact, so every engine that multiplies by these
 /// values computes the same products. `w` is `[O, …]`.
-pub fn layer_weights(kind: WeightKind, scale: Scale, w: &[f32], out: usize) -> Cow<'_, [f32]> {
+pub fn layer_weights<'w>(
+    kind: WeightKind,
+    alpha: Option<&[f32]>,
+    w: &'w [f32],
+    out: usize,
+) -> Cow<'w, [f32]> {
     match kind {
         WeightKind::Real => Cow::Borrowed(w),
         WeightKind::Binary => {
-            let alpha = match scale {
-                Scale::Channel => channel_scales(w, out),
-                Scale::None => vec![1.0; out],
-            };
             let k = w.len() / out.max(1);
+            let alpha_of = |i: usize| alpha.map_or(1.0, |a| a[i / k.max(1)]);
             Cow::Owned(
                 w.iter()
                     .enumerate()
-                    .map(|(i, &v)| alpha[i / k.max(1)] * sign_of(v))
+                    .map(|(i, &v)| alpha_of(i) * sign_of(v))
                     .collect(),
             )
         }
@@ -739,7 +775,7 @@ fn binary_weights(
 }
 
 /// A binary layer's output from its dot products `dot` (`[N, O, ...]`):
-/// `output=dot` scales by `α_o = mean |W[o, …]|` with `scale=channel`;
+/// `output=dot` scales by `α_o` of `scale=` ([`scale_factors`]);
 /// `output=affine` computes `multiplier_o · dot + bias_o`; `output=threshold`
 /// gives `+1` where `direction_o · dot >= threshold_o`, else `−1`.
 fn binary_output(
@@ -755,9 +791,11 @@ fn binary_output(
     let out = [weight_shape[0]];
     Ok(match output {
         BinaryOutput::Dot => {
-            if scale == Scale::Channel {
-                let alpha = channel_scales(p("weight", weight_shape)?, weight_shape[0]);
-                mul_per_channel(&mut dot, &alpha);
+            if scale.is_scaled() {
+                let w = p("weight", weight_shape)?;
+                if let Some(alpha) = layer_alpha(params, &node.name, scale, w, out[0])? {
+                    mul_per_channel(&mut dot, &alpha);
+                }
             }
             dot
         }

@@ -13,11 +13,11 @@ use super::elementwise as ew;
 use super::exec::{
     Ctx, State, bn_norm, cache, conv_weight_shape, inner, latent_ste, pad_of, store,
 };
-use super::gemm::{dense_input_grad, dense_weight_grad};
+use super::gemm::{dense_forward, dense_input_grad, dense_weight_grad};
 use super::norm;
 use super::plan::Step;
 use super::pool::{self, Window};
-use crate::ir::ops::{Op, ParamRole, Scale, Stats, WeightKind, Wrt};
+use crate::ir::ops::{Op, ParamRole, Stats, WeightKind, Wrt};
 
 /// Evaluates the `grad` step `step` on `x` (forward value, forward
 /// operands, then `dy` unless the forward node is the loss).
@@ -51,6 +51,15 @@ pub(super) fn grad(
             let bw = &cx.binary[cache(step)?];
             super::loss_terms::quantization_grad(par, latent, &bw.scaled, a.weight, out);
         }
+        (Op::QuantizationLoss(a), Wrt::Param(ParamRole::Scale)) => {
+            let shape = super::exec::quantized_shape(step, &a.of)?;
+            let latent = cx.param(of, "weight", &shape)?;
+            let bw = &cx.binary[cache(step)?];
+            let g = super::loss_terms::quantization_scale_grad(
+                latent, &bw.scaled, &bw.signs, shape[0], a.weight,
+            );
+            store(out, &g);
+        }
         (Op::DistributionLoss(a), Wrt::Operand(0)) => {
             super::loss_terms::distribution_grad(par, forward[0], c0, inner(d0), a.weight, out);
         }
@@ -69,7 +78,7 @@ pub(super) fn grad(
                 let shape = conv_weight_shape(&a.geometry, c0);
                 let latent = cx.param(of, "weight", &shape)?;
                 let bw = &cx.binary[cache(step)?];
-                let alpha = (a.scale == Scale::Channel).then_some(bw.alpha.as_slice());
+                let alpha = a.scale.is_scaled().then_some(bw.alpha.as_slice());
                 latent_ste(out, latent, alpha, shape[0]);
             }
         }
@@ -89,7 +98,7 @@ pub(super) fn grad(
             let pad = pad_of(a.pad_value);
             conv.weight_grad(par, forward[0], dy, cx.batch, pad, st.scratch, out);
             let bw = &cx.binary[cache(step)?];
-            let alpha = (a.scale == Scale::Channel).then_some(bw.alpha.as_slice());
+            let alpha = a.scale.is_scaled().then_some(bw.alpha.as_slice());
             latent_ste(out, latent, alpha, shape[0]);
         }
         (Op::Dense(a), Wrt::Operand(0)) => {
@@ -104,7 +113,7 @@ pub(super) fn grad(
             if a.weights == WeightKind::Binary {
                 let latent = cx.param(of, "weight", &[a.out_features, c0])?;
                 let bw = &cx.binary[cache(step)?];
-                let alpha = (a.scale == Scale::Channel).then_some(bw.alpha.as_slice());
+                let alpha = a.scale.is_scaled().then_some(bw.alpha.as_slice());
                 latent_ste(out, latent, alpha, a.out_features);
             }
         }
@@ -117,8 +126,51 @@ pub(super) fn grad(
             let latent = cx.param(of, "weight", &[o, c0])?;
             dense_weight_grad(par, dy, forward[0], cx.batch, c0, o, out);
             let bw = &cx.binary[cache(step)?];
-            let alpha = (a.scale == Scale::Channel).then_some(bw.alpha.as_slice());
+            let alpha = a.scale.is_scaled().then_some(bw.alpha.as_slice());
             latent_ste(out, latent, alpha, o);
+        }
+        (Op::Conv2d(a), Wrt::Param(ParamRole::Scale)) => {
+            let conv = Conv::new(&a.geometry, d0, ydims);
+            let signs = &cx.binary[cache(step)?].signs;
+            let mut dot = vec![0.0; dy.len()];
+            conv.forward(
+                par,
+                forward[0],
+                signs,
+                0.0,
+                st.scratch,
+                &mut dot,
+                &|_, _| {},
+            );
+            store(out, &ew::channel_dots(dy, &dot, ydims[0], inner(ydims)));
+        }
+        (Op::BConv2d(a), Wrt::Param(ParamRole::Scale)) => {
+            let conv = Conv::new(&a.geometry, d0, ydims);
+            let signs = &cx.binary[cache(step)?].signs;
+            let mut dot = vec![0.0; dy.len()];
+            let pad = pad_of(a.pad_value);
+            conv.forward(
+                par,
+                forward[0],
+                signs,
+                pad,
+                st.scratch,
+                &mut dot,
+                &|_, _| {},
+            );
+            store(out, &ew::channel_dots(dy, &dot, ydims[0], inner(ydims)));
+        }
+        (Op::Dense(a), Wrt::Param(ParamRole::Scale)) => {
+            let signs = &cx.binary[cache(step)?].signs;
+            let mut dot = vec![0.0; dy.len()];
+            dense_forward(par, forward[0], signs, c0, a.out_features, &mut dot);
+            store(out, &ew::channel_dots(dy, &dot, a.out_features, 1));
+        }
+        (Op::BDense(a), Wrt::Param(ParamRole::Scale)) => {
+            let signs = &cx.binary[cache(step)?].signs;
+            let mut dot = vec![0.0; dy.len()];
+            dense_forward(par, forward[0], signs, c0, a.out_features, &mut dot);
+            store(out, &ew::channel_dots(dy, &dot, a.out_features, 1));
         }
         (Op::Sign(a), Wrt::Operand(0)) => {
             ew::sign_backward(par, a.grad, dy, forward[0], out);

@@ -186,6 +186,24 @@ pub(super) fn channel_sums(v: &[f32], c: usize, inner: usize) -> Vec<f64> {
     sum
 }
 
+/// `Σ dy·dot` per channel of `[N, C, inner]` values, in f64: the gradient of
+/// a learned per-channel scale of `y = α_c·dot`.
+pub(super) fn channel_dots(dy: &[f32], dot: &[f32], c: usize, inner: usize) -> Vec<f64> {
+    let mut sum = vec![0.0f64; c];
+    for (i, (dp, vp)) in dy
+        .chunks(inner.max(1))
+        .zip(dot.chunks(inner.max(1)))
+        .enumerate()
+    {
+        sum[i % c.max(1)] += dp
+            .iter()
+            .zip(vp)
+            .map(|(&d, &v)| d as f64 * v as f64)
+            .sum::<f64>();
+    }
+    sum
+}
+
 /// The PReLU slope gradient `Σ dy·x` over the negative `x`, per channel, f64.
 pub(super) fn prelu_slope_grad(x: &[f32], dy: &[f32], c: usize, inner: usize) -> Vec<f64> {
     let mut sum = vec![0.0f64; c];

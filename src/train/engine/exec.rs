@@ -134,10 +134,7 @@ fn epilogue<'a>(
     };
     Ok(BinaryEpilogue {
         output,
-        alpha: match scale {
-            Scale::Channel => Some(&bw.alpha),
-            Scale::None => None,
-        },
+        alpha: scale.is_scaled().then_some(bw.alpha.as_slice()),
         first,
         second,
     })
@@ -307,7 +304,7 @@ pub(super) fn exec(
             };
             super::xnor::dense_forward(par, cx.packer, wide, x[0], &bw.packed, c0, o, st.bits, out);
             let ep = epilogue(cx, step, a.output, a.scale, bw, o)?;
-            if a.output != BinaryOutput::Dot || a.scale == Scale::Channel {
+            if a.output != BinaryOutput::Dot || a.scale.is_scaled() {
                 for row in out.chunks_mut(o) {
                     for (ch, e) in row.iter_mut().enumerate() {
                         ep.apply(ch, std::slice::from_mut(e));

@@ -45,6 +45,31 @@ pub(super) fn quantization_grad(
     });
 }
 
+/// `−2λ·Σ_k (W_ok − α_o·s_ok)·s_ok` per output row, in f64: the gradient of
+/// [`quantization_loss`] with respect to a learned scale `α_o`, with `scaled`
+/// the prepared `α·sign(W)` and `signs` the prepared `sign(W)`.
+pub(super) fn quantization_scale_grad(
+    latent: &[f32],
+    scaled: &[f32],
+    signs: &[f32],
+    out: usize,
+    weight: f32,
+) -> Vec<f64> {
+    let k = latent.len() / out.max(1);
+    (0..out)
+        .map(|o| {
+            let rows = latent[o * k..][..k]
+                .iter()
+                .zip(&scaled[o * k..][..k])
+                .zip(&signs[o * k..][..k]);
+            let sum: f64 = rows
+                .map(|((&w, &a), &s)| (w as f64 - a as f64) * s as f64)
+                .sum();
+            -2.0 * weight as f64 * sum
+        })
+        .collect()
+}
+
 /// Per channel of `x` (`[N, C, inner]`): `μ_c` and `σ_c = √(var_c + ε)`.
 fn mean_and_std(par: Par, x: &[f32], c: usize, inner: usize) -> (Vec<f64>, Vec<f64>) {
     let (mean, var) = norm::moments(par, x, c, inner);

@@ -66,7 +66,6 @@ mod xnor;
 mod xnor_conv;
 
 use crate::ir::graph::Graph;
-use crate::ir::ops::Scale;
 use crate::ir::params::{Params, Tensor};
 use crate::ir::types::Extent;
 use crate::ir::verify::VerifyError;
@@ -520,8 +519,10 @@ impl StepEngine {
                 *s = elementwise::sign_of(w);
             }
             bw.scaled.clone_from(&bw.signs);
-            if layer.scale == Scale::Channel {
-                bw.alpha = crate::ir::interp::channel_scales(latent, layer.out);
+            let learned = || param(params, &format!("{}.scale", layer.name), &[layer.out]);
+            let alpha = crate::ir::interp::scale_factors(layer.scale, latent, layer.out, learned)?;
+            if let Some(alpha) = alpha {
+                bw.alpha = alpha;
                 let k = n / layer.out.max(1);
                 for (o, row) in bw.scaled.chunks_mut(k.max(1)).enumerate() {
                     for v in row {
