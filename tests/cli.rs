@@ -284,3 +284,38 @@ fn jit_and_interpreter_agree_through_the_cli() {
     };
     assert_eq!(run("jit"), run("interp"));
 }
+
+/// `bench` states each convolution's rate and, where the peak loops run,
+/// its fraction of the machine's measured peak; the totals add up the
+/// table's own binary and real rows.
+#[test]
+fn bench_reports_rates_and_fractions_of_peak() {
+    let (out, _) = expect(
+        0,
+        &[
+            "bench",
+            "examples/digits_cnn.bnn",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "--no-interp",
+        ],
+    );
+    assert!(out.contains("| median µs | GMAC/s | of peak |"), "{out}");
+    let avx512 = onebit::codegen::target::HostFeatures::detect().avx512_bnn;
+    assert_eq!(out.contains("peaks of this machine"), avx512, "{out}");
+    // digits_cnn: c1 is real, c2 and y binary (after the default passes).
+    let binary: Vec<&str> = out.lines().filter(|l| l.contains("| bconv")).collect();
+    assert!(binary.len() >= 2, "{out}");
+    for row in &binary {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let rate: f64 = cells[6].parse().unwrap_or_else(|_| panic!("rate in {row}"));
+        assert!(rate > 0.0, "{row}");
+        assert_eq!(cells[7].ends_with('%'), avx512, "{row}");
+    }
+    assert!(
+        out.contains("binary layers: ") && out.contains("real layers: "),
+        "{out}"
+    );
+}

@@ -145,17 +145,76 @@ pub fn bench(
         model.threads(),
         if model.threads() == 1 { "" } else { "s" }
     );
+    let peaks = codegen::kernels::wide::peak::measure();
+    let cores = model.threads() as f64;
+    match peaks {
+        Some(p) => println!(
+            "peaks of this machine (measured, per core): f32 {:.1} GMAC/s, binary {:.0} GMAC/s; \
+             fractions below are of {} core{}",
+            p.f32_macs / 1e9,
+            p.binary_macs / 1e9,
+            model.threads(),
+            if model.threads() == 1 { "" } else { "s" }
+        ),
+        None => println!("peaks: not measured (the peak loops need AVX-512)"),
+    }
     println!();
-    println!("| # | node | kernel | units | median µs |");
-    println!("|---|---|---|---|---|");
+    println!("| # | node | kernel | units | median µs | GMAC/s | of peak |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut totals = [(0u64, 0.0f64); 2]; // (MACs, seconds): binary, real
     for (i, (layer, t)) in model.layers().iter().zip(per).enumerate() {
+        let t = median(t);
+        // The layer's MACs belong to its convolution step (dense layers are
+        // 1×1 convolutions), not to the padding or packing steps beside it.
+        let (binary, real) = match graph.find(&layer.node) {
+            Some(id) if layer.kind.contains("conv") => onebit::ir::summary::node_macs(graph, id),
+            _ => (0, 0),
+        };
+        let (macs, peak, kind) = if binary >= real {
+            (binary, peaks.map(|p| p.binary_macs), 0)
+        } else {
+            (real, peaks.map(|p| p.f32_macs), 1)
+        };
+        let macs = macs * batch as u64;
+        let (rate, fraction) = if macs > 0 && t > Duration::ZERO {
+            totals[kind].0 += macs;
+            totals[kind].1 += t.as_secs_f64();
+            let rate = macs as f64 / t.as_secs_f64();
+            (
+                format!("{:.1}", rate / 1e9),
+                peak.map_or("–".into(), |p| {
+                    format!("{:.0}%", 100.0 * rate / (p * cores))
+                }),
+            )
+        } else {
+            ("".into(), "".into())
+        };
         println!(
-            "| {i} | {} | {} | {} | {} |",
+            "| {i} | {} | {} | {} | {} | {rate} | {fraction} |",
             layer.node,
             layer.kind,
             layer.units,
-            us(median(t))
+            us(t)
         );
+    }
+    println!();
+    for ((macs, secs), (what, peak)) in totals.iter().zip([
+        ("binary layers", peaks.map(|p| p.binary_macs)),
+        ("real layers", peaks.map(|p| p.f32_macs)),
+    ]) {
+        if *macs > 0 && *secs > 0.0 {
+            let rate = *macs as f64 / secs;
+            println!(
+                "{what}: {:.2} GMAC in {:.1} µs, {:.1} GMAC/s{}",
+                *macs as f64 / 1e9,
+                secs * 1e6,
+                rate / 1e9,
+                peak.map_or(String::new(), |p| format!(
+                    " ({:.0}% of peak)",
+                    100.0 * rate / (p * cores)
+                ))
+            );
+        }
     }
     println!();
     println!("| measure | value |");

@@ -50,6 +50,11 @@
 //!   finishes (f32 outputs, batchnorm, zero-padding corrections, bits that
 //!   straddle words).
 //!
+//! # Peaks ([`peak`])
+//! Two loops of the same instructions without loads measure what one core
+//! retires, f32 FMAs and binary XOR-popcount MACs per second, for `onebit
+//! bench`'s fractions of peak.
+//!
 //! # Standalone use ([`standalone`])
 //! [`standalone::XorPopcount`] assembles the same micro-kernel for a given
 //! number of 64-bit words per row into its own executable memory and
@@ -59,9 +64,47 @@
 
 pub mod bconv;
 pub mod call;
+pub mod peak;
 pub mod standalone;
 
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{Linkage, Module};
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+
+use crate::codegen::{CodegenError, target};
+
+/// Puts machine-code functions into executable memory of their own (a
+/// `JITModule` for the host, which the caller keeps alive while it calls
+/// them): each `(code, params)` is a leaf taking `params` 64-bit integer
+/// arguments. Returns the module and the functions' addresses, in order.
+pub(crate) fn executable(
+    name: &str,
+    functions: &[(&[u8], usize)],
+) -> Result<(JITModule, Vec<*const u8>), CodegenError> {
+    let isa = target::host_isa(false)?;
+    let mut module = JITModule::new(JITBuilder::with_isa(
+        isa,
+        cranelift_module::default_libcall_names(),
+    ));
+    let mut ids = Vec::with_capacity(functions.len());
+    for (i, &(code, params)) in functions.iter().enumerate() {
+        let mut sig = module.make_signature();
+        for _ in 0..params {
+            sig.params.push(cranelift_codegen::ir::AbiParam::new(
+                cranelift_codegen::ir::types::I64,
+            ));
+        }
+        let id = module.declare_function(&format!("{name}_{i}"), Linkage::Local, &sig)?;
+        module.define_function_bytes(id, 64, code, &[])?;
+        ids.push(id);
+    }
+    module.finalize_definitions()?;
+    let ptrs = ids
+        .into_iter()
+        .map(|id| module.get_finalized_function(id))
+        .collect();
+    Ok((module, ptrs))
+}
 
 /// A register tile: `mr` vectors of 16 output channels × `nr` pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,8 +29,7 @@
 
 use std::sync::Mutex;
 
-use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{Linkage, Module};
+use cranelift_jit::JITModule;
 
 use super::Tile;
 use super::bconv::{self, Out, Spec};
@@ -113,21 +112,8 @@ impl XorPopcount {
             },
         };
         let code = bconv::assemble(&spec)?;
-        let isa = target::host_isa(false)?;
-        let mut module = JITModule::new(JITBuilder::with_isa(
-            isa,
-            cranelift_module::default_libcall_names(),
-        ));
-        let mut sig = module.make_signature();
-        for _ in 0..5 {
-            sig.params.push(cranelift_codegen::ir::AbiParam::new(
-                cranelift_codegen::ir::types::I64,
-            ));
-        }
-        let id = module.declare_function("xor_popcount", Linkage::Local, &sig)?;
-        module.define_function_bytes(id, 64, &code, &[])?;
-        module.finalize_definitions()?;
-        let p = module.get_finalized_function(id);
+        let (module, ptrs) = super::executable("xor_popcount", &[(&code, 5)])?;
+        let p = ptrs[0];
         // SAFETY: `p` is the finalized code of `bconv::assemble`, a leaf in
         // the System V convention with the signature of `KernelFn`; the
         // module that owns the memory lives in `self` and is freed on drop.
