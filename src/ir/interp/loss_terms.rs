@@ -33,16 +33,33 @@ pub fn binary_weight_shape(of: &Op, channels: usize) -> Option<(Vec<usize>, Scal
 
 /// What a quantization loss reads: the latent weights `W` (`[O, K]` in C
 /// order), their shape, and the scale `α_o` of each output channel.
-type QuantizationOperands<'p> = (&'p [f32], Vec<usize>, Vec<f32>);
+struct Quantized<'p> {
+    w: &'p [f32],
+    shape: Vec<usize>,
+    alpha: Vec<f32>,
+}
+
+impl Quantized<'_> {
+    /// Per weight, in order: its output channel `o`, the residual
+    /// `W_ok − α_o·s_ok` (in f64, from the f32 product the layer computes
+    /// with) and `s_ok = sign(W_ok)`.
+    fn residuals(&self) -> impl Iterator<Item = (usize, f64, f32)> + '_ {
+        let k = (self.w.len() / self.alpha.len().max(1)).max(1);
+        self.w.iter().enumerate().map(move |(i, &v)| {
+            let s = sign_of(v);
+            (i / k, v as f64 - (self.alpha[i / k] * s) as f64, s)
+        })
+    }
+}
 
 /// The latent weights of the layer `layer` that a quantization loss reads,
-/// their shape, and `α_o` (`mean|W_o|` with `scale=channel`, else 1).
-fn quantization_operands<'p>(
+/// their shape, and `α_o` (from `scale=`, 1 without one).
+fn quantized<'p>(
     params: &'p Params,
     layer: &str,
     a: &QuantizationLoss,
     channels: usize,
-) -> Result<QuantizationOperands<'p>, InterpError> {
+) -> Result<Quantized<'p>, InterpError> {
     let (shape, scale) = binary_weight_shape(&a.of, channels).ok_or_else(|| {
         InterpError::Verify(Box::new(crate::ir::verify::VerifyError::Training {
             node: layer.to_string(),
@@ -55,7 +72,7 @@ fn quantization_operands<'p>(
     let w = param(params, &format!("{layer}.weight"), &shape)?;
     let out = shape[0];
     let alpha = layer_alpha(params, layer, scale, w, out)?.unwrap_or_else(|| vec![1.0; out]);
-    Ok((w, shape, alpha))
+    Ok(Quantized { w, shape, alpha })
 }
 
 /// `quantization_loss`: `λ · Σ_{o,k} (W_ok − α_o·sign(W_ok))²`, the squared
@@ -67,13 +84,8 @@ pub(super) fn quantization_loss(
     a: &QuantizationLoss,
     channels: usize,
 ) -> Result<Tensor, InterpError> {
-    let (w, _, alpha) = quantization_operands(params, layer, a, channels)?;
-    let k = w.len() / alpha.len().max(1);
-    let mut sum = 0.0f64;
-    for (i, &v) in w.iter().enumerate() {
-        let d = v as f64 - (alpha[i / k.max(1)] * sign_of(v)) as f64;
-        sum += d * d;
-    }
+    let q = quantized(params, layer, a, channels)?;
+    let sum: f64 = q.residuals().map(|(_, d, _)| d * d).sum();
     Ok(Tensor {
         shape: Vec::new(),
         data: vec![(a.weight as f64 * sum) as f32],
@@ -91,18 +103,16 @@ pub(super) fn quantization_loss_grad(
     a: &QuantizationLoss,
     channels: usize,
 ) -> Result<Tensor, InterpError> {
-    let (w, shape, alpha) = quantization_operands(params, layer, a, channels)?;
-    let k = w.len() / alpha.len().max(1);
+    let q = quantized(params, layer, a, channels)?;
     let lambda = a.weight as f64;
-    let data = w
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let d = v as f64 - (alpha[i / k.max(1)] * sign_of(v)) as f64;
-            (2.0 * lambda * d) as f32
-        })
+    let data = q
+        .residuals()
+        .map(|(_, d, _)| (2.0 * lambda * d) as f32)
         .collect();
-    Ok(Tensor { shape, data })
+    Ok(Tensor {
+        shape: q.shape,
+        data,
+    })
 }
 
 /// The gradient of `quantization_loss` with respect to a learned scale
@@ -113,26 +123,15 @@ pub(super) fn quantization_loss_scale_grad(
     a: &QuantizationLoss,
     channels: usize,
 ) -> Result<Tensor, InterpError> {
-    let (w, _, alpha) = quantization_operands(params, layer, a, channels)?;
-    let k = w.len() / alpha.len().max(1);
+    let q = quantized(params, layer, a, channels)?;
+    let mut sums = vec![0.0f64; q.alpha.len()];
+    for (o, d, s) in q.residuals() {
+        sums[o] += d * s as f64;
+    }
     let lambda = a.weight as f64;
-    let data = alpha
-        .iter()
-        .enumerate()
-        .map(|(o, &al)| {
-            let sum: f64 = w[o * k..(o + 1) * k]
-                .iter()
-                .map(|&v| {
-                    let s = sign_of(v);
-                    (v as f64 - (al * s) as f64) * s as f64
-                })
-                .sum();
-            (-2.0 * lambda * sum) as f32
-        })
-        .collect();
     Ok(Tensor {
-        shape: vec![alpha.len()],
-        data,
+        shape: vec![sums.len()],
+        data: sums.iter().map(|&v| (-2.0 * lambda * v) as f32).collect(),
     })
 }
 
