@@ -11,6 +11,9 @@
 //!   memory) or the f32 one (`vcvtdq2ps`, the epilogue's operations, no
 //!   FMA, masked stores for a partial block), ends in `vzeroupper; ret`, and uses no stack beyond pushing
 //!   callee-saved registers.
+//! * `avx512`, real-valued layers: the FMA micro-kernel has `vbroadcastss`
+//!   + `vfmadd231ps zmm` in its K loop and no separate multiply, and a
+//!   compiled `conv2d` calls it (the portable path has no FMA at all).
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use onebit::codegen::kernels::wide::Tile;
@@ -246,4 +249,100 @@ fn unsupported_path_is_an_error() {
         "portable".parse::<Kernels>().unwrap(),
         Kernels::Force(KernelPath::Portable)
     );
+}
+
+/// Decodes the FMA kernel of real-valued layers (2 × 14 tile, the stem's
+/// 147 steps) and checks its instruction mix: per step 2 weight loads, 14
+/// broadcasts and 28 `vfmadd231ps` on zmm; the bias as `vaddps`; a partial
+/// last block stored through `k1`; no stack, `vzeroupper; ret`.
+#[test]
+fn avx512_fma_kernel_instructions() {
+    use onebit::codegen::kernels::wide::fconv::{self, FTile};
+    for (blocks, last_valid, bias, nr) in [
+        (4, 16, false, 14),
+        (4, 16, true, 14),
+        (3, 12, true, 14),
+        (1, 5, false, 28),
+        (2, 16, true, 3),
+    ] {
+        let spec = fconv::Spec {
+            tile: FTile {
+                mr: if nr == 28 { 1 } else { 2 },
+                nr,
+            },
+            blocks,
+            steps: 147,
+            pixel_in: 24,
+            pixel_out: 256,
+            bias,
+            last_valid,
+        };
+        let code = fconv::assemble(&spec).unwrap();
+        let ins = decode(&code);
+        assert!(ins.iter().all(|i| !i.is_invalid()), "undecodable bytes");
+        let count = |m: Mnemonic| {
+            ins.iter()
+                .filter(|i| i.mnemonic() == m && zmm_ops(i))
+                .count()
+        };
+        // One copy of the K loop per m-tile kind ((mr, count) of m_tiles).
+        let tiles = spec.m_tiles();
+        let fmas: usize = tiles.iter().map(|&(mr, _)| mr * nr).sum();
+        assert_eq!(count(Mnemonic::Vfmadd231ps), fmas, "{spec:?}");
+        assert_eq!(count(Mnemonic::Vbroadcastss), nr * tiles.len(), "{spec:?}");
+        assert_eq!(
+            count(Mnemonic::Vaddps),
+            if bias { fmas } else { 0 },
+            "{spec:?}"
+        );
+        let masked = ins
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Vmovups && i.op_mask() == Register::K1)
+            .count();
+        assert_eq!(masked, if last_valid < 16 { nr } else { 0 }, "{spec:?}");
+        // No separate multiply: every product is fused into its sum.
+        assert_eq!(count(Mnemonic::Vmulps), 0);
+        let n = ins.len();
+        assert_eq!(ins[n - 2].mnemonic(), Mnemonic::Vzeroupper);
+        assert_eq!(ins[n - 1].mnemonic(), Mnemonic::Ret);
+        assert!(!ins.iter().any(|i| {
+            matches!(i.mnemonic(), Mnemonic::Push | Mnemonic::Pop)
+                || i.op0_register() == Register::RSP
+                || (0..i.op_count())
+                    .any(|k| i.op_kind(k) == OpKind::Memory && i.memory_base() == Register::RSP)
+        }));
+    }
+}
+
+/// A real convolution compiled on the avx512 path calls the FMA kernel
+/// (`vfmadd231ps zmm` in its listing); on the portable path it has no FMA.
+#[test]
+fn real_layers_use_fma_on_avx512_only() {
+    let src = "model s { input x: f32[3, 20, 20]
+      y = conv2d(x, 64, kernel=7, stride=2, pad=3, bias=false)
+      output y }";
+    let graph = onebit::parse(src).unwrap();
+    let params = Params::init(&graph, 1);
+    for path in KernelPath::supported() {
+        let options = Options {
+            disasm: true,
+            kernels: Kernels::Force(path),
+            ..Options::default()
+        };
+        let model =
+            CompiledModel::compile(onebit::verify(&graph).unwrap(), &params, &options).unwrap();
+        let i = model
+            .layers()
+            .iter()
+            .position(|l| l.kind == "conv")
+            .expect("a conv step");
+        let text = model.disasm(i).expect("disassembly").to_string();
+        match path {
+            KernelPath::Avx512 => {
+                assert!(text.contains("machine-code kernel"), "{text}");
+                assert!(text.contains("vfmadd231ps zmm"), "{text}");
+            }
+            KernelPath::Portable => assert!(!text.contains("vfmadd"), "{text}"),
+        }
+    }
 }

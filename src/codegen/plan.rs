@@ -201,6 +201,10 @@ pub struct FloatConv {
     pub dst: BufId,
     /// Pixels per register tile.
     pub nr: usize,
+    /// The FMA micro-kernel's register tile, on the `avx512` path
+    /// (`kernels::wide::fconv`); `None`: the portable kernel
+    /// (`kernels::float`), bit-identical to the interpreter.
+    pub fma: Option<crate::codegen::kernels::wide::fconv::FTile>,
 }
 
 /// An elementwise op over channels-last tensors of one shape.
@@ -433,8 +437,8 @@ pub struct PlanOptions {
     pub fuse: bool,
     /// Force the scalar popcount path.
     pub scalar_popcount: bool,
-    /// Binary layers run on the 512-bit machine-code kernels
-    /// (`kernels::wide`), with their register tiles.
+    /// Binary and real-valued layers run on the 512-bit machine-code
+    /// kernels (`kernels::wide`), with their register tiles.
     pub wide: bool,
 }
 
@@ -1128,6 +1132,12 @@ impl<'g> Planner<'g> {
         );
         let pixels = oh * ow;
         let nr = if pixels >= 2 { 2 } else { 1 };
+        let fma = self.opts.wide.then(|| {
+            crate::codegen::kernels::wide::fconv::FTile::choose(
+                (g.out_channels / g.groups).div_ceil(16),
+                ow,
+            )
+        });
         let dst = self.tensor(DType::F32, dims);
         self.bufs[dst.buf] = (4 * g.out_channels * pixels.div_ceil(nr) * nr).div_ceil(64) * 64;
         let step = FloatConv {
@@ -1144,6 +1154,7 @@ impl<'g> Planner<'g> {
             bias,
             dst: dst.buf,
             nr,
+            fma,
         };
         let s = self.push(name, Step::FloatConv(step));
         self.producer.insert(id, s);

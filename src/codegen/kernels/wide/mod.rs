@@ -59,6 +59,8 @@
 
 pub mod bconv;
 pub mod call;
+pub mod fconv;
+pub mod fstep;
 pub mod standalone;
 
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};

@@ -1,0 +1,140 @@
+//! Real-valued layers (`conv2d`, `dense`, `weights=binary` over real
+//! inputs) on every kernel path against the interpreter: exact on
+//! `portable`, within the bound of `ir-spec/codegen.md` on `avx512`, where
+//! they run on the FMA micro-kernel (`kernels::wide::fconv`).
+//!
+//! The cases cover the kernel's edges: output rows that are a whole number
+//! of 14- or 28-pixel tiles and rows with a tail (1, 5, 14, 15, 29, 30
+//! pixels), channel counts that give several m-tiles, a narrower last one
+//! and a masked partial block (1, 16, 17, 40, 64, 100), groups, strides,
+//! dilation, padding, bias, and what follows the layer (nothing, batchnorm,
+//! sign, sign of batchnorm, threshold).
+
+#[path = "jit_common/mod.rs"]
+mod common;
+
+use onebit::Options;
+use onebit::ir::Params;
+
+/// Batchnorm statistics and thresholds with spread, so signs land on both
+/// sides.
+fn params(graph: &onebit::ir::Graph, seed: u64) -> Params {
+    let mut p = Params::init(graph, seed);
+    for (name, t) in p.tensors.iter_mut() {
+        let mut r = onebit::util::rng::Rng::new(seed ^ name.len() as u64);
+        if name.ends_with("running_mean") || name.ends_with(".threshold") {
+            t.data.iter_mut().for_each(|v| *v = r.uniform(1.0));
+        } else if name.ends_with("running_var") {
+            t.data.iter_mut().for_each(|v| *v = 0.5 + r.uniform(0.4));
+        } else if name.ends_with(".direction") {
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = if r.below(2) == 0 { 1.0 } else { -1.0 });
+        } else if t.shape.len() == 1 {
+            t.data.iter_mut().for_each(|v| *v = r.uniform(1.0));
+        }
+    }
+    p
+}
+
+fn run(src: &str, batch: usize, seed: u64) {
+    let graph = onebit::parse(src).unwrap_or_else(|e| panic!("{src}: {e:?}"));
+    let p = params(&graph, seed);
+    for path in common::paths() {
+        for threads in [1, 2] {
+            let options = Options {
+                threads,
+                ..Options::default()
+            };
+            let what = format!("{path:?} threads={threads}: {src}");
+            common::check(&what, &graph, &p, batch, seed, &options, path, true);
+        }
+    }
+}
+
+const AFTER: [&str; 5] = ["", "batchnorm", "sign", "sign_bn", "threshold"];
+
+fn wrap(layer: &str, after: &str) -> String {
+    match after {
+        "" => layer.to_string(),
+        "sign_bn" => format!("sign(batchnorm({layer}))"),
+        f => format!("{f}({layer})"),
+    }
+}
+
+#[test]
+fn conv2d_tiles_and_tails() {
+    let mut seed = 1;
+    for (cin, cout, (h, w), k, s, pad, bias) in [
+        (3, 64, (9, 60), 7, 2, 3, true),   // the stem: 30 pixels a row
+        (3, 64, (6, 28), 7, 2, 3, false),  // a row of exactly one 14-tile
+        (3, 16, (5, 29), 3, 1, 1, true),   // 1 × 28 tile and a 1-pixel tail
+        (4, 17, (4, 15), 3, 1, 1, false),  // 2 blocks, the last masked
+        (8, 40, (3, 5), 1, 1, 0, true),    // narrower last m-tile, masked
+        (16, 100, (2, 14), 3, 1, 1, true), // 7 blocks: 3 m-tiles + 1
+        (6, 34, (5, 5), 3, 2, 1, true),    // groups of 17: masked per group
+        (1, 1, (3, 1), 1, 1, 0, false),    // one channel, one pixel a row
+    ] {
+        let g = if cin == 6 { 2 } else { 1 };
+        for after in AFTER {
+            let layer = format!(
+                "conv2d(x, {cout}, kernel={k}, stride={s}, pad={pad}, groups={g}, bias={bias})"
+            );
+            let src = format!(
+                "model c {{ input x: f32[{cin}, {h}, {w}]\n y = {}\n output y }}",
+                wrap(&layer, after)
+            );
+            seed += 1;
+            run(&src, 2, seed);
+        }
+    }
+}
+
+#[test]
+fn conv2d_dilation_and_binary_weights() {
+    let mut seed = 100;
+    for (cin, cout, (h, w), extra) in [
+        (5, 32, (9, 20), "kernel=3, dilation=2, pad=2"),
+        (4, 24, (7, 16), "kernel=(3, 5), stride=(2, 1), pad=(1, 2)"),
+        (
+            8,
+            48,
+            (6, 17),
+            "kernel=3, pad=1, weights=binary, scale=channel",
+        ),
+        (3, 16, (5, 5), "kernel=3, weights=binary"),
+    ] {
+        for after in ["", "sign_bn"] {
+            let layer = format!("conv2d(x, {cout}, {extra})");
+            let src = format!(
+                "model c {{ input x: f32[{cin}, {h}, {w}]\n y = {}\n output y }}",
+                wrap(&layer, after)
+            );
+            seed += 1;
+            run(&src, 1, seed);
+        }
+    }
+}
+
+#[test]
+fn dense_layers() {
+    let mut seed = 200;
+    for (k, o, extra) in [
+        (1, 1, "bias=true"),
+        (147, 64, "bias=false"),
+        (512, 1000, "bias=true"),
+        (300, 130, "bias=true"),
+        (64, 17, "bias=false, weights=binary, scale=channel"),
+        (33, 200, "bias=true, weights=binary"),
+    ] {
+        for after in AFTER {
+            let layer = format!("dense(x, {o}, {extra})");
+            let src = format!(
+                "model d {{ input x: f32[{k}]\n y = {}\n output y }}",
+                wrap(&layer, after)
+            );
+            seed += 1;
+            run(&src, 3, seed);
+        }
+    }
+}
