@@ -10,10 +10,10 @@
 //! threshold` and `weights=latent|packed`. On `portable`, outputs must match
 //! exactly where they are bits or exact integers (a binary layer's
 //! `output=dot` without scale), and within 1e-5 relative (with a floor
-//! scaled by the output's magnitude) otherwise; on `avx512`, within the
-//! bound of `ir-spec/codegen.md` propagated from the interpreter's operands
-//! (`jit_common/bound.rs`: zero, i.e. identical, wherever no real-valued
-//! layer lies upstream).
+//! scaled by the output's magnitude) otherwise; on `avx512` the same, on
+//! the interpreter's run of the graph cut at its real-valued layers, each of
+//! which must lie within the bound of `ir-spec/codegen.md` from the operand
+//! it was computed from (`jit_common/bound.rs`).
 
 #[path = "jit_common/mod.rs"]
 mod common;

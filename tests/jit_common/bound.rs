@@ -1,51 +1,55 @@
-//! The margin-aware oracle: the interpreter's value of every node together
-//! with a bound on how far a conforming engine's value may lie from it.
+//! The margin-aware oracle of the `avx512` path, layer by layer.
 //!
-//! `ir-spec/codegen.md` ("Exactness") allows the real-valued layers
-//! (`conv2d`, `dense`) of the `avx512` path to differ from the interpreter
-//! by `2·γ_{K+1}·(Σ|w·x| + |b|)`, `γ_n = n·u/(1 − n·u)`, `u = 2⁻²⁴` (both the
-//! engine's and the interpreter's sums lie within `γ_{K+1}·(Σ|w·x| + |b|)`
-//! of the exact one), and every other op to compute exactly what the
-//! interpreter computes on the same operands. This oracle propagates those
-//! allowances through the graph in the interpreter's order, node by node,
-//! in f64 from the interpreter's own values (`interp::run_all`):
+//! `ir-spec/codegen.md` ("Exactness") lets the real-valued layers
+//! (`conv2d`, `dense`) of the `avx512` path round differently from the
+//! interpreter, within a bound computed from their operands, and requires
+//! every other op to compute exactly what the interpreter computes on the
+//! same operands. Propagating the bound through a whole network through
+//! `sign` would leave most bits of a deep one free (one bit within the bound
+//! of zero makes its neighbours' dot products uncertain, and so on), so the
+//! oracle cuts the graph at the real layers instead:
 //!
-//! * a real layer adds its allowance to the propagated input error
-//!   (`Σ|w|·E_x`); without `fma` (the portable path) a layer on exact
-//!   inputs is exact (bound 0), so the portable tests stay exact;
-//! * linear and Lipschitz ops carry the error (`|γ/σ|·E` for batchnorm,
-//!   `max E` for max pooling, …) plus a few ulps of their own rounding
-//!   wherever their input error is not zero (same formula, different
-//!   operands, so different roundings);
-//! * `sign` and `threshold` give a bit an error of 2 (either value allowed)
-//!   exactly where the pre-sign value lies within its bound of the
-//!   threshold, else 0 (the bit must match);
-//! * a binary layer's dot product errs by at most `Σ E` of its input bits
-//!   over the receptive field (each uncertain ±1 changes the dot by ≤ 2).
+//! 1. the model is compiled once as it is and once with every real layer's
+//!    value added as an output (a *probe*; the code generator fuses nothing
+//!    into a real layer's output, so the steps are the same code, and the
+//!    two runs must give identical outputs);
+//! 2. each probed value is checked against the exact sum (f64, from the
+//!    interpreter's value of the layer's operand, see 3):
+//!    `|y − Σ w·x − b| ≤ γ_{K+1}·(Σ|w·x| + |b|)`, `γ_n = n·u/(1 − n·u)`,
+//!    `u = 2⁻²⁴`, the forward-error bound of an f32 sum in any order with or
+//!    without FMA;
+//! 3. the interpreter runs the *cut* graph, whose real layers are replaced
+//!    by inputs fed with the probed values, and every model output must
+//!    match it as on the portable path: bits and exact values identically.
 //!
-//! A bound of 0 means bit-for-bit equality.
+//! So a bit may differ from the uncut interpreter only through a real
+//! layer's admissible rounding, and nothing downstream of the real layers
+//! is compared with a tolerance it does not have on `portable`.
 
 use std::collections::HashMap;
 
-use onebit::ir::ops::{BinaryOutput, ConvGeometry, Op, Pool, Scale};
+use onebit::ir::ops::{ConvGeometry, Op};
 use onebit::ir::{Graph, NodeId, Params, Tensor, interp};
+use onebit::{CompiledModel, Options};
 
 const U: f64 = 1.0 / 16_777_216.0;
 
-fn gamma(n: usize) -> f64 {
+/// `γ_n = n·u / (1 − n·u)`.
+pub fn gamma(n: usize) -> f64 {
     let nu = n as f64 * U;
     nu / (1.0 - nu)
 }
 
-/// The interpreter's outputs and their allowed errors.
-pub struct Bounded {
-    /// Output values (as `interp::run`).
-    pub values: Vec<Vec<f32>>,
-    /// Allowed absolute error of each output value.
-    pub bounds: Vec<Vec<f64>>,
-    /// Pre-sign values that lay within their bound of the threshold (their
-    /// bits were left free).
-    pub free_bits: usize,
+/// What a check saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Real-layer values checked against their bound.
+    pub real_values: usize,
+    /// Of those, values that differ from the exact sum rounded once
+    /// (evidence that the path under test does round differently).
+    pub inexact: usize,
+    /// Largest `|y − exact| / bound`.
+    pub worst: f64,
 }
 
 fn param<'p>(params: &'p Params, node: &str, field: &str) -> &'p [f32] {
@@ -64,9 +68,7 @@ fn nchw(t: &Tensor) -> [usize; 4] {
     }
 }
 
-/// Per output element of a convolution-shaped op: `f(out index, window)`
-/// where the window lists `(input index or None for padding, tap)` and the
-/// tap is `(input channel within group, u, v)`.
+/// The receptive fields of a convolution-shaped layer.
 struct Window {
     x: [usize; 4],
     out: [usize; 4],
@@ -86,9 +88,11 @@ impl Window {
         }
     }
 
-    /// Calls `f(out_flat, o, taps)` with `taps` = `(Some(x_flat) | None,
-    /// weight index within [O][C/G][kh][kw])`.
-    fn each(&self, mut f: impl FnMut(usize, usize, &[(Option<usize>, usize)])) {
+    /// Calls `f(output index, output channel, taps)` for every output value
+    /// (C order), `taps` listing `(input index, weight index)` of the
+    /// receptive field inside the input (padding is zero, so it adds
+    /// nothing); weights are `[O][C/G][kh][kw]`.
+    fn each(&self, mut f: impl FnMut(usize, usize, &[(usize, usize)])) {
         let [n, c, h, w] = self.x;
         let [_, o_n, oh, ow] = self.out;
         let g = &self.g;
@@ -107,15 +111,12 @@ impl Window {
                                         - g.pad[0] as isize;
                                     let q = (j * g.stride[1] + v * g.dilation[1]) as isize
                                         - g.pad[1] as isize;
-                                    let inside =
-                                        r >= 0 && q >= 0 && (r as usize) < h && (q as usize) < w;
-                                    let xi = inside.then(|| {
-                                        ((s * c + c0 + cl) * h + r as usize) * w + q as usize
-                                    });
-                                    taps.push((
-                                        xi,
-                                        ((o * cg + cl) * g.kernel[0] + u) * g.kernel[1] + v,
-                                    ));
+                                    if r < 0 || q < 0 || r as usize >= h || q as usize >= w {
+                                        continue;
+                                    }
+                                    let xi = ((s * c + c0 + cl) * h + r as usize) * w + q as usize;
+                                    let wi = ((o * cg + cl) * g.kernel[0] + u) * g.kernel[1] + v;
+                                    taps.push((xi, wi));
                                 }
                             }
                         }
@@ -127,357 +128,153 @@ impl Window {
     }
 }
 
-fn dense_geometry(out: usize) -> ConvGeometry {
-    ConvGeometry {
+/// Checks the values `y` of the real layer `id` computed from its operand's
+/// value `x` (both `[N, ...]` in C order) within the bound; records what it
+/// saw.
+fn check_real_layer(
+    what: &str,
+    graph: &Graph,
+    params: &Params,
+    id: NodeId,
+    x: &Tensor,
+    y: &[f32],
+    seen: &mut Seen,
+) {
+    let node = graph.node(id);
+    let name = &node.name;
+    let dense = |out| ConvGeometry {
         out_channels: out,
         kernel: [1, 1],
         stride: [1, 1],
         pad: [0, 0],
         dilation: [1, 1],
         groups: 1,
-    }
-}
-
-fn pool_geometry(c: usize, p: &Pool) -> ConvGeometry {
-    ConvGeometry {
-        out_channels: c,
-        kernel: p.kernel,
-        stride: p.stride,
-        pad: p.pad,
-        dilation: [1, 1],
-        groups: c,
-    }
-}
-
-/// Channel of flat index `i` of an `[N, C, ...]` tensor with `pos`
-/// positions per channel.
-fn channel(i: usize, c: usize, pos: usize) -> usize {
-    (i / pos) % c
-}
-
-/// Runs the interpreter and propagates the allowed errors; `fma`: the real
-/// layers may round differently (the `avx512` path).
-pub fn reference(graph: &Graph, params: &Params, inputs: &[Tensor], fma: bool) -> Bounded {
-    let values = interp::run_all(graph, params, inputs).expect("interpreter");
-    let order = graph.topo_order().expect("acyclic");
-    let mut err: HashMap<NodeId, Vec<f64>> = HashMap::new();
-    let mut free_bits = 0;
-    for id in order {
-        let node = graph.node(id);
-        let name = &node.name;
-        let ops = graph.operands(id);
-        let y = &values[&id];
-        let xs: Vec<&Tensor> = ops.iter().map(|o| &values[o]).collect();
-        let es: Vec<&Vec<f64>> = ops.iter().map(|o| &err[o]).collect();
-        let len = y.data.len();
-        let same = |f: &dyn Fn(usize, f64) -> f64| -> Vec<f64> {
-            (0..len).map(|i| f(i, es[0][i])).collect()
-        };
-        let per_c = |i: usize| {
-            let d = nchw(y);
-            channel(i, d[1], d[2] * d[3])
-        };
-        let mut sign_like = |pre: &dyn Fn(usize) -> (f64, f64)| -> Vec<f64> {
-            (0..len)
-                .map(|i| {
-                    let (margin, e) = pre(i);
-                    if e > 0.0 && margin.abs() <= e {
-                        free_bits += 1;
-                        2.0
-                    } else {
-                        0.0
-                    }
-                })
-                .collect()
-        };
-        let e: Vec<f64> = match &node.op {
-            Op::Input | Op::Zero => vec![0.0; len],
-            Op::Conv2d(_) | Op::Dense(_) => {
-                let (g, kind, scale, bias, out) = match &node.op {
-                    Op::Conv2d(a) => (
-                        a.geometry,
-                        a.weights,
-                        a.scale,
-                        a.bias,
-                        a.geometry.out_channels,
-                    ),
-                    Op::Dense(a) => (
-                        dense_geometry(a.out_features),
-                        a.weights,
-                        a.scale,
-                        a.bias,
-                        a.out_features,
-                    ),
-                    _ => unreachable!(),
-                };
-                let w = interp::layer_weights(kind, scale, param(params, name, "weight"), out);
-                let b = bias.then(|| param(params, name, "bias"));
-                let x = xs[0];
-                let win = Window::new(nchw(x), node.ty.dims(), g);
-                let k = (nchw(x)[1] / g.groups) * g.kernel[0] * g.kernel[1];
-                let gm = gamma(k + 1);
-                let mut e = vec![0.0; len];
-                win.each(|yi, o, taps| {
-                    let (mut carried, mut abs, mut input_err) = (0.0, 0.0, false);
-                    for &(xi, wi) in taps {
-                        if let Some(xi) = xi {
-                            let wa = f64::from(w[wi].abs());
-                            carried += wa * es[0][xi];
-                            abs += wa * (f64::from(x.data[xi].abs()) + es[0][xi]);
-                            input_err |= es[0][xi] > 0.0;
-                        }
-                    }
-                    let ba = b.map_or(0.0, |b| f64::from(b[o].abs()));
-                    let own = if fma || input_err {
-                        2.0 * gm * (abs + ba)
-                    } else {
-                        0.0
-                    };
-                    e[yi] = carried * (1.0 + gm) + own;
-                });
-                e
-            }
-            Op::BConv2d(_) | Op::BDense(_) => {
-                let (g, output, scale, out) = match &node.op {
-                    Op::BConv2d(a) => (a.geometry, a.output, a.scale, a.geometry.out_channels),
-                    Op::BDense(a) => (
-                        dense_geometry(a.out_features),
-                        a.output,
-                        a.scale,
-                        a.out_features,
-                    ),
-                    _ => unreachable!(),
-                };
-                let x = xs[0];
-                let win = Window::new(nchw(x), node.ty.dims(), g);
-                let mut dot_err = vec![0.0; len];
-                win.each(|yi, _, taps| {
-                    dot_err[yi] = taps
-                        .iter()
-                        .filter_map(|&(xi, _)| xi)
-                        .map(|xi| es[0][xi])
-                        .sum();
-                });
-                match output {
-                    BinaryOutput::Dot if scale == Scale::Channel => {
-                        let latent = param(params, name, "weight");
-                        let alpha = interp::channel_scales(latent, out);
-                        (0..len)
-                            .map(|i| {
-                                let (a, d) = (f64::from(alpha[per_c(i)]), dot_err[i]);
-                                if d > 0.0 {
-                                    a * d + 4.0 * U * (f64::from(y.data[i].abs()) + a * d)
-                                } else {
-                                    0.0
-                                }
-                            })
-                            .collect()
-                    }
-                    BinaryOutput::Dot => dot_err,
-                    BinaryOutput::Affine => {
-                        let m = param(params, name, "multiplier");
-                        let b = param(params, name, "bias");
-                        (0..len)
-                            .map(|i| {
-                                let c = per_c(i);
-                                let (m, b, d) =
-                                    (f64::from(m[c].abs()), f64::from(b[c].abs()), dot_err[i]);
-                                if d > 0.0 {
-                                    m * d + 4.0 * U * (f64::from(y.data[i].abs()) + 2.0 * b + m * d)
-                                } else {
-                                    0.0
-                                }
-                            })
-                            .collect()
-                    }
-                    // Conservative: any doubt about the dot frees the bit.
-                    BinaryOutput::Threshold => sign_like(&|i| (0.0, dot_err[i])),
-                }
-            }
-            Op::Sign(_) => sign_like(&|i| (f64::from(xs[0].data[i]), es[0][i])),
-            Op::Threshold => {
-                let t = param(params, name, "threshold");
-                let d = param(params, name, "direction");
-                sign_like(&|i| {
-                    let c = per_c(i);
-                    let m = f64::from(d[c]) * f64::from(xs[0].data[i]) - f64::from(t[c]);
-                    (m, es[0][i])
-                })
-            }
-            Op::BatchNorm(a) => {
-                let gm = param(params, name, "weight");
-                let beta = param(params, name, "bias");
-                let mean = param(params, name, "running_mean");
-                let var = param(params, name, "running_var");
-                same(&|i, e| {
-                    if e == 0.0 {
-                        return 0.0;
-                    }
-                    let c = per_c(i);
-                    let s = f64::from(interp::batchnorm_std(var[c], a.eps));
-                    let k = f64::from(gm[c]).abs() / s;
-                    let x = f64::from(xs[0].data[i].abs());
-                    k * e * (1.0 + 8.0 * U)
-                        + 8.0
-                            * U
-                            * (k * (x + f64::from(mean[c].abs()) + e) + f64::from(beta[c].abs()))
-                })
-            }
-            Op::Affine => {
-                let m = param(params, name, "multiplier");
-                let b = param(params, name, "bias");
-                same(&|i, e| {
-                    if e == 0.0 {
-                        return 0.0;
-                    }
-                    let c = per_c(i);
-                    let m = f64::from(m[c].abs());
-                    let x = f64::from(xs[0].data[i].abs());
-                    m * e + 4.0 * U * (m * (x + e) + f64::from(b[c].abs()))
-                })
-            }
-            Op::Shift => {
-                let b = param(params, name, "bias");
-                same(&|i, e| {
-                    if e == 0.0 {
-                        return 0.0;
-                    }
-                    let x = f64::from(xs[0].data[i].abs());
-                    e + 4.0 * U * (x + e + f64::from(b[per_c(i)].abs()))
-                })
-            }
-            Op::PRelu => {
-                let a = param(params, name, "weight");
-                same(&|i, e| {
-                    if e == 0.0 {
-                        return 0.0;
-                    }
-                    let a = f64::from(a[per_c(i)].abs());
-                    let x = f64::from(xs[0].data[i].abs());
-                    a.max(1.0) * e + 4.0 * U * a * (x + e)
-                })
-            }
-            Op::Relu | Op::HardTanh(_) | Op::Identity | Op::Flatten => same(&|_, e| e),
-            Op::MaxPool(p) | Op::AvgPool(p) => {
-                let x = xs[0];
-                let d = nchw(x);
-                let win = Window::new(d, node.ty.dims(), pool_geometry(d[1], p));
-                let max = matches!(node.op, Op::MaxPool(_));
-                let k = p.kernel[0] * p.kernel[1];
-                let mut e = vec![0.0; len];
-                win.each(|yi, _, taps| {
-                    let inside = taps.iter().filter_map(|&(xi, _)| xi);
-                    e[yi] = if max {
-                        inside.map(|xi| es[0][xi]).fold(0.0, f64::max)
-                    } else {
-                        let (s, a) = inside.fold((0.0, 0.0), |(s, a), xi| {
-                            (s + es[0][xi], a + f64::from(x.data[xi].abs()) + es[0][xi])
-                        });
-                        if s > 0.0 {
-                            s / k as f64 + 2.0 * gamma(k + 1) * a / k as f64
-                        } else {
-                            0.0
-                        }
-                    };
-                });
-                e
-            }
-            Op::GlobalAvgPool => {
-                let d = nchw(xs[0]);
-                let pos = d[2] * d[3];
-                (0..len)
-                    .map(|i| {
-                        let at = i * pos..(i + 1) * pos;
-                        let s: f64 = es[0][at.clone()].iter().sum();
-                        let a: f64 = at.map(|j| f64::from(xs[0].data[j].abs()) + es[0][j]).sum();
-                        if s > 0.0 {
-                            s / pos as f64 + 2.0 * gamma(pos + 1) * a / pos as f64
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect()
-            }
-            Op::Concat => {
-                let n = y.shape[0];
-                let mut e = Vec::with_capacity(len);
-                for s in 0..n {
-                    for (x, ex) in xs.iter().zip(&es) {
-                        let per = x.data.len() / n;
-                        e.extend_from_slice(&ex[s * per..(s + 1) * per]);
-                    }
-                }
-                e
-            }
-            Op::Add => (0..len)
-                .map(|i| {
-                    let s: f64 = es.iter().map(|e| e[i]).sum();
-                    if s == 0.0 {
-                        return 0.0;
-                    }
-                    let a: f64 = xs
-                        .iter()
-                        .zip(&es)
-                        .map(|(x, e)| f64::from(x.data[i].abs()) + e[i])
-                        .sum();
-                    s + 2.0 * gamma(xs.len()) * a
-                })
-                .collect(),
-            Op::Choose => {
-                let alpha = param(params, name, "alpha");
-                let m = alpha.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let ex: Vec<f32> = alpha.iter().map(|&a| (a - m).exp()).collect();
-                let total: f32 = ex.iter().sum();
-                let w: Vec<f64> = ex.iter().map(|&v| f64::from(v / total)).collect();
-                (0..len)
-                    .map(|i| {
-                        let s: f64 = es.iter().zip(&w).map(|(e, w)| w * e[i]).sum();
-                        if s == 0.0 {
-                            return 0.0;
-                        }
-                        let a: f64 = xs
-                            .iter()
-                            .zip(&es)
-                            .zip(&w)
-                            .map(|((x, e), w)| w * (f64::from(x.data[i].abs()) + e[i]))
-                            .sum();
-                        s * (1.0 + 1e-6) + 2.0 * gamma(2 * xs.len() + 1) * a
-                    })
-                    .collect()
-            }
-            op => panic!("the bounded oracle does not know `{}`", op.name()),
-        };
-        err.insert(id, e);
-    }
-    let outs = graph.outputs();
-    Bounded {
-        values: outs.iter().map(|o| values[o].data.clone()).collect(),
-        bounds: outs.iter().map(|o| err[o].clone()).collect(),
-        free_bits,
-    }
-}
-
-/// Asserts `|got − expected| ≤ bound` element by element (a bound of 0:
-/// equal bits; NaN matches NaN). Returns the number of values with a
-/// non-zero bound.
-pub fn assert_within(what: &str, got: &[Vec<f32>], b: &Bounded) -> usize {
-    assert_eq!(got.len(), b.values.len(), "{what}: output count");
-    let mut loose = 0;
-    for (k, ((g, e), bd)) in got.iter().zip(&b.values).zip(&b.bounds).enumerate() {
-        assert_eq!(g.len(), e.len(), "{what}: output {k} length");
-        for (i, ((&a, &r), &bound)) in g.iter().zip(e).zip(bd).enumerate() {
-            let ok = if bound == 0.0 {
-                a == r || (a.is_nan() && r.is_nan())
-            } else {
-                loose += 1;
-                (f64::from(a) - f64::from(r)).abs() <= bound * (1.0 + 1e-9)
-                    || (a.is_nan() && r.is_nan())
-            };
-            assert!(
-                ok,
-                "{what}: output {k}[{i}]: jit {a} vs interp {r}, allowed error {bound:e}"
-            );
+    };
+    let (g, kind, scale, bias) = match &node.op {
+        Op::Conv2d(a) => (a.geometry, a.weights, a.scale, a.bias),
+        Op::Dense(a) => (dense(a.out_features), a.weights, a.scale, a.bias),
+        op => panic!("not a real layer: {}", op.name()),
+    };
+    let w = interp::layer_weights(kind, scale, param(params, name, "weight"), g.out_channels);
+    let b = bias.then(|| param(params, name, "bias"));
+    let k = (nchw(x)[1] / g.groups) * g.kernel[0] * g.kernel[1];
+    let gm = gamma(k + 1);
+    let win = Window::new(nchw(x), node.ty.dims(), g);
+    let mut count = 0;
+    win.each(|yi, o, taps| {
+        let (mut exact, mut abs) = (0.0f64, 0.0f64);
+        for &(xi, wi) in taps {
+            let p = f64::from(w[wi]) * f64::from(x.data[xi]);
+            exact += p;
+            abs += p.abs();
         }
+        let bo = b.map_or(0.0, |b| f64::from(b[o]));
+        exact += bo;
+        abs += bo.abs();
+        // f64 sums of ≤ 2^20 products of f32 are exact to ~2^-32
+        // relative, far inside the margin added here.
+        let bound = gm * abs * (1.0 + 1e-6) + 1e-300;
+        let got = f64::from(y[yi]);
+        let err = (got - exact).abs();
+        assert!(
+            err <= bound,
+            "{what}: `{name}`[{yi}]: jit {got} vs exact {exact}: error {err:e} > bound {bound:e}"
+        );
+        seen.worst = seen.worst.max(err / bound);
+        seen.inexact += usize::from(y[yi] != exact as f32);
+        count += 1;
+    });
+    assert_eq!(count, y.len(), "{what}: `{name}` value count");
+    seen.real_values += count;
+}
+
+fn compile_run(
+    graph: &Graph,
+    params: &Params,
+    inputs: &[Tensor],
+    options: &Options,
+) -> Vec<Vec<f32>> {
+    let model = CompiledModel::compile(onebit::ir::verify(graph).unwrap(), params, options)
+        .expect("compile");
+    let refs: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
+    model.run_many(&refs, inputs[0].shape[0]).expect("run")
+}
+
+fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+        })
+}
+
+/// The JIT (compiled with `options`) against the cut interpreter (see the
+/// module doc); `exact` as for [`super::assert_match`]. Returns the JIT's
+/// outputs and what the check saw.
+pub fn check_cut(
+    what: &str,
+    graph: &Graph,
+    params: &Params,
+    inputs: &[Tensor],
+    options: &Options,
+    exact: bool,
+) -> (Vec<Vec<f32>>, Seen) {
+    let order = graph.topo_order().expect("acyclic");
+    let real: Vec<NodeId> = order
+        .into_iter()
+        .filter(|&id| matches!(graph.node(id).op, Op::Conv2d(_) | Op::Dense(_)))
+        .collect();
+    let got = compile_run(graph, params, inputs, options);
+    let n_out = graph.outputs().len();
+    let mut seen = Seen::default();
+    // 1. Probes: the real layers' values as extra outputs.
+    let mut probed = graph.clone();
+    for &r in &real {
+        probed.add_output(r);
     }
-    loose
+    let with_probes = compile_run(&probed, params, inputs, options);
+    assert!(
+        same_bits(&got, &with_probes[..n_out]),
+        "{what}: probing the real layers changed the outputs"
+    );
+    let probe: HashMap<NodeId, &Vec<f32>> = real
+        .iter()
+        .zip(&with_probes[n_out..])
+        .map(|(&r, v)| (r, v))
+        .collect();
+    // 3. The cut graph: each real layer an input fed with its probe.
+    let mut cut = graph.clone();
+    let mut fed = inputs.to_vec();
+    let mut replaced: HashMap<NodeId, NodeId> = HashMap::new();
+    let batch = inputs[0].shape[0];
+    for &r in &real {
+        let node = graph.node(r);
+        let input = cut
+            .add_input(format!("{}.jit", node.name), node.ty.clone())
+            .expect("fresh name");
+        cut.replace_all_uses(r, input);
+        cut.remove_node(r);
+        replaced.insert(r, input);
+        let mut shape = vec![batch];
+        shape.extend_from_slice(node.ty.dims());
+        fed.push(Tensor {
+            shape,
+            data: probe[&r].clone(),
+        });
+    }
+    let values = interp::run_all(&cut, params, &fed)
+        .unwrap_or_else(|e| panic!("{what}: interpreter on the cut graph: {e}"));
+    // 2. Every real layer against its exact sum, from the operand value the
+    //    JIT computed it from.
+    for &r in &real {
+        let op = graph.operands(r)[0];
+        let x = &values[replaced.get(&op).unwrap_or(&op)];
+        check_real_layer(what, graph, params, r, x, probe[&r], &mut seen);
+    }
+    let expected: Vec<Vec<f32>> = cut
+        .outputs()
+        .iter()
+        .map(|o| values[o].data.clone())
+        .collect();
+    super::assert_match(what, &got, &expected, exact);
+    (got, seen)
 }
