@@ -251,25 +251,23 @@ fn unsupported_path_is_an_error() {
     );
 }
 
-/// Decodes the FMA kernel of real-valued layers (2 × 14 tile, the stem's
-/// 147 steps) and checks its instruction mix: per step 2 weight loads, 14
-/// broadcasts and 28 `vfmadd231ps` on zmm; the bias as `vaddps`; a partial
+/// Decodes the FMA kernel of real-valued layers (tiles 4 × 6, 2 × 14,
+/// 1 × 28, the stem's 147 steps) and checks its instruction mix: per step
+/// `mr` weight loads, `nr` broadcasts and `mr·nr` `vfmadd231ps` on zmm; the bias as `vaddps`; a partial
 /// last block stored through `k1`; no stack, `vzeroupper; ret`.
 #[test]
 fn avx512_fma_kernel_instructions() {
     use onebit::codegen::kernels::wide::fconv::{self, FTile};
-    for (blocks, last_valid, bias, nr) in [
-        (4, 16, false, 14),
-        (4, 16, true, 14),
-        (3, 12, true, 14),
-        (1, 5, false, 28),
-        (2, 16, true, 3),
+    for (blocks, last_valid, bias, mr, nr) in [
+        (4, 16, false, 4, 6),
+        (5, 8, true, 4, 6),
+        (4, 16, true, 2, 14),
+        (3, 12, true, 2, 14),
+        (1, 5, false, 1, 28),
+        (2, 16, true, 2, 3),
     ] {
         let spec = fconv::Spec {
-            tile: FTile {
-                mr: if nr == 28 { 1 } else { 2 },
-                nr,
-            },
+            tile: FTile { mr, nr },
             blocks,
             steps: 147,
             pixel_in: 24,

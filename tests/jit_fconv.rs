@@ -3,10 +3,10 @@
 //! `portable`, within the bound of `ir-spec/codegen.md` on `avx512`, where
 //! they run on the FMA micro-kernel (`kernels::wide::fconv`).
 //!
-//! The cases cover the kernel's edges: output rows that are a whole number
-//! of 14- or 28-pixel tiles and rows with a tail (1, 5, 14, 15, 29, 30
-//! pixels), channel counts that give several m-tiles, a narrower last one
-//! and a masked partial block (1, 16, 17, 40, 64, 100), groups, strides,
+//! The cases cover the kernel's edges: every tile (4 × 6, 3 × 8, 2 × 14,
+//! 1 × 28, 8 × 1), output rows that are a whole number of tiles and rows
+//! with a tail, channel counts that give several m-tiles, a narrower last
+//! one and a masked partial block (1, 16, 17, 40, 48, 64, 72, 100), groups, strides,
 //! dilation, padding, bias, and what follows the layer (nothing, batchnorm,
 //! sign, sign of batchnorm, threshold).
 
@@ -70,14 +70,16 @@ fn wrap(layer: &str, after: &str) -> String {
 fn conv2d_tiles_and_tails() {
     let mut seed = 1;
     for (cin, cout, (h, w), k, s, pad, bias) in [
-        (3, 64, (9, 60), 7, 2, 3, true),   // the stem: 30 pixels a row
-        (3, 64, (6, 28), 7, 2, 3, false),  // a row of exactly one 14-tile
-        (3, 16, (5, 29), 3, 1, 1, true),   // 1 × 28 tile and a 1-pixel tail
-        (4, 17, (4, 15), 3, 1, 1, false),  // 2 blocks, the last masked
-        (8, 40, (3, 5), 1, 1, 0, true),    // narrower last m-tile, masked
-        (16, 100, (2, 14), 3, 1, 1, true), // 7 blocks: 3 m-tiles + 1
-        (6, 34, (5, 5), 3, 2, 1, true),    // groups of 17: masked per group
-        (1, 1, (3, 1), 1, 1, 0, false),    // one channel, one pixel a row
+        (3, 64, (9, 60), 7, 2, 3, true), // the stem: 30 pixels = 5 tiles of 6
+        (3, 64, (6, 28), 7, 2, 3, false), // 14 pixels: 2 tiles and a tail of 2
+        (3, 16, (5, 29), 3, 1, 1, true), // 1 × 28 tile and a 1-pixel tail
+        (4, 17, (4, 15), 3, 1, 1, false), // 2 blocks, the last masked
+        (8, 40, (3, 5), 1, 1, 0, true),  // narrower last m-tile, masked
+        (16, 100, (2, 14), 3, 1, 1, true), // 7 blocks: 4 + 3, masked, tail 2
+        (4, 48, (3, 19), 3, 1, 1, false), // 3 × 8 and a tail of 3
+        (2, 72, (4, 13), 3, 1, 1, true), // 4 + 1 blocks, masked; tail 1
+        (6, 34, (5, 5), 3, 2, 1, true),  // groups of 17: masked per group
+        (1, 1, (3, 1), 1, 1, 0, false),  // one channel, one pixel a row
     ] {
         let g = if cin == 6 { 2 } else { 1 };
         for after in AFTER {

@@ -19,20 +19,22 @@
 //!   ports never limit. The order of `k` does not matter to the block, so
 //!   an odd `K` (the Bi-Real stem's 3·7·7 = 147) costs nothing: there is no
 //!   vector over `K` to pad.
-//! * **Tile choice** ([`FTile::choose`]): 2 × 14 for layers with 32 or more
-//!   channels per group: 28 accumulators, 0.57 loads per FMA, and the
-//!   weights of one m-tile (`K · 128` bytes, 18.8 KB for the stem) stay in
-//!   the 32 KB L1 while the tile's 14 pixels stream past them. (4 × 6 has
-//!   fewer loads per FMA, 0.42, but its 64-channel m-tile of weights, 37.6
-//!   KB for the stem, spills L1 on every call.) A 16-channel layer takes
-//!   1 × 28, and a single pixel (dense layers at batch 1, where the weights
-//!   stream from memory whatever the block) 8 × 1: eight independent
-//!   accumulator chains. The pixels of a tile lie in one output row, so
-//!   pixel `n`'s input is at `base + n · sw · C · 4` and its output at
-//!   `out + n · O · 4`: constant displacements, one base register, and no
-//!   table of pixel addresses. A row's last `ow mod nr` pixels get a kernel
-//!   of their own (`nr` = the rest), so no pixel outside the output is read
-//!   or written.
+//! * **Tile choice** ([`FTile::choose`]): 4 × 6 for layers with 64 or more
+//!   channels per group: 24 accumulators and the fewest loads per FMA of
+//!   the tiles that fit (0.42). Measured on the stem (`cargo bench --bench
+//!   fconv` with the tile forced, all tiles in one process, the machine
+//!   loaded by other jobs): 4 × 6 at 86–91% of the same-round FMA peak,
+//!   4 × 5 at 85–91%, 3 × 8 at 77–83%, 2 × 14 at 79–84% (its 18.8 KB
+//!   m-tile of weights stays in the 32 KB L1, but the broadcasts cost more
+//!   than L2 traffic does), 1 × 28 at 68–69%. Fewer channels take 3 × 8,
+//!   2 × 14 or 1 × 28, and a single pixel (dense layers at batch 1, where
+//!   the weights stream from memory whatever the block) 8 × 1: eight
+//!   independent accumulator chains. The pixels of a tile lie in one output
+//!   row, so pixel `n`'s input is at `base + n · sw · C · 4` and its output
+//!   at `out + n · O · 4`: constant displacements, one base register, and
+//!   no table of pixel addresses. A row's last `ow mod nr` pixels get a
+//!   kernel of their own (`nr` = the rest), so no pixel outside the output
+//!   is read or written.
 //! * **Weights** are laid out per tile at compile time, `[group][m-tile]
 //!   [step][mr lines of 16 × f32]` (zeros past the group's channels), so
 //!   the loop walks them with one pointer.
@@ -81,8 +83,8 @@ impl FTile {
                 nr: 1,
             };
         }
-        let mr = blocks.clamp(1, 2);
-        let nr = if mr == 1 { 28 } else { 14 };
+        let mr = blocks.clamp(1, 4);
+        let nr = [28, 14, 8, 6][mr - 1];
         FTile {
             mr,
             nr: nr.min(row),
