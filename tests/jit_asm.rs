@@ -265,14 +265,25 @@ fn avx512_fma_kernel_instructions() {
         (3, 12, true, 2, 14),
         (1, 5, false, 1, 28),
         (2, 16, true, 2, 3),
+        (4, 16, true, 4, 6),
     ] {
+        // The last case: the stem's bias, batchnorm and prelu fused.
+        let fused = (blocks, mr, nr, bias) == (4, 4, 6, true) && last_valid == 16;
         let spec = fconv::Spec {
             tile: FTile { mr, nr },
             blocks,
             steps: 147,
             pixel_in: 24,
             pixel_out: 256,
-            bias,
+            ops: match (bias, fused) {
+                (true, false) => vec![fconv::EpiOp::Add(0)],
+                (true, true) => {
+                    use fconv::EpiOp::*;
+                    vec![Add(0), Sub(1), Mul(2), Div(3), Add(4), PRelu(5)]
+                }
+                _ => vec![],
+            },
+            table_stride: 320,
             last_valid,
         };
         let code = fconv::assemble(&spec).unwrap();
@@ -288,18 +299,32 @@ fn avx512_fma_kernel_instructions() {
         let fmas: usize = tiles.iter().map(|&(mr, _)| mr * nr).sum();
         assert_eq!(count(Mnemonic::Vfmadd231ps), fmas, "{spec:?}");
         assert_eq!(count(Mnemonic::Vbroadcastss), nr * tiles.len(), "{spec:?}");
-        assert_eq!(
-            count(Mnemonic::Vaddps),
-            if bias { fmas } else { 0 },
-            "{spec:?}"
-        );
+        let adds = spec
+            .ops
+            .iter()
+            .filter(|o| matches!(o, fconv::EpiOp::Add(_)))
+            .count();
+        assert_eq!(count(Mnemonic::Vaddps), adds * fmas, "{spec:?}");
+        if fused {
+            // Batchnorm as sub, mul, div, add; prelu as a compare into k2
+            // and a multiply merged under it.
+            assert_eq!(count(Mnemonic::Vsubps), fmas);
+            assert_eq!(count(Mnemonic::Vdivps), fmas);
+            assert_eq!(count(Mnemonic::Vcmpps), fmas);
+            let merged = ins
+                .iter()
+                .filter(|i| i.mnemonic() == Mnemonic::Vmulps && i.op_mask() == Register::K2)
+                .count();
+            assert_eq!(merged, fmas);
+        }
         let masked = ins
             .iter()
             .filter(|i| i.mnemonic() == Mnemonic::Vmovups && i.op_mask() == Register::K1)
             .count();
         assert_eq!(masked, if last_valid < 16 { nr } else { 0 }, "{spec:?}");
-        // No separate multiply: every product is fused into its sum.
-        assert_eq!(count(Mnemonic::Vmulps), 0);
+        // No separate multiply in the K loop: every product is fused into
+        // its sum (the epilogue's multiplies are batchnorm's and prelu's).
+        assert_eq!(count(Mnemonic::Vmulps), if fused { 2 * fmas } else { 0 });
         let n = ins.len();
         assert_eq!(ins[n - 2].mnemonic(), Mnemonic::Vzeroupper);
         assert_eq!(ins[n - 1].mnemonic(), Mnemonic::Ret);

@@ -8,7 +8,7 @@
 //! with a tail, channel counts that give several m-tiles, a narrower last
 //! one and a masked partial block (1, 16, 17, 40, 48, 64, 72, 100), groups, strides,
 //! dilation, padding, bias, and what follows the layer (nothing, batchnorm,
-//! sign, sign of batchnorm, threshold).
+//! sign, sign of batchnorm, threshold, prelu of batchnorm, affine).
 
 #[path = "jit_common/mod.rs"]
 mod common;
@@ -56,12 +56,24 @@ fn run(src: &str, batch: usize, seed: u64) {
     }
 }
 
-const AFTER: [&str; 5] = ["", "batchnorm", "sign", "sign_bn", "threshold"];
+/// What follows the layer: batchnorm, affine and prelu are fused into the
+/// FMA kernel's epilogue on `avx512` (the checks compare with the unfused
+/// model too), sign and threshold are separate steps.
+const AFTER: [&str; 7] = [
+    "",
+    "batchnorm",
+    "sign",
+    "sign_bn",
+    "threshold",
+    "bn_prelu",
+    "affine",
+];
 
 fn wrap(layer: &str, after: &str) -> String {
     match after {
         "" => layer.to_string(),
         "sign_bn" => format!("sign(batchnorm({layer}))"),
+        "bn_prelu" => format!("prelu(batchnorm({layer}))"),
         f => format!("{f}({layer})"),
     }
 }
@@ -110,7 +122,7 @@ fn conv2d_dilation_and_binary_weights() {
         ),
         (3, 16, (5, 5), "kernel=3, weights=binary"),
     ] {
-        for after in ["", "sign_bn"] {
+        for after in ["", "sign_bn", "bn_prelu"] {
             let layer = format!("conv2d(x, {cout}, {extra})");
             let src = format!(
                 "model c {{ input x: f32[{cin}, {h}, {w}]\n y = {}\n output y }}",

@@ -13,7 +13,9 @@
 //!   in the interpreter's order, so results are bit-identical;
 //! - `sign` of such an epilogue becomes an integer threshold on the popcount:
 //!   the epilogue is evaluated at compile time on every possible dot product
-//!   `-K..=K` and the layer emits bits when the `+1` set is a half-line.
+//!   `-K..=K` and the layer emits bits when the `+1` set is a half-line;
+//! - on the `avx512` path, `batchnorm`, `affine` and `prelu` of a real
+//!   layer join its FMA kernel's epilogue (`plan/fuse_real.rs`).
 //!
 //! Buffers are assigned arena offsets by a linear scan over the steps: a
 //! buffer lives from the step that writes it to its last reader, and a step's
@@ -27,6 +29,9 @@ use crate::ir::ops::{
 use crate::ir::{DType, Graph, NodeId, Params, Verified, interp};
 
 use super::CodegenError;
+
+mod fuse_real;
+pub use fuse_real::Post;
 
 /// Index of a buffer in [`Plan::bufs`].
 pub type BufId = usize;
@@ -205,6 +210,9 @@ pub struct FloatConv {
     /// (`kernels::wide::fconv`); `None`: the portable kernel
     /// (`kernels::float`), bit-identical to the interpreter.
     pub fma: Option<crate::codegen::kernels::wide::fconv::FTile>,
+    /// Per-channel ops fused into the FMA kernel's epilogue, in order
+    /// (`plan::fuse_real`; empty without `fma`).
+    pub post: Vec<Post>,
 }
 
 /// An elementwise op over channels-last tensors of one shape.
@@ -756,7 +764,13 @@ impl<'g> Planner<'g> {
                 let c = [dims[0]];
                 let m = p("multiplier", &c)?.to_vec();
                 let b = p("bias", &c)?.to_vec();
-                self.elementwise(id, &name, &operands, EwOp::Affine(m, b), &dims)
+                let post = Post::Affine {
+                    mul: m.clone(),
+                    bias: b.clone(),
+                };
+                if !self.try_fuse_real_post(operands[0], id, &post) {
+                    self.elementwise(id, &name, &operands, EwOp::Affine(m, b), &dims)
+                }
             }
             Op::Conv2d(a) => {
                 let d = in_dims(0);
@@ -845,6 +859,15 @@ impl<'g> Planner<'g> {
                     self.values.insert(id, t);
                     return Ok(());
                 }
+                let post = Post::BatchNorm {
+                    gamma: gamma.clone(),
+                    mean: mean.clone(),
+                    std: std.clone(),
+                    beta: beta.clone(),
+                };
+                if self.try_fuse_real_post(x, id, &post) {
+                    return Ok(());
+                }
                 self.elementwise(
                     id,
                     &name,
@@ -861,7 +884,9 @@ impl<'g> Planner<'g> {
             Op::Relu => self.elementwise(id, &name, &operands, EwOp::Relu, &dims),
             Op::PRelu => {
                 let a = p("weight", &[dims[0]])?.to_vec();
-                self.elementwise(id, &name, &operands, EwOp::PRelu(a), &dims)
+                if !self.try_fuse_real_post(operands[0], id, &Post::PRelu(a.clone())) {
+                    self.elementwise(id, &name, &operands, EwOp::PRelu(a), &dims)
+                }
             }
             Op::Shift => {
                 // `x + b` is `1·x + b` exactly.
@@ -1155,6 +1180,7 @@ impl<'g> Planner<'g> {
             dst: dst.buf,
             nr,
             fma,
+            post: Vec::new(),
         };
         let s = self.push(name, Step::FloatConv(step));
         self.producer.insert(id, s);

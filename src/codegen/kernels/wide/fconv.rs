@@ -38,25 +38,30 @@
 //! * **Weights** are laid out per tile at compile time, `[group][m-tile]
 //!   [step][mr lines of 16 × f32]` (zeros past the group's channels), so
 //!   the loop walks them with one pointer.
-//! * **Epilogue**: the bias (`vaddps` with the table as a memory operand)
-//!   and the store; a group's partial last block is stored through the
-//!   mask `k1` (its other lanes belong to the next group or pixel).
+//! * **Epilogue**: the bias and the per-channel ops the planner fused into
+//!   the layer (a folded `batchnorm` `γ·(y − μ)/σ + β`, an `affine`
+//!   `m·y + b`, a `prelu`), each an IEEE operation with its table as a
+//!   memory operand in the interpreter's order ([`EpiOp`]), so a fused op
+//!   gives exactly what the separate elementwise step would; then the
+//!   store, a group's partial last block through the mask `k1` (its other
+//!   lanes belong to the next group or pixel).
 //!
 //! Exactness: the products are fused into the sums and the sums run in the
 //! kernel's order, so results differ from the interpreter's within the
 //! bound of `ir-spec/codegen.md` ("Exactness").
 //!
 //! Calling convention (System V), a leaf without stack use:
-//! `kernel(input, weights, steps, out, bias)`:
+//! `kernel(input, weights, steps, out, tables)`:
 //! * `rdi` `input`: the tile's first pixel (receptive-field origin, group
 //!   channel offset added); `rsi` `weights`: the group's tile-laid weights;
 //!   `rdx` `steps`: the `i32` byte offsets; `rcx` `out`: the first pixel's
-//!   output at the group's first channel; `r8` `bias`: the bias table at
-//!   the group's first channel (unused without bias).
+//!   output at the group's first channel; `r8` `tables`: the first table at
+//!   the group's first channel, the other tables `table_stride` bytes
+//!   apart (unused without epilogue operations).
 
 use iced_x86::code_asm::registers::gpr32::eax;
 use iced_x86::code_asm::registers::gpr64::*;
-use iced_x86::code_asm::registers::k::k1;
+use iced_x86::code_asm::registers::k::{k1, k2};
 use iced_x86::code_asm::registers::zmm::get_zmm;
 use iced_x86::code_asm::{AsmRegisterZmm, CodeAssembler, dword_ptr, zmmword_ptr};
 use iced_x86::{IcedError, Register};
@@ -97,6 +102,22 @@ impl FTile {
     }
 }
 
+/// One operation of the epilogue, `y = y op table[channel]`; the tables
+/// are `table_stride` bytes apart from the kernel's `r8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpiOp {
+    /// `y + t` (the bias, a batchnorm's β, an affine's `b`).
+    Add(u8),
+    /// `y − t`.
+    Sub(u8),
+    /// `t · y`.
+    Mul(u8),
+    /// `y / t`.
+    Div(u8),
+    /// `y ≥ 0 ? y : t · y` (false for NaN, as the interpreter's `prelu`).
+    PRelu(u8),
+}
+
 /// One kernel's shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spec {
@@ -110,8 +131,10 @@ pub struct Spec {
     pub pixel_in: i32,
     /// Bytes between consecutive pixels' outputs.
     pub pixel_out: i32,
-    /// Add the bias table.
-    pub bias: bool,
+    /// The epilogue's operations, in order.
+    pub ops: Vec<EpiOp>,
+    /// Bytes between the epilogue's tables.
+    pub table_stride: i32,
     /// Valid channels of a group's last block (16 = all).
     pub last_valid: usize,
 }
@@ -139,6 +162,9 @@ impl Spec {
         v
     }
 }
+
+/// `vcmpps` predicate `NGE_UQ`: not greater-or-equal, true for NaN.
+const CMP_NGE_UQ: i32 = 0x19;
 
 fn zmm(i: usize) -> AsmRegisterZmm {
     // Indices stay below 32 (checked by `FTile::fits`).
@@ -227,10 +253,28 @@ fn m_tile(
         a.mov(eax, (1u32 << spec.last_valid) - 1)?;
         a.kmovw(k1, eax)?;
     }
+    // The weight registers are free now: a zero for `prelu`.
+    let zero = w(0);
+    if spec.ops.iter().any(|o| matches!(o, EpiOp::PRelu(_))) {
+        a.vxorps(zero, zero, zero)?;
+    }
     for m in 0..mr {
         for n in 0..nr {
-            if spec.bias {
-                a.vaddps(acc(m, n), acc(m, n), zmmword_ptr(r8 + 64 * m as i32))?;
+            let y = acc(m, n);
+            for op in &spec.ops {
+                let at =
+                    |t: u8| zmmword_ptr(r8 + (i32::from(t) * spec.table_stride + 64 * m as i32));
+                match *op {
+                    EpiOp::Add(t) => a.vaddps(y, y, at(t))?,
+                    EpiOp::Sub(t) => a.vsubps(y, y, at(t))?,
+                    EpiOp::Mul(t) => a.vmulps(y, y, at(t))?,
+                    EpiOp::Div(t) => a.vdivps(y, y, at(t))?,
+                    EpiOp::PRelu(t) => {
+                        // k2: lanes where !(y >= 0) (negative or NaN).
+                        a.vcmpps(k2, y, zero, CMP_NGE_UQ)?;
+                        a.vmulps(y.k2(), y, at(t))?;
+                    }
+                }
             }
             let dst = zmmword_ptr(rcx + (n as i32 * spec.pixel_out + 64 * m as i32));
             if masked && m + 1 == mr {

@@ -5,10 +5,10 @@
 
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Value};
 
-use super::fconv::{self, FTile, Spec};
+use super::fconv::{self, EpiOp, FTile, Spec};
 use crate::codegen::CodegenError;
 use crate::codegen::emit::Fx;
-use crate::codegen::plan::FloatConv;
+use crate::codegen::plan::{FloatConv, Post};
 
 fn kernel(fx: &mut Fx, spec: &Spec) -> Result<FuncRef, CodegenError> {
     let code = fconv::assemble(spec)?;
@@ -50,13 +50,53 @@ pub fn emit(
         .flat_map(|o| order.iter().map(move |&k| (o, k)))
         .map(|(o, k)| f.w[o * steps + k])
         .collect();
+    // The epilogue's tables, each padded so that a partial last block
+    // reads inside it: the bias, then the fused ops' (in the
+    // interpreter's operation order).
+    let padded = f.o + 16;
+    let mut tables: Vec<f32> = Vec::new();
+    let mut ops = Vec::new();
+    let mut table = |v: &[f32]| -> u8 {
+        let t = (tables.len() / padded) as u8;
+        tables.extend_from_slice(v);
+        tables.resize((t as usize + 1) * padded, 0.0);
+        t
+    };
+    if let Some(b) = &f.bias {
+        ops.push(EpiOp::Add(table(b)));
+    }
+    for post in &f.post {
+        match post {
+            Post::BatchNorm {
+                gamma,
+                mean,
+                std,
+                beta,
+            } => {
+                ops.push(EpiOp::Sub(table(mean)));
+                ops.push(EpiOp::Mul(table(gamma)));
+                ops.push(EpiOp::Div(table(std)));
+                ops.push(EpiOp::Add(table(beta)));
+            }
+            Post::Affine { mul, bias } => {
+                ops.push(EpiOp::Mul(table(mul)));
+                ops.push(EpiOp::Add(table(bias)));
+            }
+            Post::PRelu(slope) => ops.push(EpiOp::PRelu(table(slope))),
+        }
+    }
+    if tables.len() / padded > usize::from(u8::MAX) {
+        return Err(too_large());
+    }
+    let table_stride = px(4 * padded)?;
     let main = Spec {
         tile,
         blocks,
         steps,
         pixel_in: px(sw * f.c * 4)?,
         pixel_out: px(f.o * 4)?,
-        bias: f.bias.is_some(),
+        ops,
+        table_stride,
         last_valid: if og.is_multiple_of(16) { 16 } else { og % 16 },
     };
     let tail = ow % tile.nr;
@@ -69,14 +109,10 @@ pub fn emit(
     };
     let weights = fx.f32_data(&fconv::tile_weights(&w, groups, og, &main))?;
     let offs = fx.i32_data(&offs)?;
-    let bias = match &f.bias {
-        Some(b) => {
-            // Padded so that a partial last block reads inside the table.
-            let mut b = b.clone();
-            b.resize(f.o + 16, 0.0);
-            fx.f32_data(&b)?
-        }
-        None => fx.ic(0),
+    let bias = if tables.is_empty() {
+        fx.ic(0)
+    } else {
+        fx.f32_data(&tables)?
     };
     let main_fn = kernel(fx, &main)?;
     let tail_fn = if tail > 0 {
