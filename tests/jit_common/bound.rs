@@ -10,9 +10,10 @@
 //! oracle cuts the graph at the real layers instead:
 //!
 //! 1. the model is compiled once as it is and once with every real layer's
-//!    value added as an output (a *probe*; the code generator fuses nothing
-//!    into a real layer's output, so the steps are the same code, and the
-//!    two runs must give identical outputs);
+//!    value added as an output (a *probe*; that stops the fusion of a
+//!    following `batchnorm`, `affine` or `prelu` into the layer's kernel,
+//!    which must not change a bit, so the two runs must give identical
+//!    outputs);
 //! 2. each probed value is checked against the exact sum (f64, from the
 //!    interpreter's value of the layer's operand, see 3):
 //!    `|y − Σ w·x − b| ≤ γ_{K+1}·(Σ|w·x| + |b|)`, `γ_n = n·u/(1 − n·u)`,
