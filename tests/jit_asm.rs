@@ -285,6 +285,7 @@ fn avx512_fma_kernel_instructions() {
             },
             table_stride: 320,
             last_valid,
+            bits: false,
         };
         let code = fconv::assemble(&spec).unwrap();
         let ins = decode(&code);
@@ -335,6 +336,54 @@ fn avx512_fma_kernel_instructions() {
                     .any(|k| i.op_kind(k) == OpKind::Memory && i.memory_base() == Register::RSP)
         }));
     }
+}
+
+/// The FMA kernel with a fused sign: per value a `vcmpps` into `k2` and a
+/// `kmovw` of its 16 bits to memory (the partial last block's bits masked
+/// with `k1` by a `kandw`), no f32 stores, and the rest of each pixel's last
+/// word zeroed with 16-bit stores.
+#[test]
+fn avx512_fma_kernel_packs_signs() {
+    use onebit::codegen::kernels::wide::fconv::{self, FTile};
+    // 72 channels: 5 blocks (the last 8 valid) in two 64-bit words.
+    let spec = fconv::Spec {
+        tile: FTile { mr: 4, nr: 6 },
+        blocks: 5,
+        steps: 27,
+        pixel_in: 12,
+        pixel_out: 16,
+        ops: vec![fconv::EpiOp::Sub(0), fconv::EpiOp::Mul(1)],
+        table_stride: 352,
+        last_valid: 8,
+        bits: true,
+    };
+    let code = fconv::assemble(&spec).unwrap();
+    let ins = decode(&code);
+    assert!(ins.iter().all(|i| !i.is_invalid()), "undecodable bytes");
+    let values: usize = spec.m_tiles().iter().map(|&(mr, _)| mr * 6).sum();
+    let n = |m: Mnemonic| ins.iter().filter(|i| i.mnemonic() == m).count();
+    assert_eq!(n(Mnemonic::Vcmpps), values);
+    assert_eq!(n(Mnemonic::Kandw), 6);
+    let kmov_to_memory = ins
+        .iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Kmovw && i.op0_kind() == OpKind::Memory)
+        .count();
+    assert_eq!(kmov_to_memory, values);
+    let f32_stores = ins
+        .iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Vmovups && i.op0_kind() == OpKind::Memory)
+        .count();
+    assert_eq!(f32_stores, 0);
+    // 5 blocks write 10 of each pixel's 16 bytes: 3 zeroing stores a pixel.
+    let zeroing = ins
+        .iter()
+        .filter(|i| {
+            i.mnemonic() == Mnemonic::Mov
+                && i.op0_kind() == OpKind::Memory
+                && i.memory_size() == iced_x86::MemorySize::UInt16
+        })
+        .count();
+    assert_eq!(zeroing, 3 * 6);
 }
 
 /// A real convolution compiled on the avx512 path calls the FMA kernel

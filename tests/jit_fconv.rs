@@ -156,3 +156,22 @@ fn dense_layers() {
         }
     }
 }
+
+/// A per-channel op after a fused sign acts on the bits, not on the layer's
+/// f32 output: it must stay a step of its own (the random-graph test found
+/// `affine(sign(dense(x)))` fused into the kernel before the sign).
+#[test]
+fn ops_after_a_fused_sign_stay_separate() {
+    let mut seed = 300;
+    for body in [
+        "affine(sign(dense(x2, 17, bias=true)))",
+        "prelu(sign(batchnorm(dense(x2, 40))))",
+        "batchnorm(sign(conv2d(x, 20, kernel=3, pad=1)))",
+    ] {
+        let src = format!(
+            "model s {{ input x: f32[3, 4, 5]\n x2 = flatten(x)\n y = {body}\n output y }}"
+        );
+        seed += 1;
+        run(&src, 2, seed);
+    }
+}

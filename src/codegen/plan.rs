@@ -15,7 +15,8 @@
 //!   the epilogue is evaluated at compile time on every possible dot product
 //!   `-K..=K` and the layer emits bits when the `+1` set is a half-line;
 //! - on the `avx512` path, `batchnorm`, `affine` and `prelu` of a real
-//!   layer join its FMA kernel's epilogue (`plan/fuse_real.rs`).
+//!   layer join its FMA kernel's epilogue, and a `sign` of it packs bits
+//!   there (`plan/fuse_real.rs`).
 //!
 //! Buffers are assigned arena offsets by a linear scan over the steps: a
 //! buffer lives from the step that writes it to its last reader, and a step's
@@ -213,6 +214,8 @@ pub struct FloatConv {
     /// Per-channel ops fused into the FMA kernel's epilogue, in order
     /// (`plan::fuse_real`; empty without `fma`).
     pub post: Vec<Post>,
+    /// A `sign` fused into the FMA kernel: `dst` holds packed bits.
+    pub bits: bool,
 }
 
 /// An elementwise op over channels-last tensors of one shape.
@@ -813,7 +816,10 @@ impl<'g> Planner<'g> {
                     self.values.insert(id, t);
                     return Ok(());
                 }
-                if self.fusable(x) && self.try_fuse_sign(x, id, &|_, y| y >= 0.0) {
+                if self.fusable(x)
+                    && (self.try_fuse_real_sign(x, id)
+                        || self.try_fuse_sign(x, id, &|_, y| y >= 0.0))
+                {
                     return Ok(());
                 }
                 let dst = self.tensor(DType::Bit, &dims);
@@ -1181,6 +1187,7 @@ impl<'g> Planner<'g> {
             nr,
             fma,
             post: Vec::new(),
+            bits: false,
         };
         let s = self.push(name, Step::FloatConv(step));
         self.producer.insert(id, s);

@@ -44,7 +44,11 @@
 //!   memory operand in the interpreter's order ([`EpiOp`]), so a fused op
 //!   gives exactly what the separate elementwise step would; then the
 //!   store, a group's partial last block through the mask `k1` (its other
-//!   lanes belong to the next group or pixel).
+//!   lanes belong to the next group or pixel). When a `sign` follows (one
+//!   group), the kernel packs instead: `vcmpps` (not `y ≥ 0`, so negatives
+//!   and NaN give bit 1, `sign`'s −1) into `k2`, masked by `k1` for a
+//!   partial block, and `kmovw` of the 16 bits into the packed output; the
+//!   rest of each pixel's last word is zeroed.
 //!
 //! Exactness: the products are fused into the sums and the sums run in the
 //! kernel's order, so results differ from the interpreter's within the
@@ -63,7 +67,7 @@ use iced_x86::code_asm::registers::gpr32::eax;
 use iced_x86::code_asm::registers::gpr64::*;
 use iced_x86::code_asm::registers::k::{k1, k2};
 use iced_x86::code_asm::registers::zmm::get_zmm;
-use iced_x86::code_asm::{AsmRegisterZmm, CodeAssembler, dword_ptr, zmmword_ptr};
+use iced_x86::code_asm::{AsmRegisterZmm, CodeAssembler, dword_ptr, word_ptr, zmmword_ptr};
 use iced_x86::{IcedError, Register};
 
 use crate::codegen::CodegenError;
@@ -137,6 +141,10 @@ pub struct Spec {
     pub table_stride: i32,
     /// Valid channels of a group's last block (16 = all).
     pub last_valid: usize,
+    /// Write packed sign bits (bit 1 = −1: negative or NaN) instead of f32
+    /// values: `pixel_out` is then the bytes of a pixel's words, and the
+    /// layer has one group.
+    pub bits: bool,
 }
 
 impl Spec {
@@ -206,6 +214,16 @@ fn emit(a: &mut CodeAssembler, spec: &Spec, table_bytes: i32) -> Result<(), Iced
             a.jnz(m_loop)?;
         }
     }
+    if spec.bits {
+        // rcx is past the last block's 16 bits: zero the rest of each
+        // pixel's last word (the layout's tail bits are zero).
+        let written = 2 * spec.blocks as i32;
+        for n in 0..spec.tile.nr as i32 {
+            for off in (written..spec.pixel_out).step_by(2) {
+                a.mov(word_ptr(rcx + (n * spec.pixel_out + off - written)), 0)?;
+            }
+        }
+    }
     a.vzeroupper()?;
     a.ret()?;
     Ok(())
@@ -253,9 +271,9 @@ fn m_tile(
         a.mov(eax, (1u32 << spec.last_valid) - 1)?;
         a.kmovw(k1, eax)?;
     }
-    // The weight registers are free now: a zero for `prelu`.
+    // The weight registers are free now: a zero for `prelu` and the sign.
     let zero = w(0);
-    if spec.ops.iter().any(|o| matches!(o, EpiOp::PRelu(_))) {
+    if spec.bits || spec.ops.iter().any(|o| matches!(o, EpiOp::PRelu(_))) {
         a.vxorps(zero, zero, zero)?;
     }
     for m in 0..mr {
@@ -276,6 +294,18 @@ fn m_tile(
                     }
                 }
             }
+            if spec.bits {
+                // Bit 1 where !(y >= 0), only for the valid channels.
+                a.vcmpps(k2, y, zero, CMP_NGE_UQ)?;
+                if masked && m + 1 == mr {
+                    a.kandw(k2, k2, k1)?;
+                }
+                a.kmovw(
+                    word_ptr(rcx + (n as i32 * spec.pixel_out + 2 * m as i32)),
+                    k2,
+                )?;
+                continue;
+            }
             let dst = zmmword_ptr(rcx + (n as i32 * spec.pixel_out + 64 * m as i32));
             if masked && m + 1 == mr {
                 a.vmovups(dst.k1(), acc(m, n))?;
@@ -284,7 +314,7 @@ fn m_tile(
             }
         }
     }
-    a.add(rcx, 64 * mr as i32)?;
+    a.add(rcx, if spec.bits { 2 } else { 64 } * mr as i32)?;
     a.add(r8, 64 * mr as i32)?;
     Ok(())
 }

@@ -89,15 +89,27 @@ pub fn emit(
         return Err(too_large());
     }
     let table_stride = px(4 * padded)?;
+    if f.bits && groups != 1 {
+        return Err(CodegenError::Internal(format!(
+            "avx512 FMA kernel: packed sign output of a grouped layer {f:?}"
+        )));
+    }
+    // Bytes of one output pixel: f32 values or packed words.
+    let pixel_out = if f.bits {
+        8 * f.o.div_ceil(64)
+    } else {
+        4 * f.o
+    };
     let main = Spec {
         tile,
         blocks,
         steps,
         pixel_in: px(sw * f.c * 4)?,
-        pixel_out: px(f.o * 4)?,
+        pixel_out: px(pixel_out)?,
         ops,
         table_stride,
         last_valid: if og.is_multiple_of(16) { 16 } else { og % 16 },
+        bits: f.bits,
     };
     let tail = ow % tile.nr;
     let tail_spec = Spec {
@@ -123,17 +135,18 @@ pub fn emit(
     let full = ow / tile.nr;
     let group_bytes = (blocks * steps * 64) as i64;
     let tile_in = (tile.nr * sw * f.c * 4) as i64;
-    let tile_out = (tile.nr * f.o * 4) as i64;
+    let tile_out = (tile.nr * pixel_out) as i64;
     let src = fx.arena_at(src_off);
     let dst = fx.arena_at(dst_off);
     fx.for_units(|fx, row| {
         let r_in = fx.mul_imm(row, (sh * f.wp * f.c * 4) as i64);
         let r_in = fx.b.ins().iadd(src, r_in);
-        let r_out = fx.mul_imm(row, (ow * f.o * 4) as i64);
+        let r_out = fx.mul_imm(row, (ow * pixel_out) as i64);
         let r_out = fx.b.ins().iadd(dst, r_out);
         fx.for_n(groups, |fx, g| {
             let cin = fx.mul_imm(g, (cg * 4) as i64);
             let g_in = fx.b.ins().iadd(r_in, cin);
+            // (A packed output has one group: `g` is 0.)
             let cout = fx.mul_imm(g, (og * 4) as i64);
             let g_out = fx.b.ins().iadd(r_out, cout);
             let g_bias = fx.b.ins().iadd(bias, cout);
