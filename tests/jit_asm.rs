@@ -12,8 +12,9 @@
 //!   FMA, masked stores for a partial block), ends in `vzeroupper; ret`, and uses no stack beyond pushing
 //!   callee-saved registers.
 //! * `avx512`, real-valued layers: the FMA micro-kernel has `vbroadcastss`
-//!   + `vfmadd231ps zmm` in its K loop and no separate multiply, and a
-//!   compiled `conv2d` calls it (the portable path has no FMA at all).
+//!   and `vfmadd231ps zmm` in its K loop and no separate multiply, packs a
+//!   fused sign with `vcmpps` + `kmovw`, and a compiled `conv2d` calls it
+//!   (the portable path has no FMA at all).
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use onebit::codegen::kernels::wide::Tile;
