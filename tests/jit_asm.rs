@@ -11,6 +11,10 @@
 //!   memory) or the f32 one (`vcvtdq2ps`, the epilogue's operations, no
 //!   FMA, masked stores for a partial block), ends in `vzeroupper; ret`, and uses no stack beyond pushing
 //!   callee-saved registers.
+//! * `avx512`, real-valued layers: the FMA micro-kernel has `vbroadcastss`
+//!   and `vfmadd231ps zmm` in its K loop and no separate multiply, packs a
+//!   fused sign with `vcmpps` + `kmovw`, and a compiled `conv2d` calls it
+//!   (the portable path has no FMA at all).
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use onebit::codegen::kernels::wide::Tile;
@@ -246,4 +250,172 @@ fn unsupported_path_is_an_error() {
         "portable".parse::<Kernels>().unwrap(),
         Kernels::Force(KernelPath::Portable)
     );
+}
+
+/// Decodes the FMA kernel of real-valued layers (tiles 4 × 6, 2 × 14,
+/// 1 × 28, the stem's 147 steps) and checks its instruction mix: per step
+/// `mr` weight loads, `nr` broadcasts and `mr·nr` `vfmadd231ps` on zmm; the bias as `vaddps`; a partial
+/// last block stored through `k1`; no stack, `vzeroupper; ret`.
+#[test]
+fn avx512_fma_kernel_instructions() {
+    use onebit::codegen::kernels::wide::fconv::{self, FTile};
+    for (blocks, last_valid, bias, mr, nr) in [
+        (4, 16, false, 4, 6),
+        (5, 8, true, 4, 6),
+        (4, 16, true, 2, 14),
+        (3, 12, true, 2, 14),
+        (1, 5, false, 1, 28),
+        (2, 16, true, 2, 3),
+        (4, 16, true, 4, 6),
+    ] {
+        // The last case: the stem's bias, batchnorm and prelu fused.
+        let fused = (blocks, mr, nr, bias) == (4, 4, 6, true) && last_valid == 16;
+        let spec = fconv::Spec {
+            tile: FTile { mr, nr },
+            blocks,
+            steps: 147,
+            pixel_in: 24,
+            pixel_out: 256,
+            ops: match (bias, fused) {
+                (true, false) => vec![fconv::EpiOp::Add(0)],
+                (true, true) => {
+                    use fconv::EpiOp::*;
+                    vec![Add(0), Sub(1), Mul(2), Div(3), Add(4), PRelu(5)]
+                }
+                _ => vec![],
+            },
+            table_stride: 320,
+            last_valid,
+            bits: false,
+        };
+        let code = fconv::assemble(&spec).unwrap();
+        let ins = decode(&code);
+        assert!(ins.iter().all(|i| !i.is_invalid()), "undecodable bytes");
+        let count = |m: Mnemonic| {
+            ins.iter()
+                .filter(|i| i.mnemonic() == m && zmm_ops(i))
+                .count()
+        };
+        // One copy of the K loop per m-tile kind ((mr, count) of m_tiles).
+        let tiles = spec.m_tiles();
+        let fmas: usize = tiles.iter().map(|&(mr, _)| mr * nr).sum();
+        assert_eq!(count(Mnemonic::Vfmadd231ps), fmas, "{spec:?}");
+        assert_eq!(count(Mnemonic::Vbroadcastss), nr * tiles.len(), "{spec:?}");
+        let adds = spec
+            .ops
+            .iter()
+            .filter(|o| matches!(o, fconv::EpiOp::Add(_)))
+            .count();
+        assert_eq!(count(Mnemonic::Vaddps), adds * fmas, "{spec:?}");
+        if fused {
+            // Batchnorm as sub, mul, div, add; prelu as a compare into k2
+            // and a multiply merged under it.
+            assert_eq!(count(Mnemonic::Vsubps), fmas);
+            assert_eq!(count(Mnemonic::Vdivps), fmas);
+            assert_eq!(count(Mnemonic::Vcmpps), fmas);
+            let merged = ins
+                .iter()
+                .filter(|i| i.mnemonic() == Mnemonic::Vmulps && i.op_mask() == Register::K2)
+                .count();
+            assert_eq!(merged, fmas);
+        }
+        let masked = ins
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Vmovups && i.op_mask() == Register::K1)
+            .count();
+        assert_eq!(masked, if last_valid < 16 { nr } else { 0 }, "{spec:?}");
+        // No separate multiply in the K loop: every product is fused into
+        // its sum (the epilogue's multiplies are batchnorm's and prelu's).
+        assert_eq!(count(Mnemonic::Vmulps), if fused { 2 * fmas } else { 0 });
+        let n = ins.len();
+        assert_eq!(ins[n - 2].mnemonic(), Mnemonic::Vzeroupper);
+        assert_eq!(ins[n - 1].mnemonic(), Mnemonic::Ret);
+        assert!(!ins.iter().any(|i| {
+            matches!(i.mnemonic(), Mnemonic::Push | Mnemonic::Pop)
+                || i.op0_register() == Register::RSP
+                || (0..i.op_count())
+                    .any(|k| i.op_kind(k) == OpKind::Memory && i.memory_base() == Register::RSP)
+        }));
+    }
+}
+
+/// The FMA kernel with a fused sign: per value a `vcmpps` into `k2` and a
+/// `kmovw` of its 16 bits to memory (the partial last block's bits masked
+/// with `k1` by a `kandw`), no f32 stores, and the rest of each pixel's last
+/// word zeroed with 16-bit stores.
+#[test]
+fn avx512_fma_kernel_packs_signs() {
+    use onebit::codegen::kernels::wide::fconv::{self, FTile};
+    // 72 channels: 5 blocks (the last 8 valid) in two 64-bit words.
+    let spec = fconv::Spec {
+        tile: FTile { mr: 4, nr: 6 },
+        blocks: 5,
+        steps: 27,
+        pixel_in: 12,
+        pixel_out: 16,
+        ops: vec![fconv::EpiOp::Sub(0), fconv::EpiOp::Mul(1)],
+        table_stride: 352,
+        last_valid: 8,
+        bits: true,
+    };
+    let code = fconv::assemble(&spec).unwrap();
+    let ins = decode(&code);
+    assert!(ins.iter().all(|i| !i.is_invalid()), "undecodable bytes");
+    let values: usize = spec.m_tiles().iter().map(|&(mr, _)| mr * 6).sum();
+    let n = |m: Mnemonic| ins.iter().filter(|i| i.mnemonic() == m).count();
+    assert_eq!(n(Mnemonic::Vcmpps), values);
+    assert_eq!(n(Mnemonic::Kandw), 6);
+    let kmov_to_memory = ins
+        .iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Kmovw && i.op0_kind() == OpKind::Memory)
+        .count();
+    assert_eq!(kmov_to_memory, values);
+    let f32_stores = ins
+        .iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Vmovups && i.op0_kind() == OpKind::Memory)
+        .count();
+    assert_eq!(f32_stores, 0);
+    // 5 blocks write 10 of each pixel's 16 bytes: 3 zeroing stores a pixel.
+    let zeroing = ins
+        .iter()
+        .filter(|i| {
+            i.mnemonic() == Mnemonic::Mov
+                && i.op0_kind() == OpKind::Memory
+                && i.memory_size() == iced_x86::MemorySize::UInt16
+        })
+        .count();
+    assert_eq!(zeroing, 3 * 6);
+}
+
+/// A real convolution compiled on the avx512 path calls the FMA kernel
+/// (`vfmadd231ps zmm` in its listing); on the portable path it has no FMA.
+#[test]
+fn real_layers_use_fma_on_avx512_only() {
+    let src = "model s { input x: f32[3, 20, 20]
+      y = conv2d(x, 64, kernel=7, stride=2, pad=3, bias=false)
+      output y }";
+    let graph = onebit::parse(src).unwrap();
+    let params = Params::init(&graph, 1);
+    for path in KernelPath::supported() {
+        let options = Options {
+            disasm: true,
+            kernels: Kernels::Force(path),
+            ..Options::default()
+        };
+        let model =
+            CompiledModel::compile(onebit::verify(&graph).unwrap(), &params, &options).unwrap();
+        let i = model
+            .layers()
+            .iter()
+            .position(|l| l.kind == "conv")
+            .expect("a conv step");
+        let text = model.disasm(i).expect("disassembly").to_string();
+        match path {
+            KernelPath::Avx512 => {
+                assert!(text.contains("machine-code kernel"), "{text}");
+                assert!(text.contains("vfmadd231ps zmm"), "{text}");
+            }
+            KernelPath::Portable => assert!(!text.contains("vfmadd"), "{text}"),
+        }
+    }
 }

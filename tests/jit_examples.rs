@@ -18,21 +18,14 @@ fn check_example(file: &str, batch: usize) {
 fn check_graph(file: &str, graph: &onebit::ir::Graph, params: &Params, batch: usize) {
     for (path, popcount) in common::variants() {
         for threads in [1, 2] {
-            let options = common::on(
-                path,
-                &Options {
-                    popcount,
-                    threads,
-                    ..Options::default()
-                },
-            );
-            let (got, expected) = common::both(graph, params, batch, 5, &options);
-            common::assert_match(
-                &format!("{file} {path:?} {popcount:?} threads={threads}"),
-                &got,
-                &expected,
-                true,
-            );
+            let options = Options {
+                popcount,
+                threads,
+                ..Options::default()
+            };
+            let what = format!("{file} {path:?} {popcount:?} threads={threads}");
+            let seen = common::check(&what, graph, params, batch, 5, &options, path, true);
+            eprintln!("{what}: {seen:?}");
         }
     }
 }
@@ -67,20 +60,13 @@ fn resnet18_bnn() {
     let graph = onebit::parse(&src).unwrap();
     let params = Params::init(&graph, 3);
     for path in common::paths() {
-        let (got, expected) = common::both(
-            &graph,
-            &params,
-            1,
-            9,
-            &common::on(
-                path,
-                &Options {
-                    threads: 2,
-                    ..Options::default()
-                },
-            ),
-        );
-        common::assert_match(&format!("resnet18_bnn {path:?}"), &got, &expected, true);
+        let options = Options {
+            threads: 2,
+            ..Options::default()
+        };
+        let what = format!("resnet18_bnn {path:?}");
+        let seen = common::check(&what, &graph, &params, 1, 9, &options, path, true);
+        eprintln!("{what}: {seen:?}");
     }
 }
 

@@ -334,7 +334,10 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
             *pad_ones,
         ),
         Step::BinConv(b) => binary::emit(fx, b, off(b.src), off(b.dst)),
-        Step::FloatConv(f) => float::emit(fx, f, off(f.src), off(f.dst)),
+        Step::FloatConv(f) => match f.fma {
+            Some(tile) => kernels::wide::fstep::emit(fx, f, tile, off(f.src), off(f.dst)),
+            None => float::emit(fx, f, off(f.src), off(f.dst)),
+        },
         Step::Elementwise {
             srcs,
             dst,

@@ -13,7 +13,10 @@
 //!   in the interpreter's order, so results are bit-identical;
 //! - `sign` of such an epilogue becomes an integer threshold on the popcount:
 //!   the epilogue is evaluated at compile time on every possible dot product
-//!   `-K..=K` and the layer emits bits when the `+1` set is a half-line.
+//!   `-K..=K` and the layer emits bits when the `+1` set is a half-line;
+//! - on the `avx512` path, `batchnorm`, `affine` and `prelu` of a real
+//!   layer join its FMA kernel's epilogue, and a `sign` of it packs bits
+//!   there (`plan/fuse_real.rs`).
 //!
 //! Buffers are assigned arena offsets by a linear scan over the steps: a
 //! buffer lives from the step that writes it to its last reader, and a step's
@@ -27,6 +30,9 @@ use crate::ir::ops::{
 use crate::ir::{DType, Graph, NodeId, Params, Verified, interp};
 
 use super::CodegenError;
+
+mod fuse_real;
+pub use fuse_real::Post;
 
 /// Index of a buffer in [`Plan::bufs`].
 pub type BufId = usize;
@@ -201,6 +207,15 @@ pub struct FloatConv {
     pub dst: BufId,
     /// Pixels per register tile.
     pub nr: usize,
+    /// The FMA micro-kernel's register tile, on the `avx512` path
+    /// (`kernels::wide::fconv`); `None`: the portable kernel
+    /// (`kernels::float`), bit-identical to the interpreter.
+    pub fma: Option<crate::codegen::kernels::wide::fconv::FTile>,
+    /// Per-channel ops fused into the FMA kernel's epilogue, in order
+    /// (`plan::fuse_real`; empty without `fma`).
+    pub post: Vec<Post>,
+    /// A `sign` fused into the FMA kernel: `dst` holds packed bits.
+    pub bits: bool,
 }
 
 /// An elementwise op over channels-last tensors of one shape.
@@ -433,8 +448,8 @@ pub struct PlanOptions {
     pub fuse: bool,
     /// Force the scalar popcount path.
     pub scalar_popcount: bool,
-    /// Binary layers run on the 512-bit machine-code kernels
-    /// (`kernels::wide`), with their register tiles.
+    /// Binary and real-valued layers run on the 512-bit machine-code
+    /// kernels (`kernels::wide`), with their register tiles.
     pub wide: bool,
 }
 
@@ -752,7 +767,13 @@ impl<'g> Planner<'g> {
                 let c = [dims[0]];
                 let m = p("multiplier", &c)?.to_vec();
                 let b = p("bias", &c)?.to_vec();
-                self.elementwise(id, &name, &operands, EwOp::Affine(m, b), &dims)
+                let post = Post::Affine {
+                    mul: m.clone(),
+                    bias: b.clone(),
+                };
+                if !self.try_fuse_real_post(operands[0], id, &post) {
+                    self.elementwise(id, &name, &operands, EwOp::Affine(m, b), &dims)
+                }
             }
             Op::Conv2d(a) => {
                 let d = in_dims(0);
@@ -803,7 +824,10 @@ impl<'g> Planner<'g> {
                     self.values.insert(id, t);
                     return Ok(());
                 }
-                if self.fusable(x) && self.try_fuse_sign(x, id, &|_, y| y >= 0.0) {
+                if self.fusable(x)
+                    && (self.try_fuse_real_sign(x, id)
+                        || self.try_fuse_sign(x, id, &|_, y| y >= 0.0))
+                {
                     return Ok(());
                 }
                 let dst = self.tensor(DType::Bit, &dims);
@@ -849,6 +873,15 @@ impl<'g> Planner<'g> {
                     self.values.insert(id, t);
                     return Ok(());
                 }
+                let post = Post::BatchNorm {
+                    gamma: gamma.clone(),
+                    mean: mean.clone(),
+                    std: std.clone(),
+                    beta: beta.clone(),
+                };
+                if self.try_fuse_real_post(x, id, &post) {
+                    return Ok(());
+                }
                 self.elementwise(
                     id,
                     &name,
@@ -865,7 +898,9 @@ impl<'g> Planner<'g> {
             Op::Relu => self.elementwise(id, &name, &operands, EwOp::Relu, &dims),
             Op::PRelu => {
                 let a = p("weight", &[dims[0]])?.to_vec();
-                self.elementwise(id, &name, &operands, EwOp::PRelu(a), &dims)
+                if !self.try_fuse_real_post(operands[0], id, &Post::PRelu(a.clone())) {
+                    self.elementwise(id, &name, &operands, EwOp::PRelu(a), &dims)
+                }
             }
             Op::Shift => {
                 // `x + b` is `1·x + b` exactly.
@@ -1136,6 +1171,12 @@ impl<'g> Planner<'g> {
         );
         let pixels = oh * ow;
         let nr = if pixels >= 2 { 2 } else { 1 };
+        let fma = self.opts.wide.then(|| {
+            crate::codegen::kernels::wide::fconv::FTile::choose(
+                (g.out_channels / g.groups).div_ceil(16),
+                ow,
+            )
+        });
         let dst = self.tensor(DType::F32, dims);
         self.bufs[dst.buf] = (4 * g.out_channels * pixels.div_ceil(nr) * nr).div_ceil(64) * 64;
         let step = FloatConv {
@@ -1152,6 +1193,9 @@ impl<'g> Planner<'g> {
             bias,
             dst: dst.buf,
             nr,
+            fma,
+            post: Vec::new(),
+            bits: false,
         };
         let s = self.push(name, Step::FloatConv(step));
         self.producer.insert(id, s);

@@ -1,6 +1,8 @@
 //! Shared helpers of the JIT tests (included with `mod common`).
 #![allow(dead_code)]
 
+pub mod bound;
+
 use onebit::codegen::target::{KernelPath, Kernels};
 use onebit::ir::{Graph, Params, Tensor, interp};
 use onebit::{CompiledModel, Options, Popcount};
@@ -42,15 +44,9 @@ pub fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Runs `graph` on the interpreter and the JIT; returns (jit, interp) outputs.
-pub fn both(
-    graph: &Graph,
-    params: &Params,
-    batch: usize,
-    seed: u64,
-    options: &Options,
-) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let inputs: Vec<Tensor> = graph
+/// The test inputs of `graph` for `batch` samples.
+pub fn inputs(graph: &Graph, batch: usize, seed: u64) -> Vec<Tensor> {
+    graph
         .inputs()
         .iter()
         .enumerate()
@@ -64,13 +60,57 @@ pub fn both(
                 data: data(n, seed + k as u64),
             }
         })
-        .collect();
-    let expected = interp::run(graph, params, &inputs).expect("interpreter");
+        .collect()
+}
+
+fn jit(graph: &Graph, params: &Params, inputs: &[Tensor], options: &Options) -> Vec<Vec<f32>> {
     let model = CompiledModel::compile(onebit::ir::verify(graph).unwrap(), params, options)
         .expect("compile");
     let refs: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
-    let got = model.run_many(&refs, batch).expect("run");
+    model.run_many(&refs, inputs[0].shape[0]).expect("run")
+}
+
+/// Runs `graph` on the interpreter and the JIT; returns (jit, interp) outputs.
+pub fn both(
+    graph: &Graph,
+    params: &Params,
+    batch: usize,
+    seed: u64,
+    options: &Options,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let inputs = inputs(graph, batch, seed);
+    let expected = interp::run(graph, params, &inputs).expect("interpreter");
+    let got = jit(graph, params, &inputs, options);
     (got, expected.into_iter().map(|t| t.data).collect())
+}
+
+/// The JIT on `path` against the interpreter: on `portable` with
+/// [`assert_match`] (`exact` as given); on `avx512` layer by layer
+/// ([`bound::check_cut`]): each real-valued layer within the bound of
+/// `ir-spec/codegen.md` from the operands it was computed from, everything
+/// else as on `portable`. Returns what the avx512 check saw.
+#[allow(clippy::too_many_arguments)]
+pub fn check(
+    what: &str,
+    graph: &Graph,
+    params: &Params,
+    batch: usize,
+    seed: u64,
+    options: &Options,
+    path: KernelPath,
+    exact: bool,
+) -> bound::Seen {
+    let options = on(path, options);
+    let inputs = inputs(graph, batch, seed);
+    if path == KernelPath::Portable {
+        let got = jit(graph, params, &inputs, &options);
+        let expected = interp::run(graph, params, &inputs).expect("interpreter");
+        let expected: Vec<Vec<f32>> = expected.into_iter().map(|t| t.data).collect();
+        assert_match(what, &got, &expected, exact);
+        bound::Seen::default()
+    } else {
+        bound::check_cut(what, graph, params, &inputs, &options, exact).1
+    }
 }
 
 /// Asserts equality: exact when `exact`, else within 1e-5 relative (with an

@@ -64,6 +64,8 @@
 
 pub mod bconv;
 pub mod call;
+pub mod fconv;
+pub mod fstep;
 pub mod peak;
 pub mod standalone;
 
