@@ -15,9 +15,17 @@
 //! 3. Per edge, `s_k = softmax_{k∈O_S}(ȳ_k)` of the mean accuracies; every
 //!    other operation gets `(max s + mean s)/2`; the running likelihood is
 //!    `S ← S/2 + s`.
-//! 4. Drop the operation of lowest `S` on each edge (ties: the candidate of
+//! 4. Drop the candidate of lowest `S` on each edge (ties: the one of
 //!    smallest α, then the first). The last non-`zero` operation of an edge is
-//!    never dropped (the next lowest is), so discretisation always has one.
+//!    never dropped (the next candidate is, or failing that the `zero`), so
+//!    discretisation always has one.
+//!
+//! Only candidates are dropped: BNAS abandons an operation "with less
+//! potential", and the candidates are that half. Taken over all operations,
+//! the rule would let one lucky sampled candidate outlast an operation of
+//! high α that was never sampled (the others' score `(max s + mean s)/2` is
+//! below the best candidate's), which the tests saw drop the only useful
+//! operation of a known problem.
 //!
 //! Accuracies are in percent so that the softmax separates them: a 1-point
 //! difference is a factor `e` (with fractions in [0, 1] every `s` would be
@@ -185,10 +193,13 @@ pub fn reduce(
             scores[orig] = scores[orig] / 2.0 + s_i;
         }
         let p = softmax(alpha(&search.params, &edge.choose));
+        // Candidates first (only they are dropped, unless the guard below
+        // forbids all of them), each group by S, then α, then index.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| {
-            scores[alive[a]]
-                .total_cmp(&scores[alive[b]])
+            (!cand.contains(&a))
+                .cmp(&!cand.contains(&b))
+                .then(scores[alive[a]].total_cmp(&scores[alive[b]]))
                 .then(p[a].total_cmp(&p[b]))
                 .then(a.cmp(&b))
         });

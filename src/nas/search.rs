@@ -163,6 +163,7 @@ pub struct Search {
     pub scores: BTreeMap<String, Vec<f32>>,
     /// One record per epoch done.
     pub history: Vec<EpochRecord>,
+    node_names: BTreeSet<String>,
     config: SearchConfig,
 }
 
@@ -200,6 +201,7 @@ impl Search {
             alive,
             scores,
             history: Vec::new(),
+            node_names: space.node_names(),
             config,
         })
     }
@@ -209,9 +211,10 @@ impl Search {
         &self.config
     }
 
-    /// The search space of the current supernet.
+    /// The search space of the current supernet (its searched nodes those
+    /// of the original).
     pub fn space(&self) -> Result<SearchSpace, SearchError> {
-        Ok(SearchSpace::of(&self.graph)?)
+        Ok(SearchSpace::with_nodes(&self.graph, &self.node_names)?)
     }
 
     /// The genotype of the current α and β.

@@ -67,16 +67,34 @@ impl SearchSpace {
     ///
     /// [`SpaceError::NoChoose`] for a model without `choose`.
     pub fn of(graph: &Graph) -> Result<SearchSpace, SpaceError> {
+        let is_choose = |id| graph.node(id).op == Op::Choose;
+        let nodes: BTreeSet<String> = graph
+            .node_ids()
+            .filter(|&id| {
+                is_choose(id) && {
+                    let operands = graph.operands(id);
+                    !operands.is_empty() && operands.iter().all(|&o| is_choose(o))
+                }
+            })
+            .map(|id| graph.node(id).name.clone())
+            .collect();
+        SearchSpace::with_nodes(graph, &nodes)
+    }
+
+    /// The search space of `graph` whose searched nodes are the chooses
+    /// `nodes` names: those of the supernet as written, once a reduction
+    /// has left an edge whose only operation is a skip from a node (a choose
+    /// of one choose, which [`of`](Self::of) would take for a node).
+    ///
+    /// # Errors
+    ///
+    /// [`SpaceError::NoChoose`] for a model without `choose`.
+    pub fn with_nodes(graph: &Graph, nodes: &BTreeSet<String>) -> Result<SearchSpace, SpaceError> {
         let order = graph
             .topo_order()
             .map_err(|_| SpaceError::Cyclic(graph.name.clone()))?;
         let is_choose = |id| graph.node(id).op == Op::Choose;
-        let is_node = |id| {
-            is_choose(id) && {
-                let operands = graph.operands(id);
-                !operands.is_empty() && operands.iter().all(|&o| is_choose(o))
-            }
-        };
+        let is_node = |id| is_choose(id) && nodes.contains(&graph.node(id).name);
         let mut edges = Vec::new();
         let mut edge_index = std::collections::HashMap::new();
         for &id in &order {
@@ -138,14 +156,20 @@ impl SearchSpace {
             .collect()
     }
 
+    /// The names of the searched nodes.
+    pub fn node_names(&self) -> BTreeSet<String> {
+        self.nodes.iter().map(|n| n.choose.clone()).collect()
+    }
+
     /// The edge named `choose`.
     pub fn edge(&self, choose: &str) -> Option<&Edge> {
         self.edges.iter().find(|e| e.choose == choose)
     }
 }
 
-/// A short name for alternative `alt` of the edge `choose`: `zero`, `skip`
-/// (the edge's input itself, or an `identity`), the pool, or the first
+/// A short name for alternative `alt` of the edge `choose`: `zero`, the
+/// pool, `skip` (a node from outside the alternative, i.e. the edge's input,
+/// or an `identity`), or the first
 /// convolution inside the alternative (`sep_conv_3x3` for a depthwise one,
 /// `dil_conv_3x3` for a dilated one, `conv_3x3` otherwise, `bconv_...` for
 /// `bconv2d`).
@@ -155,9 +179,10 @@ pub fn op_label(graph: &Graph, choose: &str, alt: crate::ir::graph::NodeId) -> S
     match &node.op {
         Op::Zero => return "zero".into(),
         Op::Identity => return "skip".into(),
-        _ if !inside(&node.name) => return "skip".into(),
+        // A pool may be bound outside the choose (shared with `zero`).
         Op::MaxPool(p) => return format!("max_pool_{}x{}", p.kernel[0], p.kernel[1]),
         Op::AvgPool(p) => return format!("avg_pool_{}x{}", p.kernel[0], p.kernel[1]),
+        _ if !inside(&node.name) => return "skip".into(),
         _ => {}
     }
     // The first convolution upstream of the alternative, inside it.
