@@ -458,3 +458,29 @@ fn unsupported_and_bad_options_are_clear_errors() {
     );
     assert!(!Path::new(o).exists());
 }
+
+#[test]
+fn every_search_space_parses_verifies_and_round_trips() {
+    let dir = format!("{}/examples/search", env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bnn"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for path in files {
+        let graph = onebit::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        onebit::ir::verify::verify(&graph).unwrap();
+        let printed = onebit::text::print(&graph);
+        let again = onebit::parse(&printed).unwrap();
+        again.same_as(&graph).unwrap();
+        assert_eq!(onebit::text::print(&again), printed, "{}", path.display());
+        let space = SearchSpace::of(&graph).unwrap();
+        assert!(!space.edges.is_empty(), "{}", path.display());
+    }
+    // The digits and Fashion-MNIST spaces: 14 edges and 4 nodes per cell.
+    let fashion = parse("darts_cell_fashion");
+    let space = SearchSpace::of(&fashion).unwrap();
+    assert_eq!((space.edges.len(), space.nodes.len()), (5 * 14, 5 * 4));
+}
