@@ -125,6 +125,13 @@ fn both_searches_pick_the_only_informative_operation() {
     let data = argmax_images(400, 3);
     for mode in [Mode::Darts, Mode::Bnas] {
         let search = run(&model, &data, config(mode, 10));
+        // The warm-up's weight steps leave α and β alone (3 of 10 epochs);
+        // the architecture steps then move them.
+        for record in &search.history[..3] {
+            assert!(record.arch_loss.is_none());
+            assert!(record.alphas.values().flatten().all(|&a| a == 0.0));
+        }
+        assert!(search.history[3].arch_loss.is_some());
         let genotype = search.genotype().unwrap();
         for (edge, _, label) in &genotype.ops {
             assert_eq!(

@@ -103,10 +103,10 @@ pub enum SearchError {
     Space(#[from] SpaceError),
     /// Training failed.
     #[error("{0}")]
-    Train(#[from] TrainError),
+    Train(Box<TrainError>),
     /// A pass (select_cells) failed.
     #[error("{0}")]
-    Pass(#[from] PassError),
+    Pass(Box<PassError>),
     /// An optimizer state does not fit.
     #[error("{0}")]
     Optim(#[from] OptimError),
@@ -116,6 +116,18 @@ pub enum SearchError {
     /// Too little data.
     #[error("the search needs at least 2 training samples per half, found {0} in all")]
     TooLittleData(usize),
+}
+
+impl From<TrainError> for SearchError {
+    fn from(e: TrainError) -> SearchError {
+        SearchError::Train(Box::new(e))
+    }
+}
+
+impl From<PassError> for SearchError {
+    fn from(e: PassError) -> SearchError {
+        SearchError::Pass(Box::new(e))
+    }
 }
 
 /// What one epoch measured.
@@ -348,7 +360,7 @@ impl Search {
         let every = self.config.reduction.every.max(1);
         self.config.mode == Mode::Bnas
             && self.epoch > warm
-            && (self.epoch - warm) % every == 0
+            && (self.epoch - warm).is_multiple_of(every)
             && self.alive.values().any(|a| a.len() > 1)
     }
 

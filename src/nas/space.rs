@@ -194,8 +194,8 @@ pub fn op_label(graph: &Graph, choose: &str, alt: crate::ir::graph::NodeId) -> S
             continue;
         }
         let conv = match &graph.node(id).op {
-            Op::Conv2d(c) => Some(("", c.geometry.clone())),
-            Op::BConv2d(c) => Some(("b", c.geometry.clone())),
+            Op::Conv2d(c) => Some(("", c.geometry)),
+            Op::BConv2d(c) => Some(("b", c.geometry)),
             _ => None,
         };
         if let Some(c) = conv {
