@@ -3,7 +3,9 @@
 //! drops exactly one operation per edge; a seeded one-thread search is
 //! reproducible bit for bit; the chosen model re-parses, verifies, trains
 //! with `onebit train` and compiles with the JIT and to an object file; a
-//! search stopped and resumed ends where the uninterrupted one does.
+//! search stopped and resumed ends where the uninterrupted one does; every
+//! shipped search space round-trips; `select_cells`' explicit choices keep,
+//! sum or refuse as specified.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -490,4 +492,58 @@ fn every_search_space_parses_verifies_and_round_trips() {
     let fashion = parse("darts_cell_fashion");
     let space = SearchSpace::of(&fashion).unwrap();
     assert_eq!((space.edges.len(), space.nodes.len()), (5 * 14, 5 * 4));
+}
+
+#[test]
+fn select_cells_explicit_choices_keep_sum_or_refuse() {
+    use onebit::passes::{CellChoice, ChoiceForm, PassOptions, PassSelection, optimize};
+    let model = parse("tiny_pick");
+    let params = Params::init(&model, 1);
+    let run = |choices: Vec<(&str, Vec<usize>, ChoiceForm)>| {
+        let (mut g, mut p) = (model.clone(), params.clone());
+        let options = PassOptions {
+            choices: choices
+                .into_iter()
+                .map(|(n, keep, form)| (n.to_string(), CellChoice { keep, form }))
+                .collect(),
+            ..PassOptions::default()
+        };
+        optimize(
+            &mut g,
+            &mut p,
+            &PassSelection::parse("select_cells").unwrap(),
+            &options,
+            |_, _| {},
+        )
+        .map(|_| (onebit::text::print(&g), p))
+    };
+    // A one-alternative choose survives in the form `Choose`, with its α.
+    let (text, p) = run(vec![
+        ("n.0.choose", vec![3], ChoiceForm::Choose),
+        ("n.1.choose", vec![1, 3], ChoiceForm::Choose),
+        ("n", vec![0, 1], ChoiceForm::Choose),
+    ])
+    .unwrap();
+    assert!(text.contains("n.0.choose = choose { x }"), "{text}");
+    assert!(
+        text.contains("n.1.choose = choose { n.1.choose.1, x }"),
+        "{text}"
+    );
+    assert_eq!(p.get("n.0.choose.alpha").unwrap().data.len(), 1);
+    assert_eq!(p.get("n.1.choose.alpha").unwrap().data.len(), 2);
+    // `Sum` of two is `add`, and its α is gone.
+    let (text, p) = run(vec![
+        ("n.0.choose", vec![0, 1, 2, 3], ChoiceForm::Choose),
+        ("n.1.choose", vec![0, 1, 2, 3], ChoiceForm::Choose),
+        ("n", vec![0, 1], ChoiceForm::Sum),
+    ])
+    .unwrap();
+    assert!(text.contains("n = add(n.0.choose, n.1.choose)"), "{text}");
+    assert!(p.get("n.alpha").is_none());
+    // A list that does not fit is an error naming the choose.
+    for bad in [vec![], vec![2, 1], vec![4], vec![1, 1]] {
+        let err = run(vec![("n.0.choose", bad.clone(), ChoiceForm::Sum)]).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("`n.0.choose`"), "{bad:?}: {message}");
+    }
 }
