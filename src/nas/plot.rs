@@ -97,6 +97,16 @@ pub fn plot_alphas(
     } else {
         first - 0.5..first + 0.5
     };
+    // One y range for every panel, up to the largest weight seen, so that
+    // panels compare and small movements still show.
+    let y_max = history
+        .iter()
+        .flat_map(|r| space.edges.iter().filter_map(|e| r.alphas.get(&e.choose)))
+        .flat_map(|a| softmax_alive(a))
+        .filter(|v| v.is_finite())
+        .fold(0.0f32, f32::max)
+        .clamp(0.05, 1.0) as f64
+        * 1.05;
     let panels = body.split_evenly((rows, cols));
     for (edge, area) in space.edges.iter().zip(panels) {
         let caption = if edge.ops == *labels {
@@ -109,13 +119,14 @@ pub fn plot_alphas(
             .margin(6)
             .x_label_area_size(18)
             .y_label_area_size(30)
-            .build_cartesian_2d(x_range.clone(), 0.0..1.0f64)
+            .build_cartesian_2d(x_range.clone(), 0.0..y_max)
             .map_err(|e| fail(e.to_string()))?;
         chart
             .configure_mesh()
             .x_labels(4)
             .y_labels(3)
             .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
             .label_style((FAMILY, 10))
             .draw()
             .map_err(|e| fail(e.to_string()))?;
