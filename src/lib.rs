@@ -7,7 +7,8 @@
 //! - [`codegen`]: Cranelift code generation (JIT and object files);
 //! - [`runtime`]: compiled models and their execution;
 //! - [`io`]: weight (safetensors) and data (`.npy`) files;
-//! - [`train`]: training support: data sets, optimizers, schedules, checkpoints, metrics.
+//! - [`train`]: training support: data sets, optimizers, schedules, checkpoints, metrics;
+//! - [`nas`]: architecture search: search spaces, DARTS/BNAS search, discretisation.
 //!
 //! ```
 //! let graph = onebit::text::parse_str(
@@ -44,6 +45,7 @@
 pub mod codegen;
 pub mod io;
 pub mod ir;
+pub mod nas;
 pub mod passes;
 pub mod runtime;
 pub mod text;

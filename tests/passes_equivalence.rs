@@ -204,7 +204,10 @@ fn select_cells_is_exact_for_one_hot_logits() {
     }
     // top_k = 2 keeps a smaller choose.
     let (mut g, mut p) = (graph.clone(), params.clone());
-    let options = PassOptions { top_k: 2 };
+    let options = PassOptions {
+        top_k: 2,
+        ..PassOptions::default()
+    };
     optimize(
         &mut g,
         &mut p,

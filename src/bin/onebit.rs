@@ -13,6 +13,8 @@ mod args;
 mod engine;
 #[path = "onebit/output.rs"]
 mod output;
+#[path = "onebit/search.rs"]
+mod search;
 #[path = "onebit/train.rs"]
 mod train;
 
@@ -177,6 +179,10 @@ enum Command {
     /// curves are written; the last line is the test accuracy of the
     /// JIT-compiled model.
     Train(train::TrainArgs),
+    /// Architecture search: train a supernet (`choose` edges and nodes)
+    /// with first-order DARTS or BNAS's operation-space reduction, and write
+    /// the chosen architecture as a plain model file.
+    Search(search::SearchArgs),
     /// Accuracy and confusion matrix of a trained model on the held-out
     /// split `train` used (or the training part, or all), on the JIT.
     Eval(train::EvalArgs),
@@ -339,6 +345,7 @@ fn load_model(path: &Path) -> Result<Graph, Failure> {
 fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Train(args) => train::train(args)?,
+        Command::Search(args) => search::search(args)?,
         Command::Eval(args) => train::eval(args)?,
         Command::Check {
             model,

@@ -132,6 +132,18 @@ pub enum PassError {
         /// Why.
         error: Box<PatchError>,
     },
+    /// An explicit `select_cells` choice that does not fit its choose.
+    #[error(
+        "select_cells: the choice {keep:?} for `{choose}` is not a sorted list of distinct alternatives below {alternatives}"
+    )]
+    BadChoice {
+        /// The choose.
+        choose: String,
+        /// The alternatives asked for.
+        keep: Vec<usize>,
+        /// How many the choose has.
+        alternatives: usize,
+    },
     /// A parameter a pass reads is missing or misshapen.
     #[error("pass `{pass}`: parameter `{name}` is missing or misshapen")]
     MissingParam {
@@ -159,11 +171,39 @@ pub struct PassOptions {
     /// `select_cells`: how many alternatives each `choose` keeps (the `k`
     /// with the largest α). 1 replaces every `choose` by its best alternative.
     pub top_k: usize,
+    /// `select_cells`: explicit choices by `choose` name, overriding `top_k`
+    /// for the chooses they name (an architecture search's genotype).
+    pub choices: BTreeMap<String, CellChoice>,
+}
+
+/// What `select_cells` keeps of one `choose` named in
+/// [`PassOptions::choices`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CellChoice {
+    /// The alternatives kept, by index (sorted, distinct, at least one).
+    pub keep: Vec<usize>,
+    /// What the choose becomes.
+    pub form: ChoiceForm,
+}
+
+/// What a `choose` becomes in `select_cells` under a [`CellChoice`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChoiceForm {
+    /// The sum of the kept alternatives: `add` of them, or the alternative
+    /// itself when one is kept (a searched node summing its chosen edges, an
+    /// edge reduced to its operation).
+    Sum,
+    /// A smaller `choose` over the kept alternatives with their entries of
+    /// `NAME.alpha`, even of one (a supernet with operations dropped).
+    Choose,
 }
 
 impl Default for PassOptions {
     fn default() -> PassOptions {
-        PassOptions { top_k: 1 }
+        PassOptions {
+            top_k: 1,
+            choices: BTreeMap::new(),
+        }
     }
 }
 

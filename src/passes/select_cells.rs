@@ -18,13 +18,23 @@
 //! tests use: when the softmax is one-hot in f32 (the best α exceeds the
 //! others by more than about 104, so `exp` underflows to 0).
 //!
+//! **Explicit choices.** `PassOptions::choices` names chooses whose kept
+//! alternatives are given (an architecture search's genotype, see
+//! `ir-spec/search.md`), overriding `top_k` for them. In the form `Sum`, the
+//! choose becomes `add` of the kept alternatives (one kept: that
+//! alternative, as above): a searched node that sums its two chosen edges, as
+//! the DARTS derived cell does, with no architecture parameter left. In the
+//! form `Choose`, a smaller choose over them, even of one alternative (a
+//! supernet whose edges lost operations). Indices out of range, repeated or
+//! unsorted, or none at all, are an error naming the choose.
+//!
 //! **Types.** The chosen alternative may be `bit` where `choose` gave `f32`;
 //! every op reads bits as ±1, so the users' values are the same and their
 //! types are re-derived.
 
 use super::eliminate_dead_nodes::remove_dead;
 use super::patch::Patch;
-use super::{Changed, PassCx, PassError};
+use super::{Changed, ChoiceForm, PassCx, PassError};
 use crate::ir::graph::Graph;
 use crate::ir::ops::Op;
 
@@ -51,11 +61,30 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         let name = graph.node(id).name.clone();
         let operands = graph.operands(id);
         let alpha = cx.param(&format!("{name}.alpha"), operands.len())?.to_vec();
-        let kept = top_k(&alpha, cx.options.top_k);
-        if kept.len() == operands.len() {
+        let explicit = cx.options.choices.get(&name);
+        let kept = match explicit {
+            Some(choice) => {
+                let valid = !choice.keep.is_empty()
+                    && choice.keep.windows(2).all(|w| w[0] < w[1])
+                    && choice.keep.iter().all(|&i| i < operands.len());
+                if !valid {
+                    return Err(PassError::BadChoice {
+                        choose: name,
+                        keep: choice.keep.clone(),
+                        alternatives: operands.len(),
+                    });
+                }
+                choice.keep.clone()
+            }
+            None => top_k(&alpha, cx.options.top_k),
+        };
+        let form = explicit.map(|c| c.form);
+        let sum = form == Some(ChoiceForm::Sum);
+        if kept.len() == operands.len() && !sum {
             continue;
         }
-        if let [best] = kept[..] {
+        if let ([best], false) = (&kept[..], form == Some(ChoiceForm::Choose)) {
+            let best = *best;
             patch.shunt(id, operands[best]);
             cx.note(
                 graph.node(operands[best]).name.as_str(),
@@ -64,6 +93,9 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
                     alpha[best]
                 ),
             );
+        } else if sum {
+            patch.set_op(id, Op::Add);
+            patch.set_operands(id, kept.iter().map(|&i| operands[i]).collect());
         } else {
             patch.set_operands(id, kept.iter().map(|&i| operands[i]).collect());
             new_alpha.push((

@@ -491,10 +491,10 @@ pub fn summary_line(m: &EpochMetrics, epochs: usize) -> String {
 // Plots
 
 /// DejaVu Sans Mono (Bitstream Vera licence, `data/fonts/LICENSE-DejaVu.txt`).
-const FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSansMono.ttf");
+pub(crate) const FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSansMono.ttf");
 
 /// The family name the font is registered under.
-const FAMILY: &str = "onebit-sans";
+pub(crate) const FAMILY: &str = "onebit-sans";
 
 /// Draws the loss (left) and accuracy (right) curves of `history`, train and
 /// (where present) test, against the epoch, to a PNG file.

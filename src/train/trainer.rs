@@ -260,6 +260,22 @@ impl Trainer {
         labels: &[u32],
         lr_scale: f32,
     ) -> Result<StepMetrics, TrainError> {
+        self.step_subset(x, labels, lr_scale, None, &|_| true)
+    }
+
+    /// [`step`](Self::step) that updates only the parameters `update`
+    /// accepts, with `optimizer` (or the trainer's own for `None`): the
+    /// alternating weight and architecture steps of a search, each with its
+    /// own optimizer. The gradient of every parameter is still computed; the
+    /// running statistics are updated as in `step`.
+    pub fn step_subset(
+        &mut self,
+        x: &[f32],
+        labels: &[u32],
+        lr_scale: f32,
+        optimizer: Option<&mut Optimizer>,
+        update: &dyn Fn(&str) -> bool,
+    ) -> Result<StepMetrics, TrainError> {
         let n = labels.len();
         if x.len() != n * self.sample_len || n == 0 {
             return Err(TrainError::Batch {
@@ -299,6 +315,7 @@ impl Trainer {
             .train
             .gradients
             .iter()
+            .filter(|(name, _)| update(name))
             .map(|(name, _)| {
                 let value = self
                     .params
@@ -310,7 +327,13 @@ impl Trainer {
             .collect();
         let mut slots: Vec<ParamSlot> = values
             .iter_mut()
-            .zip(gradients)
+            .zip(
+                gradients
+                    .iter()
+                    .zip(&self.train.gradients)
+                    .filter(|(_, (name, _))| update(name))
+                    .map(|(g, _)| g),
+            )
             .map(|((name, value), grad)| ParamSlot {
                 name,
                 value,
@@ -322,7 +345,11 @@ impl Trainer {
                     .unwrap_or(ParamKind::Real),
             })
             .collect();
-        let updated = self.optimizer.step(&mut slots, lr_scale);
+        let optimizer = match optimizer {
+            Some(o) => o,
+            None => &mut self.optimizer,
+        };
+        let updated = optimizer.step(&mut slots, lr_scale);
         drop(slots);
         for (name, value) in values {
             if let Some(t) = self.params.tensors.get_mut(&name) {

@@ -55,7 +55,7 @@ pub struct DataArgs {
 }
 
 /// Loads the data set and splits it: (train, test).
-fn load_data(args: &DataArgs, model: &Graph) -> Result<(Dataset, Dataset), Failure> {
+pub(crate) fn load_data(args: &DataArgs, model: &Graph) -> Result<(Dataset, Dataset), Failure> {
     let fail = |e: data::DataError| Failure(format!("error: {e}"));
     let (mut train, mut test, default_norm) = match args.data.as_str() {
         "digits" => {
@@ -248,6 +248,24 @@ pub enum StepEngineArg {
 }
 
 fn optimizer(args: &TrainArgs) -> Result<OptimizerConfig, Failure> {
+    optimizer_config(
+        &args.optimizer,
+        args.lr,
+        args.weight_decay,
+        args.bop_gamma,
+        args.bop_tau,
+    )
+}
+
+/// The optimizer `--optimizer NAME --lr … --weight-decay … --bop-gamma …
+/// --bop-tau …` asks for (also `onebit search`'s weight optimizer).
+pub(crate) fn optimizer_config(
+    name: &str,
+    lr: Option<f32>,
+    weight_decay: f32,
+    bop_gamma: f32,
+    bop_tau: f32,
+) -> Result<OptimizerConfig, Failure> {
     let adam = |lr: f32| match OptimizerConfig::adam() {
         OptimizerConfig::Adam {
             beta1,
@@ -260,23 +278,23 @@ fn optimizer(args: &TrainArgs) -> Result<OptimizerConfig, Failure> {
             beta1,
             beta2,
             eps,
-            weight_decay: args.weight_decay,
+            weight_decay,
             decoupled,
         },
         other => other,
     };
-    Ok(match args.optimizer.as_str() {
-        "adam" => adam(args.lr.unwrap_or(1e-3)),
+    Ok(match name {
+        "adam" => adam(lr.unwrap_or(1e-3)),
         "sgd" => OptimizerConfig::Sgd {
-            lr: args.lr.unwrap_or(0.01),
+            lr: lr.unwrap_or(0.01),
             momentum: 0.9,
             nesterov: false,
-            weight_decay: args.weight_decay,
+            weight_decay,
         },
         "bop" => OptimizerConfig::Bop {
-            gamma: args.bop_gamma,
-            tau: args.bop_tau,
-            real: Box::new(adam(args.lr.unwrap_or(0.01))),
+            gamma: bop_gamma,
+            tau: bop_tau,
+            real: Box::new(adam(lr.unwrap_or(0.01))),
         },
         other => {
             return Err(Failure(format!(
@@ -519,7 +537,7 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn base_lr(config: &OptimizerConfig) -> f32 {
+pub(crate) fn base_lr(config: &OptimizerConfig) -> f32 {
     match config {
         OptimizerConfig::Adam { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr,
         OptimizerConfig::Bop { real, .. } => base_lr(real),
