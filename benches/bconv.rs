@@ -18,7 +18,9 @@
 //! `cargo bench --bench bconv` (env: `BENCH_ROUNDS`, default 15;
 //! `ONEBIT_OPT_LEVEL` as for the JIT).
 
-use std::time::Instant;
+mod common;
+
+use common::{case, gemm_nchw, gemm_nhwc, measure, median, median_ratio};
 
 use onebit::codegen::Options;
 use onebit::codegen::target::{KernelPath, Kernels};
@@ -29,114 +31,6 @@ use onebit::util::rng::Rng;
 const M: usize = 64;
 const N: usize = 3136;
 const K: usize = 576;
-
-struct Case<'a> {
-    run: Box<dyn FnMut() + 'a>,
-}
-
-fn case<'a>(run: impl FnMut() + 'a) -> Case<'a> {
-    Case { run: Box::new(run) }
-}
-
-/// Per case, the per-call seconds of every round.
-fn measure(cases: &mut [Case], rounds: usize, sample_s: f64, warmup_s: f64) -> Vec<Vec<f64>> {
-    let mut iters = Vec::with_capacity(cases.len());
-    for c in cases.iter_mut() {
-        (c.run)();
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        while t0.elapsed().as_secs_f64() < warmup_s || n < 3 {
-            (c.run)();
-            n += 1;
-        }
-        let per = t0.elapsed().as_secs_f64() / n as f64;
-        iters.push(((sample_s / per).ceil() as u64).max(1));
-    }
-    let mut out = vec![Vec::with_capacity(rounds); cases.len()];
-    for r in 0..rounds {
-        for j in 0..cases.len() {
-            let i = (j + r) % cases.len();
-            let t0 = Instant::now();
-            for _ in 0..iters[i] {
-                (cases[i].run)();
-            }
-            out[i].push(t0.elapsed().as_secs_f64() / iters[i] as f64);
-        }
-    }
-    out
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
-    }
-}
-
-fn median_ratio(num: &[f64], den: &[f64]) -> f64 {
-    let r: Vec<f64> = num.iter().zip(den).map(|(a, b)| a / b).collect();
-    median(&r)
-}
-
-/// `gemm` crate, NHWC orientation: `C (N×M) = B (N×K) · Aᵀ`, as the yardstick.
-fn gemm_nhwc(a: &[f32], b: &[f32], c: &mut [f32]) {
-    // SAFETY: the slices hold M×K, N×K and N×M elements with the strides given.
-    unsafe {
-        gemm::gemm(
-            N,
-            M,
-            K,
-            c.as_mut_ptr(),
-            1,
-            M as isize,
-            false,
-            b.as_ptr(),
-            1,
-            K as isize,
-            a.as_ptr(),
-            K as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// `gemm` crate, NCHW orientation: `C (M×N) = A (M×K) · Bᵀ (K×N)`.
-fn gemm_nchw(a: &[f32], bt: &[f32], c: &mut [f32]) {
-    // SAFETY: the slices hold M×K, K×N and M×N elements with the strides given.
-    unsafe {
-        gemm::gemm(
-            M,
-            N,
-            K,
-            c.as_mut_ptr(),
-            1,
-            N as isize,
-            false,
-            a.as_ptr(),
-            1,
-            K as isize,
-            bt.as_ptr(),
-            1,
-            N as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
 
 /// Random batchnorm statistics (signed scales), so the folded thresholds
 /// are non-trivial and point both ways.
@@ -327,8 +221,8 @@ fn main() {
             .map(|m| std::cell::RefCell::new(&mut m.3))
             .collect();
         let mut cases = vec![
-            case(|| gemm_nhwc(&a, &b, &mut c1)),
-            case(|| gemm_nchw(&a, &bt, &mut c2)),
+            case(|| gemm_nhwc(M, N, K, &a, &b, &mut c1)),
+            case(|| gemm_nchw(M, N, K, &a, &bt, &mut c2)),
         ];
         for q in cells.chunks(4) {
             let [l1, l2, r1, r2] = q else { unreachable!() };
@@ -343,7 +237,7 @@ fn main() {
             cases.push(case(move || r1.borrow_mut().run(w1.clone())));
             cases.push(case(move || r2.borrow_mut().run(w2.clone())));
         }
-        measure(&mut cases, rounds, 0.02, 0.15)
+        measure(&mut cases, rounds, 0.02, 0.15, 3)
     };
     let yard_after = yardstick_s1();
     let med: Vec<f64> = t.iter().map(|v| median(v)).collect();

@@ -15,7 +15,9 @@
 //!
 //! `cargo bench --bench fconv` (env: `BENCH_ROUNDS`, default 15).
 
-use std::time::Instant;
+mod common;
+
+use common::{case, gemm_nchw, gemm_nhwc, measure, median, median_ratio};
 
 use onebit::codegen::Options;
 use onebit::codegen::target::{KernelPath, Kernels};
@@ -31,58 +33,6 @@ const MACS: f64 = (M * N * K) as f64;
 
 /// Iterations of the peak loop per call (12 FMAs of 16 lanes each).
 const PEAK_ITERS: u64 = 200_000;
-
-struct Case<'a> {
-    run: Box<dyn FnMut() + 'a>,
-}
-
-fn case<'a>(run: impl FnMut() + 'a) -> Case<'a> {
-    Case { run: Box::new(run) }
-}
-
-/// Per case, the per-call seconds of every round.
-fn measure(cases: &mut [Case], rounds: usize, sample_s: f64, warmup_s: f64) -> Vec<Vec<f64>> {
-    let mut iters = Vec::with_capacity(cases.len());
-    for c in cases.iter_mut() {
-        (c.run)();
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        while t0.elapsed().as_secs_f64() < warmup_s || n < 3 {
-            (c.run)();
-            n += 1;
-        }
-        let per = t0.elapsed().as_secs_f64() / n as f64;
-        iters.push(((sample_s / per).ceil() as u64).max(1));
-    }
-    let mut out = vec![Vec::with_capacity(rounds); cases.len()];
-    for r in 0..rounds {
-        for j in 0..cases.len() {
-            let i = (j + r) % cases.len();
-            let t0 = Instant::now();
-            for _ in 0..iters[i] {
-                (cases[i].run)();
-            }
-            out[i].push(t0.elapsed().as_secs_f64() / iters[i] as f64);
-        }
-    }
-    out
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
-    }
-}
-
-fn median_ratio(num: &[f64], den: &[f64]) -> f64 {
-    let r: Vec<f64> = num.iter().zip(den).map(|(a, b)| a / b).collect();
-    median(&r)
-}
 
 /// `PEAK_ITERS` × 12 independent 512-bit FMAs: the single-core f32 peak.
 #[cfg(target_arch = "x86_64")]
@@ -115,62 +65,6 @@ fn fma_peak_loop() {
             out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
             out("zmm30") _, out("zmm31") _,
             options(nostack),
-        );
-    }
-}
-
-/// `gemm` crate, `C (N×M) = B (N×K) · Aᵀ` (channels-last output).
-fn gemm_nhwc(a: &[f32], b: &[f32], c: &mut [f32]) {
-    // SAFETY: the slices hold M×K, N×K and N×M elements with the strides given.
-    unsafe {
-        gemm::gemm(
-            N,
-            M,
-            K,
-            c.as_mut_ptr(),
-            1,
-            M as isize,
-            false,
-            b.as_ptr(),
-            1,
-            K as isize,
-            a.as_ptr(),
-            K as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// `gemm` crate, `C (M×N) = A (M×K) · Bᵀ (K×N)` (channels-first output).
-fn gemm_nchw(a: &[f32], bt: &[f32], c: &mut [f32]) {
-    // SAFETY: the slices hold M×K, K×N and M×N elements with the strides given.
-    unsafe {
-        gemm::gemm(
-            M,
-            N,
-            K,
-            c.as_mut_ptr(),
-            1,
-            N as isize,
-            false,
-            a.as_ptr(),
-            1,
-            K as isize,
-            bt.as_ptr(),
-            1,
-            N as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         );
     }
 }
@@ -293,8 +187,8 @@ fn main() {
             .collect();
         let mut cases = vec![
             case(fma_peak_loop),
-            case(|| gemm_nhwc(&a, &b, &mut c1)),
-            case(|| gemm_nchw(&a, &bt, &mut c2)),
+            case(|| gemm_nhwc(M, N, K, &a, &b, &mut c1)),
+            case(|| gemm_nchw(M, N, K, &a, &bt, &mut c2)),
         ];
         for (stem, net) in &cells {
             let c = conv.clone();
@@ -302,7 +196,7 @@ fn main() {
             cases.push(case(move || stem.borrow_mut().run(0..usize::MAX)));
             cases.push(case(move || net.borrow_mut().run(0..usize::MAX)));
         }
-        measure(&mut cases, rounds, 0.02, 0.15)
+        measure(&mut cases, rounds, 0.02, 0.15, 3)
     };
     let med: Vec<f64> = t.iter().map(|v| median(v)).collect();
     let peak_macs = (PEAK_ITERS * 12 * 16) as f64;

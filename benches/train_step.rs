@@ -4,7 +4,7 @@
 //! Fashion-MNIST-sized binarized MLP (784→256→256→10, `sign` activations,
 //! `bdense` hidden layers, batchnorm) at batch 100.
 //!
-//! Timing follows `benches/bconv.rs`: every case is warmed up, calibrated to
+//! Timing is `benches/common`'s: every case is warmed up, calibrated to
 //! ~20 ms per sample, then measured in rounds, each round running one sample
 //! of every case in rotating order so slow phases of a shared machine hit
 //! all cases alike; reported are medians of per-call times and ratios as
@@ -18,7 +18,9 @@
 //! processes' load; the best round, and the CPU time of the single-threaded
 //! engine per step, show what the code reaches unhindered.
 
-use std::time::Instant;
+mod common;
+
+use common::{case, measure, median, median_ratio};
 
 use onebit::ir::{Graph, Op, Params, Tensor, interp};
 use onebit::passes::differentiate::{LossSpec, differentiate};
@@ -36,42 +38,6 @@ const MLP: &str = "model fashion_mlp {
   logits = batchnorm(fc3)
   output logits
 }";
-
-struct Case<'a> {
-    run: Box<dyn FnMut() + 'a>,
-}
-
-fn case<'a>(run: impl FnMut() + 'a) -> Case<'a> {
-    Case { run: Box::new(run) }
-}
-
-/// Per case, the per-call seconds of every round.
-fn measure(cases: &mut [Case], rounds: usize, sample_s: f64, warmup_s: f64) -> Vec<Vec<f64>> {
-    let mut iters = Vec::with_capacity(cases.len());
-    for c in cases.iter_mut() {
-        (c.run)();
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        while t0.elapsed().as_secs_f64() < warmup_s || n < 1 {
-            (c.run)();
-            n += 1;
-        }
-        let per = t0.elapsed().as_secs_f64() / n as f64;
-        iters.push(((sample_s / per).ceil() as u64).max(1));
-    }
-    let mut out = vec![Vec::with_capacity(rounds); cases.len()];
-    for r in 0..rounds {
-        for j in 0..cases.len() {
-            let i = (j + r) % cases.len();
-            let t0 = Instant::now();
-            for _ in 0..iters[i] {
-                (cases[i].run)();
-            }
-            out[i].push(t0.elapsed().as_secs_f64() / iters[i] as f64);
-        }
-    }
-    out
-}
 
 /// CPU time this process's threads have been on a core, in seconds
 /// (`/proc/self/task/*/schedstat`, first field, in ns); `None` off Linux.
@@ -94,21 +60,6 @@ fn cpu_per_call(calls: usize, mut f: impl FnMut()) -> Option<f64> {
         f();
     }
     Some((cpu_seconds()? - c0) / calls as f64)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
-    }
-}
-
-fn ratio(a: &[f64], b: &[f64]) -> f64 {
-    median(&a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>())
 }
 
 /// MACs per sample of the dense and convolution layers of `model`.
@@ -175,7 +126,7 @@ fn bench(name: &str, source: &str, batch: usize, rounds: usize) {
             two.run(&params, &x).unwrap();
         }),
     ];
-    let t = measure(&mut cases, rounds, 0.02, 0.2);
+    let t = measure(&mut cases, rounds, 0.02, 0.2, 1);
     drop(cases);
     // The interpreter: a few calls, alongside one engine case for the ratio.
     let mut icases = vec![
@@ -186,7 +137,7 @@ fn bench(name: &str, source: &str, batch: usize, rounds: usize) {
             two.run(&params, &x).unwrap();
         }),
     ];
-    let ti = measure(&mut icases, 3.min(rounds), 0.0, 0.0);
+    let ti = measure(&mut icases, 3.min(rounds), 0.0, 0.0, 1);
     drop(icases);
 
     let macs = macs_per_sample(&model) * batch as u64;
@@ -224,8 +175,8 @@ fn bench(name: &str, source: &str, batch: usize, rounds: usize) {
     }
     println!(
         "  2 threads vs 1: {:.2}x faster; interpreter vs engine (2 threads): {:.0}x slower",
-        ratio(&t[0], &t[1]),
-        ratio(&ti[0], &ti[1])
+        median_ratio(&t[0], &t[1]),
+        median_ratio(&ti[0], &ti[1])
     );
 
     for (label, engine) in [("1 thread", &mut one), ("2 threads", &mut two)] {
