@@ -15,14 +15,12 @@
 //!   bit 1 (−1) iff `(count ^ s) > e`; for f32 outputs, the tables of the
 //!   epilogue's operations ([`FOp`]), `f32` per channel.
 
+use super::zmm;
+use iced_x86::IcedError;
 use iced_x86::code_asm::registers::gpr32::eax;
 use iced_x86::code_asm::registers::gpr64::*;
 use iced_x86::code_asm::registers::k::{k1, k2};
-use iced_x86::code_asm::registers::zmm::get_zmm;
-use iced_x86::code_asm::{
-    AsmRegister64, AsmRegisterZmm, CodeAssembler, dword_ptr, word_ptr, zmmword_ptr,
-};
-use iced_x86::{IcedError, Register};
+use iced_x86::code_asm::{AsmRegister64, CodeAssembler, dword_ptr, word_ptr, zmmword_ptr};
 
 use super::Tile;
 use crate::codegen::CodegenError;
@@ -95,33 +93,15 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// The m-tiles in order: `(blocks per tile, count)`. A masked last
-    /// block gets a tile of its own code (count 1).
+    /// The m-tiles in order: `(blocks per tile, count)`; see
+    /// [`super::m_tiles`].
     pub fn m_tiles(&self) -> Vec<(usize, usize)> {
-        let mr = self.tile.mr;
-        let mut v = Vec::new();
-        if self.blocks / mr > 0 {
-            v.push((mr, self.blocks / mr));
-        }
-        if !self.blocks.is_multiple_of(mr) {
-            v.push((self.blocks % mr, 1));
-        }
-        let masked = matches!(self.out, Out::Floats { last_valid, .. } if last_valid < 16);
-        if masked
-            && let Some(&(tmr, count)) = v.last()
-            && count > 1
-        {
-            v.pop();
-            v.push((tmr, count - 1));
-            v.push((tmr, 1));
-        }
-        v
+        super::m_tiles(
+            self.blocks,
+            self.tile.mr,
+            matches!(self.out, Out::Floats { last_valid, .. } if last_valid < 16),
+        )
     }
-}
-
-fn zmm(i: usize) -> AsmRegisterZmm {
-    // Indices stay below 32 (checked by `Tile::fits`).
-    get_zmm(Register::ZMM0 + i as u32).unwrap_or(iced_x86::code_asm::registers::zmm::zmm31)
 }
 
 fn asm_err(e: IcedError) -> CodegenError {

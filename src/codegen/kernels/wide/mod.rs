@@ -108,6 +108,36 @@ pub(crate) fn executable(
     Ok((module, ptrs))
 }
 
+/// zmm register `i`. Callers keep `i` below 32 (their tiles' `fits`
+/// checks); a larger index would give zmm31 rather than a panic.
+pub(crate) fn zmm(i: usize) -> iced_x86::code_asm::AsmRegisterZmm {
+    iced_x86::code_asm::registers::zmm::get_zmm(iced_x86::Register::ZMM0 + i as u32)
+        .unwrap_or(iced_x86::code_asm::registers::zmm::zmm31)
+}
+
+/// The m-tiles of `blocks` 16-channel blocks in tiles of `mr`, in order:
+/// `(blocks per tile, count)`. With `masked_last` (the group's last block
+/// stores through a mask), the tile holding that block gets code of its own
+/// (count 1).
+pub(crate) fn m_tiles(blocks: usize, mr: usize, masked_last: bool) -> Vec<(usize, usize)> {
+    let mut v = Vec::new();
+    if blocks / mr > 0 {
+        v.push((mr, blocks / mr));
+    }
+    if !blocks.is_multiple_of(mr) {
+        v.push((blocks % mr, 1));
+    }
+    if masked_last
+        && let Some(&(tmr, count)) = v.last()
+        && count > 1
+    {
+        v.pop();
+        v.push((tmr, count - 1));
+        v.push((tmr, 1));
+    }
+    v
+}
+
 /// A register tile: `mr` vectors of 16 output channels × `nr` pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {

@@ -35,9 +35,13 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use iced_x86::IcedError;
-use iced_x86::code_asm::{CodeAssembler, registers::gpr64::rdi, registers::zmm::*};
+use iced_x86::code_asm::{
+    CodeAssembler,
+    registers::gpr64::rdi,
+    registers::zmm::{zmm30, zmm31},
+};
 
-use super::executable;
+use super::{executable, zmm};
 use crate::codegen::{CodegenError, target};
 
 /// Peak rates of one core, in multiply-adds per second.
@@ -58,14 +62,6 @@ const POPCNT_MACS_PER_ITER: f64 = (POPCNT_CHAINS * 512) as f64;
 
 fn asm_err(e: IcedError) -> CodegenError {
     CodegenError::Internal(format!("peak loop: {e}"))
-}
-
-fn zmm(i: usize) -> iced_x86::code_asm::AsmRegisterZmm {
-    [
-        zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13,
-        zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26,
-        zmm27, zmm28, zmm29, zmm30, zmm31,
-    ][i]
 }
 
 /// Assembles a loop: zero the registers `0..zeroed`, then run `body` `rdi`
