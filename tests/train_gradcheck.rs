@@ -382,6 +382,20 @@ fn node_value(train: &TrainingGraph, params: &Params, inputs: &[Tensor], name: &
     interp::run_all(&train.graph, params, inputs).unwrap()[&id].clone()
 }
 
+/// `λ·Σ_{o,k} (W_ok − α_o·sign(W_ok))²` in f64, written out here.
+fn quantization_term(w: &[f32], alpha: &[f64], lambda: f32) -> f64 {
+    let k = w.len() / alpha.len();
+    let sum: f64 = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let d = v as f64 - alpha[i / k] * if v >= 0.0 { 1.0 } else { -1.0 };
+            d * d
+        })
+        .sum();
+    sum * lambda as f64
+}
+
 /// The weight quantization loss: its value against the formula written out
 /// here, its gradient against central differences of that value (a real
 /// path: `α = mean|W|` moves with `W` too), each regularised weight's
@@ -423,20 +437,17 @@ fn quantization_loss_follows_its_definition_and_finite_differences() {
         let w = &params.tensors[&format!("{layer}.weight")];
         let out = w.shape[0];
         let k = w.data.len() / out;
-        let mut expected = 0.0f64;
-        for o in 0..out {
-            let row = &w.data[o * k..][..k];
-            let alpha = if scaled {
-                row.iter().map(|v| v.abs() as f64).sum::<f64>() / k as f64
-            } else {
-                1.0
-            };
-            for &v in row {
-                let d = v as f64 - alpha * if v >= 0.0 { 1.0 } else { -1.0 };
-                expected += d * d;
-            }
-        }
-        expected *= lambda as f64;
+        let alpha: Vec<f64> = (0..out)
+            .map(|o| {
+                let row = &w.data[o * k..][..k];
+                if scaled {
+                    row.iter().map(|v| v.abs() as f64).sum::<f64>() / k as f64
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let expected = quantization_term(&w.data, &alpha, lambda);
         let value = node_value(&train, &params, &inputs, &term).data[0];
         assert!(
             (value as f64 - expected).abs() <= 1e-5 * expected,
@@ -703,17 +714,8 @@ fn quantization_loss_of_a_learned_scale_matches_finite_differences() {
     let inputs = batch(&train, 3, 53);
     let w = params.tensors["c.weight"].clone();
     let alpha = params.tensors["c.scale"].data.clone();
-    let k = w.data.len() / alpha.len();
-    let expected: f64 = w
-        .data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let d = v as f64 - alpha[i / k] as f64 * if v >= 0.0 { 1.0 } else { -1.0 };
-            d * d
-        })
-        .sum::<f64>()
-        * lambda as f64;
+    let alpha64: Vec<f64> = alpha.iter().map(|&a| a as f64).collect();
+    let expected = quantization_term(&w.data, &alpha64, lambda);
     let value = node_value(&train, &params, &inputs, "c.quantization_loss").data[0];
     assert!(
         (value as f64 - expected).abs() <= 1e-5 * expected,
