@@ -376,6 +376,7 @@ fn oracle_bconv2d_by_hand() {
             scale,
             output: BinaryOutput::Dot,
             weights: WeightForm::Latent,
+            projection: false,
         };
         reference::bconv2d(&x, &w, &a).unwrap()
     };
@@ -410,6 +411,7 @@ fn oracle_bconv2d_across_words_by_hand() {
         scale: Scale::None,
         output: BinaryOutput::Dot,
         weights: WeightForm::Latent,
+        projection: false,
     };
     // Centre: 10 - 90 + 30 = -50 and 100 - 30 = 70. Padded positions: 0, or
     // Σ sign W = 10 - 120 = -110 and 130.
@@ -443,6 +445,7 @@ fn oracle_bconv2d_across_words_by_hand() {
         scale: Scale::Channel,
         output: BinaryOutput::Dot,
         weights: WeightForm::Latent,
+        projection: false,
     };
     // o=0 reads channels 0..65 (all +1): 10 - 55; o=1 reads 65..130: 35 - 30.
     assert_values(&reference::bconv2d(&x, &w, &a).unwrap(), &[-45.0, 5.0]);
@@ -693,6 +696,7 @@ fn bconv_cases() -> Vec<(String, Vec<usize>, BConv2d)> {
                                 scale,
                                 output: BinaryOutput::Dot,
                                 weights: WeightForm::Latent,
+                                projection: false,
                             },
                         ));
                     }
@@ -853,6 +857,7 @@ fn bconv2d_agrees_with_the_oracle() {
         scale: Scale::Channel,
         output: BinaryOutput::Dot,
         weights: WeightForm::Latent,
+        projection: false,
     };
     let y = g.add_node("y", Op::BConv2d(conv), &[cat]).unwrap();
     g.add_output(y);
@@ -887,6 +892,7 @@ fn folded_forms_agree_with_the_oracle() {
                 scale: Scale::None,
                 output,
                 weights,
+                projection: false,
             });
             let label = format!("bconv2d C={c} {pad_value:?} {output:?} {weights:?}");
             cases.push((label, one_op(vec![c, 5, 4], true, op)));
@@ -897,6 +903,7 @@ fn folded_forms_agree_with_the_oracle() {
                 scale: Scale::None,
                 output,
                 weights,
+                projection: false,
             });
             cases.push((
                 format!("bdense K={k} {output:?} {weights:?}"),
@@ -925,6 +932,7 @@ fn bdense_agrees_with_the_oracle() {
                 scale,
                 output: BinaryOutput::Dot,
                 weights: WeightForm::Latent,
+                projection: false,
             });
             cases.push((format!("bdense K={k} {scale:?}"), one_op(vec![k], true, op)));
         }
@@ -939,6 +947,7 @@ fn bdense_agrees_with_the_oracle() {
         scale: Scale::Channel,
         output: BinaryOutput::Dot,
         weights: WeightForm::Latent,
+        projection: false,
     });
     let y = g.add_node("y", op, &[f]).unwrap();
     g.add_output(y);

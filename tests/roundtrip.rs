@@ -107,6 +107,9 @@ struct Attrs {
     /// Binary layers: 0 `output=dot`, 1 `affine`, 2 `threshold`.
     output: u8,
     packed: bool,
+    /// PCNN's projection, on binary layers with latent weights and
+    /// `output=dot`.
+    projection: bool,
     bias: bool,
     eps: f32,
     bounds: (f32, f32),
@@ -119,7 +122,7 @@ fn attrs() -> impl Strategy<Value = Attrs> {
         (1usize..=2, any::<bool>(), any::<bool>(), any::<bool>()),
         prop_oneof![Just(1e-5f32), finite_f32().prop_map(f32::abs)],
         (finite_f32(), finite_f32()),
-        (0u8..3, any::<bool>()),
+        (0u8..3, any::<bool>(), any::<bool>()),
     )
         .prop_map(
             |(
@@ -127,10 +130,11 @@ fn attrs() -> impl Strategy<Value = Attrs> {
                 (groups, pad_value, channel_scale, bias),
                 eps,
                 (a, b),
-                (output, packed),
+                (output, packed, projection),
             )| Attrs {
                 output,
                 packed,
+                projection,
                 out,
                 kernel,
                 stride,
@@ -236,6 +240,7 @@ fn op(kind: Kind, a: &Attrs) -> Op {
     } else {
         Scale::None
     };
+    let projection = a.projection && output == BinaryOutput::Dot && !a.packed;
     let pool = Pool {
         kernel: a.kernel,
         stride: a.stride,
@@ -254,6 +259,7 @@ fn op(kind: Kind, a: &Attrs) -> Op {
             scale,
             output,
             weights,
+            projection,
         }),
         Kind::Dense => Op::Dense(Dense::new(a.out, a.bias)),
         Kind::BDense => Op::BDense(BDense {
@@ -261,6 +267,7 @@ fn op(kind: Kind, a: &Attrs) -> Op {
             scale,
             output,
             weights,
+            projection,
         }),
         Kind::Sign => Op::sign(),
         Kind::BatchNorm => Op::BatchNorm(BatchNorm::new(a.eps)),

@@ -304,6 +304,45 @@ fn loss_terms_match_the_interpreter() {
     );
 }
 
+/// PCNN's projections on every kind of layer with latent binary weights,
+/// with the projection loss beside an unprojected layer's quantization
+/// loss, and the shipped example.
+#[test]
+fn projections_match_the_interpreter() {
+    let spec = LossSpec {
+        smoothing: 0.1,
+        quantization: 0.01,
+        projection: 0.02,
+        ..LossSpec::default()
+    };
+    check_training_with(
+        "every projected layer + terms",
+        "model m { input x: f32[2, 6, 6]
+                   c = conv2d(x, 4, kernel=3, pad=1, weights=binary, scale=channel, projection=true)
+                   s = sign(batchnorm(c))
+                   b = bconv2d(s, 6, kernel=3, stride=2, pad_value=1, groups=2, scale=learned, projection=true)
+                   t = sign(batchnorm(b))
+                   d = bdense(flatten(t), 8, scale=channel, projection=true)
+                   e = dense(flatten(batchnorm(c)), 8, weights=binary, projection=true)
+                   y = dense(add(bdense(sign(d), 8), e), 5)
+                   output y }",
+        &spec,
+        &[1, 3, 16],
+        15,
+    );
+    check_training_with(
+        "digits_pcnn + projection loss",
+        &example("digits_pcnn"),
+        &LossSpec {
+            smoothing: 0.1,
+            projection: 1e-3,
+            ..LossSpec::default()
+        },
+        &[1, 16],
+        16,
+    );
+}
+
 #[test]
 fn gradcheck_models_match_the_interpreter() {
     let models = [

@@ -4,8 +4,9 @@
 use onebit::passes::differentiate::{LossSpec, differentiate};
 use onebit::text::{parse_str, print};
 
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 7] = [
     "digits_cnn",
+    "digits_pcnn",
     "mlp_digits",
     "tiny_search",
     "bireal_block",
@@ -36,8 +37,9 @@ fn training_graphs_print_parse_and_verify() {
 }
 
 /// The extra loss terms: one `quantization_loss` per layer with binary
-/// weights, one `distribution_loss` per sign input, summed into `loss`; the
-/// regularised weights' gradients summed from their two parts.
+/// weights (a `projection_loss` per projected layer), one
+/// `distribution_loss` per sign input, summed into `loss`; the regularised
+/// weights' (and projections') gradients summed from their two parts.
 #[test]
 fn training_graphs_with_loss_terms_print_parse_and_verify() {
     let spec = LossSpec {
@@ -45,9 +47,17 @@ fn training_graphs_with_loss_terms_print_parse_and_verify() {
         distribution: 0.5,
         ..LossSpec::default()
     };
-    for name in ["mlp_digits", "fashion_mlp"] {
+    let projected = LossSpec {
+        projection: 0.001,
+        ..spec.clone()
+    };
+    for (name, spec) in [
+        ("mlp_digits", &spec),
+        ("fashion_mlp", &spec),
+        ("digits_pcnn", &projected),
+    ] {
         let model = parse_str(&source(name)).unwrap();
-        let train = differentiate(&model, &spec).unwrap();
+        let train = differentiate(&model, spec).unwrap();
         assert!(!train.terms.is_empty(), "{name}: the loss has terms");
         let text = print(&train.graph);
         let reparsed = parse_str(&text).unwrap_or_else(|e| panic!("{name}: {e:?}\n{text}"));

@@ -163,6 +163,26 @@ pub fn lower<M: Module>(
     // The interpreter's validation, so that every engine accepts the same
     // parameters.
     crate::ir::param_check::validate(verified.graph(), params).map_err(CodegenError::Params)?;
+    let graph = verified.graph();
+    if graph.node_ids().any(|id| graph.node(id).op.projection()) {
+        // PCNN's projection is a training form: compile what
+        // `fold_projection` makes of it, the same signs and scales in the
+        // form the kernels take (see that pass).
+        let (mut graph, mut params) = (graph.clone(), params.clone());
+        let fold = crate::passes::PassSelection::parse("fold_projection")
+            .map_err(|e| CodegenError::Internal(e.to_string()))?;
+        crate::passes::optimize(
+            &mut graph,
+            &mut params,
+            &fold,
+            &Default::default(),
+            |_, _| {},
+        )
+        .map_err(|e| CodegenError::Internal(e.to_string()))?;
+        let verified =
+            crate::ir::verify::verify(&graph).map_err(|e| CodegenError::Internal(e.to_string()))?;
+        return lower(module, verified, &params, options, name, entry);
+    }
     let host = target::HostFeatures::detect();
     let path = target::KernelPath::resolve(options.kernels, &host)?;
     if path == target::KernelPath::Avx512

@@ -152,6 +152,9 @@ pub struct Conv2d {
     /// The XNOR-Net scale of binary weights (default none).
     #[serde(default)]
     pub scale: Scale,
+    /// PCNN's learned projection of binary weights (default false).
+    #[serde(default)]
+    pub projection: bool,
 }
 
 impl Conv2d {
@@ -162,6 +165,7 @@ impl Conv2d {
             bias,
             weights: WeightKind::Real,
             scale: Scale::None,
+            projection: false,
         }
     }
 }
@@ -179,6 +183,9 @@ pub struct BConv2d {
     pub output: BinaryOutput,
     /// How the weights are stored (default latent).
     pub weights: WeightForm,
+    /// PCNN's learned projection of the latent weights (default false).
+    #[serde(default)]
+    pub projection: bool,
 }
 
 impl BConv2d {
@@ -190,6 +197,7 @@ impl BConv2d {
             scale,
             output: BinaryOutput::Dot,
             weights: WeightForm::Latent,
+            projection: false,
         }
     }
 }
@@ -207,6 +215,9 @@ pub struct Dense {
     /// The XNOR-Net scale of binary weights (default none).
     #[serde(default)]
     pub scale: Scale,
+    /// PCNN's learned projection of binary weights (default false).
+    #[serde(default)]
+    pub projection: bool,
 }
 
 impl Dense {
@@ -217,6 +228,7 @@ impl Dense {
             bias,
             weights: WeightKind::Real,
             scale: Scale::None,
+            projection: false,
         }
     }
 }
@@ -232,6 +244,9 @@ pub struct BDense {
     pub output: BinaryOutput,
     /// How the weights are stored (default latent).
     pub weights: WeightForm,
+    /// PCNN's learned projection of the latent weights (default false).
+    #[serde(default)]
+    pub projection: bool,
 }
 
 impl BDense {
@@ -242,6 +257,7 @@ impl BDense {
             scale,
             output: BinaryOutput::Dot,
             weights: WeightForm::Latent,
+            projection: false,
         }
     }
 }
@@ -405,6 +421,8 @@ pub enum ParamRole {
     Alpha,
     /// `NODE.scale` (the learned per-channel factor of `scale=learned`).
     Scale,
+    /// `NODE.projection` (PCNN's projection of `projection=true`).
+    Projection,
 }
 
 impl ParamRole {
@@ -415,15 +433,17 @@ impl ParamRole {
             ParamRole::Bias => "bias",
             ParamRole::Alpha => "alpha",
             ParamRole::Scale => "scale",
+            ParamRole::Projection => "projection",
         }
     }
 
     /// Every role.
-    pub const ALL: [ParamRole; 4] = [
+    pub const ALL: [ParamRole; 5] = [
         ParamRole::Weight,
         ParamRole::Bias,
         ParamRole::Alpha,
         ParamRole::Scale,
+        ParamRole::Projection,
     ];
 }
 
@@ -810,6 +830,50 @@ impl Op {
             )
     }
 
+    /// Whether this is a layer with latent binary weights: `bconv2d` and
+    /// `bdense` with `output=dot` and latent weights, `conv2d` and `dense`
+    /// with `weights=binary`. These are the layers training binarizes (the
+    /// clipped straight-through estimator), a quantization loss regularises
+    /// and `projection=true` applies to.
+    pub fn has_latent_binary_weights(&self) -> bool {
+        let latent_dot =
+            |output, weights| output == BinaryOutput::Dot && weights == WeightForm::Latent;
+        match self {
+            Op::BConv2d(a) => latent_dot(a.output, a.weights),
+            Op::BDense(a) => latent_dot(a.output, a.weights),
+            Op::Conv2d(a) => a.weights == WeightKind::Binary,
+            Op::Dense(a) => a.weights == WeightKind::Binary,
+            _ => false,
+        }
+    }
+
+    /// Whether the layer binarizes its latent weights through PCNN's learned
+    /// projection (`projection=true`): it computes with `α_o·sign(P_k·W_ok)`,
+    /// `P` the parameter `NODE.projection`, shared by the output channels.
+    pub fn projection(&self) -> bool {
+        match self {
+            Op::BConv2d(a) => a.projection,
+            Op::BDense(a) => a.projection,
+            Op::Conv2d(a) => a.projection,
+            Op::Dense(a) => a.projection,
+            _ => false,
+        }
+    }
+
+    /// The shape of a projected layer's `NODE.projection` over `channels`
+    /// input channels: its weight's shape without the output dimension,
+    /// `[C/groups, kh, kw]` for convolutions and `[C]` for dense layers.
+    pub fn projection_shape(&self, channels: usize) -> Option<Vec<usize>> {
+        let conv = |g: &ConvGeometry| vec![channels / g.groups.max(1), g.kernel[0], g.kernel[1]];
+        match self {
+            Op::BConv2d(a) if a.projection => Some(conv(&a.geometry)),
+            Op::Conv2d(a) if a.projection => Some(conv(&a.geometry)),
+            Op::BDense(a) if a.projection => Some(vec![channels]),
+            Op::Dense(a) if a.projection => Some(vec![channels]),
+            _ => None,
+        }
+    }
+
     /// The shape of the trainable parameter `role` of this op applied to
     /// operands of types `inputs`, if it has one. Folded and packed binary
     /// layers have none: they are trained before folding.
@@ -827,6 +891,14 @@ impl Op {
             output == BinaryOutput::Dot && weights == WeightForm::Latent
         };
         let learned = |scale: Scale, out: usize| (scale == Scale::Learned).then(|| vec![out]);
+        if role == ParamRole::Projection {
+            return match self {
+                // The regularised layer's projection, as its weight below.
+                Op::QuantizationLoss(q) => q.of.trainable_param(inputs.get(1..)?, role),
+                _ if self.projection() => self.projection_shape(channels),
+                _ => None,
+            };
+        }
         match (self, role) {
             (Op::Conv2d(a), ParamRole::Weight) => Some(conv_weight(&a.geometry)),
             (Op::Conv2d(a), ParamRole::Scale) => learned(a.scale, a.geometry.out_channels),
@@ -1220,6 +1292,19 @@ impl Op {
                 found: inputs[operand].clone(),
             });
         }
+        if self.projection() && !self.has_latent_binary_weights() {
+            return Err(TypeError::Attribute {
+                op: kind,
+                message: match self {
+                    Op::Conv2d(_) | Op::Dense(_) => {
+                        "`projection=true` needs `weights=binary`".into()
+                    }
+                    _ => "`projection=true` needs latent weights and `output=dot`: fold the \
+                          projection (`fold_projection`) before the other passes"
+                        .into(),
+                },
+            });
+        }
         let ty = match self {
             Op::Input => {
                 return Err(TypeError::Attribute {
@@ -1467,14 +1552,7 @@ fn quantization_loss_type(
 ) -> Result<TensorType, TypeError> {
     let op = OpKind::QuantizationLoss;
     loss_weight(op, a.weight)?;
-    let binary = match &*a.of {
-        Op::BConv2d(b) => b.output == BinaryOutput::Dot && b.weights == WeightForm::Latent,
-        Op::BDense(b) => b.output == BinaryOutput::Dot && b.weights == WeightForm::Latent,
-        Op::Conv2d(c) => c.weights == WeightKind::Binary,
-        Op::Dense(d) => d.weights == WeightKind::Binary,
-        _ => false,
-    };
-    if !binary {
+    if !a.of.has_latent_binary_weights() {
         return Err(attribute(
             op,
             format!(

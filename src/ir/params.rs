@@ -95,6 +95,11 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
     let learned_scale = |scale: Scale, out: usize| {
         (scale == Scale::Learned).then(|| spec("scale", vec![out], Init::MeanAbsOfWeight, false))
     };
+    // `projection=true`'s projection, after the scale; 1 starts the layer
+    // where the plain `sign(W)` would be.
+    let projection = |shape: Option<Vec<usize>>| {
+        shape.map(|shape| spec("projection", shape, Init::Constant(1.0), false))
+    };
     let binary_weight = |shape: Vec<usize>, fan_in: usize, form: WeightForm| ParamSpec {
         packed: form == WeightForm::Packed,
         ..spec("weight", shape, fan_bound(fan_in), true)
@@ -111,6 +116,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
                 a.weights == WeightKind::Binary,
             )];
             v.extend(learned_scale(a.scale, g.out_channels));
+            v.extend(projection(node.op.projection_shape(channels())));
             if a.bias {
                 v.push(spec("bias", vec![g.out_channels], fan_bound(fan_in), false));
             }
@@ -123,6 +129,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
             let shape = vec![g.out_channels, per_group, g.kernel[0], g.kernel[1]];
             let mut v = vec![binary_weight(shape, fan_in, a.weights)];
             v.extend(learned_scale(a.scale, g.out_channels));
+            v.extend(projection(node.op.projection_shape(channels())));
             v.extend(epilogue(a.output, g.out_channels));
             v
         }
@@ -136,6 +143,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
                 binary,
             )];
             v.extend(learned_scale(a.scale, a.out_features));
+            v.extend(projection(node.op.projection_shape(channels())));
             if a.bias {
                 v.push(spec("bias", vec![a.out_features], fan_bound(k), false));
             }
@@ -145,6 +153,7 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
             let shape = vec![a.out_features, channels()];
             let mut v = vec![binary_weight(shape, channels(), a.weights)];
             v.extend(learned_scale(a.scale, a.out_features));
+            v.extend(projection(node.op.projection_shape(channels())));
             v.extend(epilogue(a.output, a.out_features));
             v
         }

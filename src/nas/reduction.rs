@@ -100,6 +100,7 @@ pub fn reduce(
         optimizer: config.weight_optimizer.clone(),
         smoothing: config.smoothing,
         quantization_loss: 0.0,
+        projection_loss: 0.0,
         distribution_loss: 0.0,
         clip_latent: true,
         threads: config.threads.max(1),

@@ -264,6 +264,7 @@ impl Search {
             optimizer: self.config.weight_optimizer.clone(),
             smoothing: self.config.smoothing,
             quantization_loss: 0.0,
+            projection_loss: 0.0,
             distribution_loss: 0.0,
             clip_latent: true,
             threads: self.config.threads.max(1),

@@ -13,7 +13,8 @@
 //!    parameter and the loss, latest first: each node's gradient `NODE.grad`
 //!    (the sum of its users' contributions when it has several), one `grad`
 //!    node per operand that needs a gradient, one per trainable parameter
-//!    (`NODE.weight.grad`, `NODE.bias.grad`, `NODE.alpha.grad`), and for
+//!    (`NODE.weight.grad`, `NODE.bias.grad`, `NODE.alpha.grad`,
+//!    `NODE.scale.grad`, `NODE.projection.grad`), and for
 //!    every batchnorm the next running statistics (`NODE.running_mean.next`,
 //!    `NODE.running_var.next`).
 //!
@@ -36,8 +37,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
-    BatchNorm, BinaryOutput, CrossEntropy, DistributionLoss, Grad, Op, ParamRole, QuantizationLoss,
-    RunningStat, Statistic, Stats, WeightForm, WeightKind, Wrt,
+    BatchNorm, CrossEntropy, DistributionLoss, Grad, Op, ParamRole, QuantizationLoss, RunningStat,
+    Statistic, Stats, Wrt,
 };
 use crate::ir::types::DType;
 use crate::ir::verify::{VerifyError, verify};
@@ -55,9 +56,16 @@ pub struct LossSpec {
     /// Label smoothing of the cross-entropy, in `[0, 1)`.
     pub smoothing: f32,
     /// The weight `λ` of the weight quantization loss (Zheng et al. 2019),
-    /// one `quantization_loss` term per layer with latent binary weights;
+    /// one `quantization_loss` term per layer with latent binary weights
+    /// and no projection;
     /// 0 for none.
     pub quantization: f32,
+    /// The weight `λ` of PCNN's projection loss (Gu et al. 2019), one term
+    /// per layer with `projection=true`: `NODE.projection_loss`, a
+    /// `quantization_loss` of weight `λ/2` (the book's `(λ/2)·Σ‖Ĉ − P∘W‖²`).
+    /// Projected layers take this term instead of `quantization`'s; 0 for
+    /// none.
+    pub projection: f32,
     /// The weight `λ` of the distribution loss (Ding et al. 2019), one
     /// `distribution_loss` term per distinct input of a `sign` that depends
     /// on a parameter; 0 for none.
@@ -70,6 +78,7 @@ impl Default for LossSpec {
             logits: None,
             smoothing: 0.0,
             quantization: 0.0,
+            projection: 0.0,
             distribution: 0.0,
         }
     }
@@ -87,7 +96,8 @@ pub struct TrainingGraph {
     /// of the cross-entropy and the extra terms.
     pub loss: NodeId,
     /// The extra loss terms (each a weighted scalar for the batch), by node
-    /// name; empty without `LossSpec::quantization` and `::distribution`.
+    /// name; empty without `LossSpec::quantization`, `::projection` and
+    /// `::distribution`.
     pub terms: Vec<(String, NodeId)>,
     /// The logits node.
     pub logits: NodeId,
@@ -135,6 +145,11 @@ pub enum DifferentiateError {
         /// The weight given.
         found: f32,
     },
+    /// A projection loss was asked for, but no layer has a projection.
+    #[error(
+        "the projection loss needs a layer with `projection=true` (a binary layer with latent weights)"
+    )]
+    NoProjection,
     /// A node could not be added: a bug in this pass.
     #[error("internal error while building the training graph: {0}")]
     Internal(String),
@@ -200,21 +215,32 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
     let needs_grad = influenced_by_parameters(model, &order);
     for (term, found) in [
         ("quantization", spec.quantization),
+        ("projection", spec.projection),
         ("distribution", spec.distribution),
     ] {
         if !(found.is_finite() && found >= 0.0) {
             return Err(DifferentiateError::TermWeight { term, found });
         }
     }
-    let quantized: Vec<NodeId> = if spec.quantization > 0.0 {
-        order
-            .iter()
-            .copied()
-            .filter(|&id| has_latent_binary_weights(&model.node(id).op))
-            .collect()
-    } else {
-        Vec::new()
+    // The layers a weight term regularises, with the term's name and weight:
+    // PCNN's projection loss on projected layers, the quantization loss on
+    // the others.
+    let term_of = |op: &Op| {
+        if !op.has_latent_binary_weights() {
+            None
+        } else if op.projection() {
+            (spec.projection > 0.0).then_some(("projection_loss", spec.projection / 2.0))
+        } else {
+            (spec.quantization > 0.0).then_some(("quantization_loss", spec.quantization))
+        }
     };
+    let quantized: Vec<(NodeId, &str, f32)> = order
+        .iter()
+        .filter_map(|&id| term_of(&model.node(id).op).map(|(name, w)| (id, name, w)))
+        .collect();
+    if spec.projection > 0.0 && !order.iter().any(|&id| model.node(id).op.projection()) {
+        return Err(DifferentiateError::NoProjection);
+    }
     let distributed = if spec.distribution > 0.0 {
         pre_sign_values(model, &order, &needs_grad)
     } else {
@@ -230,13 +256,13 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
         &[new_id[&logits], target],
     )?;
     let mut terms = Vec::new();
-    for &layer in &quantized {
-        let name = format!("{}.quantization_loss", model.node(layer).name);
+    for &(layer, term, weight) in &quantized {
+        let name = format!("{}.{term}", model.node(layer).name);
         let fwd = new_id[&layer];
         let id = g.add_node(
             name.clone(),
             Op::QuantizationLoss(QuantizationLoss {
-                weight: spec.quantization,
+                weight,
                 of: Box::new(g.node(fwd).op.clone()),
             }),
             &[fwd, g.operands(fwd)[0]],
@@ -333,8 +359,10 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
                 let param = format!("{name}.{}", role.name());
                 // A regularised weight's (and learned scale's) gradient has
                 // a second part, the quantization loss's, added below.
-                let also_regularised =
-                    matches!(role, ParamRole::Weight | ParamRole::Scale) && quantized.contains(&u);
+                let also_regularised = matches!(
+                    role,
+                    ParamRole::Weight | ParamRole::Scale | ParamRole::Projection
+                ) && quantized.iter().any(|q| q.0 == u);
                 let id = g.add_node(
                     if also_regularised {
                         format!("{param}.grad.0")
@@ -388,9 +416,9 @@ pub fn differentiate(model: &Graph, spec: &LossSpec) -> Result<TrainingGraph, Di
     // The quantization loss's part of each regularised weight's (and learned
     // scale's) gradient, summed with the part through the layer's value when
     // there is one.
-    for (&layer, (_, term)) in quantized.iter().zip(&terms) {
+    for (&(layer, _, _), (_, term)) in quantized.iter().zip(&terms) {
         let term_op = g.node(*term).op.clone();
-        let roles: Vec<ParamRole> = [ParamRole::Weight, ParamRole::Scale]
+        let roles: Vec<ParamRole> = [ParamRole::Weight, ParamRole::Scale, ParamRole::Projection]
             .into_iter()
             .filter(|&r| {
                 term_op
@@ -455,19 +483,6 @@ fn grad_operands(g: &Graph, fwd: NodeId, dy: Option<NodeId>) -> Vec<NodeId> {
     v.extend(g.operands(fwd));
     v.extend(dy);
     v
-}
-
-/// Whether `op` is a layer with latent binary weights, the layers a
-/// quantization loss regularises.
-fn has_latent_binary_weights(op: &Op) -> bool {
-    let latent_dot = |output, weights| output == BinaryOutput::Dot && weights == WeightForm::Latent;
-    match op {
-        Op::BConv2d(a) => latent_dot(a.output, a.weights),
-        Op::BDense(a) => latent_dot(a.output, a.weights),
-        Op::Conv2d(a) => a.weights == WeightKind::Binary,
-        Op::Dense(a) => a.weights == WeightKind::Binary,
-        _ => false,
-    }
 }
 
 /// The distinct inputs of `sign` nodes that depend on a parameter, each with

@@ -105,9 +105,13 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         let channels = graph.node(bn).ty.dims()[0];
         let x = graph.operands(bn)[0];
         let x_name = graph.node(x).name.clone();
+        // A projected layer's weights mean `sign(P∘W)`, which only
+        // `fold_projection` turns into plain weights.
         let layer = match &graph.node(x).op {
-            Op::Conv2d(a) => Some((a.bias, a.geometry.out_channels, a.weights, a.scale)),
-            Op::Dense(a) => Some((a.bias, a.out_features, a.weights, a.scale)),
+            Op::Conv2d(a) if !a.projection => {
+                Some((a.bias, a.geometry.out_channels, a.weights, a.scale))
+            }
+            Op::Dense(a) if !a.projection => Some((a.bias, a.out_features, a.weights, a.scale)),
             _ => None,
         };
         let folded = match batchnorm_affine(cx, &bn_name, attrs.eps, channels)? {

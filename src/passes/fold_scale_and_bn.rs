@@ -194,6 +194,13 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         if output == BinaryOutput::Threshold {
             continue;
         }
+        if node.op.projection() {
+            cx.note(
+                &node.name,
+                "not folded: `projection=true` (run `fold_projection` first)".into(),
+            );
+            continue;
+        }
         let name = node.name.clone();
         let in_dims = graph.operand_types(layer)[0].dims().to_vec();
         let k = match &node.op {

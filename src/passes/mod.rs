@@ -10,7 +10,9 @@
 //!
 //! # The default pipeline, and why in this order
 //!
-//! 1. `eliminate_identity` first, so that no pattern below has to look
+//! 1. `fold_projection` first: it turns a PCNN-projected layer into an
+//!    ordinary binary one, whose latent weights the folds below read.
+//!    `eliminate_identity` next, so that no pattern below has to look
 //!    through an `identity`.
 //! 2. `fold_batchnorm` folds batchnorms into the real `conv2d`/`dense` before
 //!    them. It leaves alone every batchnorm a later pass folds better: after a
@@ -46,6 +48,7 @@ pub mod differentiate;
 pub mod eliminate_dead_nodes;
 pub mod eliminate_identity;
 pub mod fold_batchnorm;
+pub mod fold_projection;
 pub mod fold_scale_and_bn;
 pub mod pack_weights;
 pub mod patch;
@@ -325,6 +328,12 @@ pub const PIPELINE: &[PassInfo] = &[
         doc: "replace every `choose` by its alternative(s) with the largest α (changes the model)",
     },
     PassInfo {
+        name: "fold_projection",
+        run: fold_projection::run,
+        default: true,
+        doc: "fold PCNN's learned projection into the latent binary weights",
+    },
+    PassInfo {
         name: "eliminate_identity",
         run: eliminate_identity::run,
         default: true,
@@ -506,7 +515,7 @@ mod tests {
             Vec::<&str>::new()
         );
         let d = PassSelection::parse("default").unwrap().names();
-        assert_eq!(d.first(), Some(&"eliminate_identity"));
+        assert_eq!(d.first(), Some(&"fold_projection"));
         assert!(!d.contains(&"select_cells"));
         let s = PassSelection::parse("select_cells, default")
             .unwrap()

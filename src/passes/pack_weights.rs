@@ -14,7 +14,8 @@
 //! `sign(w) = −1` (NaN included), and the interpreter unpacks the bits to the
 //! same ±1 values (`PackedBits::signs`).
 //!
-//! **Does not fire** on a layer with `scale=channel`: α = mean |W| needs the
+//! **Does not fire** on a projected layer (`projection=true`, which
+//! computes with `sign(P∘W)`; `fold_projection` folds it first), nor on a layer with `scale=channel`: α = mean |W| needs the
 //! latent magnitudes. `fold_scale_and_bn` folds α into the layer's epilogue
 //! first, so after the default pipeline every binary layer packs.
 
@@ -35,6 +36,14 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
             _ => continue,
         };
         if weights == WeightForm::Packed {
+            continue;
+        }
+        if node.op.projection() {
+            // The layer computes with `sign(P∘W)`, not `sign(W)`.
+            cx.note(
+                &node.name,
+                "weights not packed: `projection=true` (run `fold_projection` first)".into(),
+            );
             continue;
         }
         if scale.is_scaled() {

@@ -1609,6 +1609,7 @@ impl<'a> Lowerer<'a> {
                 bias: self.word(args, "bias", &BOOL, true)?,
                 weights: self.word(args, "weights", &WEIGHT_KIND, WeightKind::Real)?,
                 scale: self.word(args, "scale", &SCALE, Scale::None)?,
+                projection: self.word(args, "projection", &BOOL, false)?,
             }),
             OpKind::BConv2d => Op::BConv2d(BConv2d {
                 geometry: self.geometry(scope, args)?,
@@ -1616,18 +1617,21 @@ impl<'a> Lowerer<'a> {
                 scale: self.word(args, "scale", &SCALE, Scale::None)?,
                 output: self.word(args, "output", &OUTPUT, BinaryOutput::Dot)?,
                 weights: self.word(args, "weights", &WEIGHTS, WeightForm::Latent)?,
+                projection: self.word(args, "projection", &BOOL, false)?,
             }),
             OpKind::Dense => Op::Dense(Dense {
                 out_features: self.int(scope, args, "out_features", None, 1)?,
                 bias: self.word(args, "bias", &BOOL, true)?,
                 weights: self.word(args, "weights", &WEIGHT_KIND, WeightKind::Real)?,
                 scale: self.word(args, "scale", &SCALE, Scale::None)?,
+                projection: self.word(args, "projection", &BOOL, false)?,
             }),
             OpKind::BDense => Op::BDense(BDense {
                 out_features: self.int(scope, args, "out_features", None, 1)?,
                 scale: self.word(args, "scale", &SCALE, Scale::None)?,
                 output: self.word(args, "output", &OUTPUT, BinaryOutput::Dot)?,
                 weights: self.word(args, "weights", &WEIGHTS, WeightForm::Latent)?,
+                projection: self.word(args, "projection", &BOOL, false)?,
             }),
             OpKind::BatchNorm => Op::BatchNorm(BatchNorm {
                 eps: self.float(scope, args, "eps", 1e-5)?,

@@ -110,6 +110,12 @@ fn real_layer_weights(args: &mut Vec<String>, weights: WeightKind, scale: Scale)
     scale_word(args, scale);
 }
 
+fn projection_word(args: &mut Vec<String>, projection: bool) {
+    if projection {
+        args.push("projection=true".into());
+    }
+}
+
 fn scale_word(args: &mut Vec<String>, scale: Scale) {
     if scale.is_scaled() {
         args.push(format!("scale={}", scale.name()));
@@ -169,6 +175,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
                 args.push("bias=false".into());
             }
             real_layer_weights(&mut args, a.weights, a.scale);
+            projection_word(&mut args, a.projection);
         }
         Op::BConv2d(a) => {
             geometry(&mut args, &a.geometry);
@@ -177,6 +184,7 @@ fn call(graph: &Graph, id: NodeId) -> String {
             }
             scale_word(&mut args, a.scale);
             binary_form(&mut args, a.output, a.weights);
+            projection_word(&mut args, a.projection);
         }
         Op::Dense(a) => {
             args.push(a.out_features.to_string());
@@ -184,11 +192,13 @@ fn call(graph: &Graph, id: NodeId) -> String {
                 args.push("bias=false".into());
             }
             real_layer_weights(&mut args, a.weights, a.scale);
+            projection_word(&mut args, a.projection);
         }
         Op::BDense(a) => {
             args.push(a.out_features.to_string());
             scale_word(&mut args, a.scale);
             binary_form(&mut args, a.output, a.weights);
+            projection_word(&mut args, a.projection);
         }
         Op::BatchNorm(a) => {
             if a.eps != 1e-5 {

@@ -72,6 +72,9 @@ pub struct TrainerConfig {
     /// The weight of the weight quantization loss added to the
     /// cross-entropy (`LossSpec::quantization`; 0: none).
     pub quantization_loss: f32,
+    /// The weight of PCNN's projection loss over the layers with
+    /// `projection=true` (`LossSpec::projection`; 0: none).
+    pub projection_loss: f32,
     /// The weight of the distribution loss on pre-sign activations added to
     /// the cross-entropy (`LossSpec::distribution`; 0: none).
     pub distribution_loss: f32,
@@ -88,6 +91,7 @@ impl Default for TrainerConfig {
             optimizer: OptimizerConfig::adam(),
             smoothing: 0.0,
             quantization_loss: 0.0,
+            projection_loss: 0.0,
             distribution_loss: 0.0,
             clip_latent: true,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -201,6 +205,7 @@ impl Trainer {
                 logits: None,
                 smoothing: config.smoothing,
                 quantization: config.quantization_loss,
+                projection: config.projection_loss,
                 distribution: config.distribution_loss,
             },
         )?;

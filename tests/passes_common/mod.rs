@@ -64,6 +64,12 @@ pub fn stress_params(graph: &Graph, seed: u64, gamma: Gamma) -> Params {
             1 => -(0.2 + r.next_f32()),
             _ => 0.05 + r.next_f32(),
         });
+        // PCNN's projections, of both signs and away from zero, so that
+        // `fold_projection` moves signs and magnitudes.
+        fill("projection", &mut |r| {
+            let m = 0.5 + r.next_f32();
+            if r.below(5) == 0 { -m } else { m }
+        });
         match &node.op {
             Op::BatchNorm(_) => {
                 let positive = name.contains("pos")

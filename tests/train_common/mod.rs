@@ -20,8 +20,8 @@ pub enum Weights {
 /// Parameters from PyTorch's init, then every per-channel parameter
 /// randomised so that no gradient is trivially symmetric: running variances
 /// in `[0.5, 1.5)`, means and biases small, `α` in `[−1, 1)`, per-channel
-/// weights (batchnorm's γ, prelu's slopes) away from zero and negative one
-/// time in five.
+/// weights (batchnorm's γ, prelu's slopes) and PCNN's projections away from
+/// zero and negative one time in five.
 pub fn random_params(graph: &Graph, seed: u64, weights: Weights) -> Params {
     let mut params = Params::init(graph, seed);
     let mut rng = Rng::new(seed ^ 0x5eed);
@@ -33,6 +33,10 @@ pub fn random_params(graph: &Graph, seed: u64, weights: Weights) -> Params {
                 "running_mean" => rng.uniform(0.3),
                 "alpha" => rng.uniform(1.0),
                 "weight" if t.shape.len() == 1 => {
+                    let m = 0.5 + rng.next_f32();
+                    if rng.next_f32() < 0.2 { -m } else { m }
+                }
+                "projection" => {
                     let m = 0.5 + rng.next_f32();
                     if rng.next_f32() < 0.2 { -m } else { m }
                 }

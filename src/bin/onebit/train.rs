@@ -199,6 +199,10 @@ pub struct TrainArgs {
     /// with binary weights, with this weight λ (Zheng et al. 2019).
     #[arg(long, default_value_t = 0.0, value_name = "W")]
     pub quantization_loss: f32,
+    /// Add PCNN's projection loss (λ/2)·Σ‖α·sign(P∘W) − P∘W‖² over the
+    /// layers with `projection=true`, with this weight λ (Gu et al. 2019).
+    #[arg(long, default_value_t = 0.0, value_name = "W")]
+    pub projection_loss: f32,
     /// Add the distribution loss on every sign's input (Ding et al. 2019),
     /// with this weight.
     #[arg(long, default_value_t = 0.0, value_name = "W")]
@@ -360,6 +364,7 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         optimizer: optimizer(&args)?,
         smoothing: args.smoothing,
         quantization_loss: args.quantization_loss,
+        projection_loss: args.projection_loss,
         distribution_loss: args.distribution_loss,
         clip_latent: true,
         threads: args.threads.max(1),

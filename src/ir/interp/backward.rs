@@ -8,9 +8,11 @@
 //! the oracle should be closer to the exact value than any engine tested
 //! against it, whatever order that engine sums in.
 
+use super::loss_terms::binary_weight_shape;
 use super::{
     InterpError, batchnorm_std, batchnorm_with_std, conv_weight_shape, copy_from_padded,
-    copy_into_padded, dims4, layer_alpha, layer_weights, out_size, param, sign_of,
+    copy_into_padded, dims4, layer_alpha, layer_projection, layer_weights, out_size, param,
+    projected, sign_of,
 };
 use crate::ir::ops::{
     BatchNorm, Conv2d, ConvGeometry, CrossEntropy, Dense, Grad, Op, PadValue, ParamRole, Pool,
@@ -191,6 +193,10 @@ pub(super) fn grad(
             let channels = forward[1].shape.get(1).copied().unwrap_or(0);
             super::loss_terms::quantization_loss_scale_grad(params, of, a, channels)?
         }
+        (Op::QuantizationLoss(a), Wrt::Param(ParamRole::Projection)) => {
+            let channels = forward[1].shape.get(1).copied().unwrap_or(0);
+            super::loss_terms::quantization_loss_projection_grad(params, of, a, channels)?
+        }
         (Op::DistributionLoss(a), Wrt::Operand(0)) => {
             super::loss_terms::distribution_loss_grad(forward[0], a)
         }
@@ -199,95 +205,51 @@ pub(super) fn grad(
             let w = p("weight", &conv_weight_shape(&a.geometry, channels))?;
             let out = a.geometry.out_channels;
             let alpha = layer_alpha(params, of, a.scale, w, out)?;
-            let w = layer_weights(a.weights, alpha.as_deref(), w, out);
+            let v = projected(w, layer_projection(params, of, &g.of, channels)?);
+            let w = layer_weights(a.weights, alpha.as_deref(), &v, out);
             convolve_transpose(dy, &a.geometry, &w, dims4(forward[0]))
         }
-        (Op::Conv2d(a), Wrt::Param(ParamRole::Weight)) => match a.weights {
-            WeightKind::Real => conv_weight_grad(forward[0], dy, &a.geometry, 0.0),
-            WeightKind::Binary => {
-                let shape = conv_weight_shape(&a.geometry, channels);
-                let latent = p("weight", &shape)?;
-                let dy = scaled(dy, layer_alpha(params, of, a.scale, latent, shape[0])?);
-                latent_ste(conv_weight_grad(forward[0], &dy, &a.geometry, 0.0), latent)
+        (Op::Conv2d(a), Wrt::Param(ParamRole::Weight)) if a.weights == WeightKind::Real => {
+            conv_weight_grad(forward[0], dy, &a.geometry, 0.0)
+        }
+        (Op::Dense(a), Wrt::Param(ParamRole::Weight)) if a.weights == WeightKind::Real => {
+            outer_sum(dy, forward[0])
+        }
+        (Op::Conv2d(_) | Op::BConv2d(_) | Op::Dense(_) | Op::BDense(_), Wrt::Param(role))
+            if matches!(role, ParamRole::Weight | ParamRole::Projection) =>
+        {
+            let latent = LatentBinary::of(params, of, &g.of, channels)?;
+            let sg = latent.sign_grad(&g.of, forward[0], dy)?;
+            match role {
+                ParamRole::Weight => latent.weight_ste(sg),
+                _ => latent.projection_ste(&sg),
             }
-        },
-        (Op::Conv2d(a), Wrt::Param(ParamRole::Scale)) => {
-            let shape = conv_weight_shape(&a.geometry, channels);
-            let signs = layer_weights(a.weights, None, p("weight", &shape)?, shape[0]);
-            let unscaled = Conv2d { bias: false, ..*a };
-            let dot = super::conv2d(forward[0], &unscaled, &signs, None);
-            channel_dot(dy, &dot)
         }
-        (Op::Dense(a), Wrt::Param(ParamRole::Scale)) => {
-            let shape = [a.out_features, channels];
-            let signs = layer_weights(a.weights, None, p("weight", &shape)?, shape[0]);
-            let unscaled = Dense { bias: false, ..*a };
-            let dot = super::dense(forward[0], &unscaled, &signs, None);
-            channel_dot(dy, &dot)
-        }
-        (Op::BConv2d(a), Wrt::Param(ParamRole::Scale)) => {
-            let shape = conv_weight_shape(&a.geometry, channels);
-            let signs: Vec<f32> = p("weight", &shape)?.iter().map(|&v| sign_of(v)).collect();
-            channel_dot(dy, &super::bconv2d(forward[0], a, &signs))
-        }
-        (Op::BDense(a), Wrt::Param(ParamRole::Scale)) => {
-            let shape = [a.out_features, channels];
-            let signs: Vec<f32> = p("weight", &shape)?.iter().map(|&v| sign_of(v)).collect();
-            channel_dot(dy, &super::matvec(forward[0], &signs, a.out_features))
+        (
+            Op::Conv2d(_) | Op::BConv2d(_) | Op::Dense(_) | Op::BDense(_),
+            Wrt::Param(ParamRole::Scale),
+        ) => {
+            let latent = LatentBinary::of(params, of, &g.of, channels)?;
+            channel_dot(dy, &latent.unscaled_dot(&g.of, forward[0]))
         }
         (Op::Conv2d(_), Wrt::Param(ParamRole::Bias))
         | (Op::Dense(_), Wrt::Param(ParamRole::Bias)) => channel_sums(dy),
         (Op::BConv2d(a), Wrt::Operand(0)) => {
-            let shape = conv_weight_shape(&a.geometry, channels);
-            let latent = p("weight", &shape)?;
-            let signs: Vec<f32> = latent.iter().map(|&v| sign_of(v)).collect();
-            let dy = scaled(dy, layer_alpha(params, of, a.scale, latent, shape[0])?);
-            convolve_transpose(&dy, &a.geometry, &signs, dims4(forward[0]))
+            let latent = LatentBinary::of(params, of, &g.of, channels)?;
+            let dy = scaled(dy, latent.alpha.clone());
+            convolve_transpose(&dy, &a.geometry, &latent.signs, dims4(forward[0]))
         }
-        (Op::BConv2d(a), Wrt::Param(ParamRole::Weight)) => {
-            let shape = conv_weight_shape(&a.geometry, channels);
-            let latent = p("weight", &shape)?;
-            let dy = scaled(dy, layer_alpha(params, of, a.scale, latent, shape[0])?);
-            let pad = match a.pad_value {
-                PadValue::Zero => 0.0,
-                PadValue::One => 1.0,
-            };
-            latent_ste(conv_weight_grad(forward[0], &dy, &a.geometry, pad), latent)
-        }
-
         (Op::Dense(a), Wrt::Operand(0)) => {
             let w = p("weight", &[a.out_features, channels])?;
             let alpha = layer_alpha(params, of, a.scale, w, a.out_features)?;
-            let w = layer_weights(a.weights, alpha.as_deref(), w, a.out_features);
+            let v = projected(w, layer_projection(params, of, &g.of, channels)?);
+            let w = layer_weights(a.weights, alpha.as_deref(), &v, a.out_features);
             matvec_transpose(dy, &w, channels)
         }
-        (Op::Dense(a), Wrt::Param(ParamRole::Weight)) => match a.weights {
-            WeightKind::Real => outer_sum(dy, forward[0]),
-            WeightKind::Binary => {
-                let latent = p("weight", &[a.out_features, channels])?;
-                let dy = scaled(
-                    dy,
-                    layer_alpha(params, of, a.scale, latent, a.out_features)?,
-                );
-                latent_ste(outer_sum(&dy, forward[0]), latent)
-            }
-        },
-        (Op::BDense(a), Wrt::Operand(0)) => {
-            let latent = p("weight", &[a.out_features, channels])?;
-            let signs: Vec<f32> = latent.iter().map(|&v| sign_of(v)).collect();
-            let dy = scaled(
-                dy,
-                layer_alpha(params, of, a.scale, latent, a.out_features)?,
-            );
-            matvec_transpose(&dy, &signs, channels)
-        }
-        (Op::BDense(a), Wrt::Param(ParamRole::Weight)) => {
-            let latent = p("weight", &[a.out_features, channels])?;
-            let dy = scaled(
-                dy,
-                layer_alpha(params, of, a.scale, latent, a.out_features)?,
-            );
-            latent_ste(outer_sum(&dy, forward[0]), latent)
+        (Op::BDense(_), Wrt::Operand(0)) => {
+            let latent = LatentBinary::of(params, of, &g.of, channels)?;
+            let dy = scaled(dy, latent.alpha.clone());
+            matvec_transpose(&dy, &latent.signs, channels)
         }
 
         (Op::Sign(a), Wrt::Operand(0)) => zip(dy, forward[0], |d, v| d * sign_grad(a.grad, v)),
@@ -424,15 +386,108 @@ fn channel_dot(dy: &Tensor, dot: &Tensor) -> Tensor {
     rounded(vec![c], &sum)
 }
 
-/// The clipped straight-through estimator of a latent weight: the gradient
-/// of `sign(W)` passes to `W` where `|W| <= 1` (BinaryConnect).
-fn latent_ste(mut g: Tensor, latent: &[f32]) -> Tensor {
-    for (gv, &w) in g.data.iter_mut().zip(latent) {
-        if w.abs() > 1.0 {
-            *gv = 0.0;
+/// What the backward rules of a layer with latent binary weights read: the
+/// latent weights `W` (`[O, K]`), PCNN's projection `P` (`[K]`) with
+/// `projection=true`, the values `V = P∘W` (`W` itself without) whose signs
+/// the layer computes with, those signs, and `α` from `scale=`.
+struct LatentBinary<'p> {
+    w: &'p [f32],
+    shape: Vec<usize>,
+    projection: Option<&'p [f32]>,
+    v: Vec<f32>,
+    signs: Vec<f32>,
+    alpha: Option<Vec<f32>>,
+}
+
+impl<'p> LatentBinary<'p> {
+    fn of(
+        params: &'p Params,
+        node: &str,
+        op: &Op,
+        channels: usize,
+    ) -> Result<LatentBinary<'p>, InterpError> {
+        let (shape, scale) = binary_weight_shape(op, channels).ok_or_else(|| {
+            InterpError::Verify(Box::new(crate::ir::verify::VerifyError::Training {
+                node: node.to_string(),
+                message: format!("`{}` has no latent binary weights", op.name()),
+            }))
+        })?;
+        let w = param(params, &format!("{node}.weight"), &shape)?;
+        let projection = layer_projection(params, node, op, channels)?;
+        let v = projected(w, projection).into_owned();
+        let signs = v.iter().map(|&x| sign_of(x)).collect();
+        let alpha = layer_alpha(params, node, scale, w, shape[0])?;
+        Ok(LatentBinary {
+            w,
+            shape,
+            projection,
+            v,
+            signs,
+            alpha,
+        })
+    }
+
+    /// `G = ∂L/∂sign(V)`: the weight gradient of the layer's product with
+    /// `α·dy` (`scale=channel`'s α held constant, as in [`scaled`]).
+    fn sign_grad(&self, op: &Op, x: &Tensor, dy: &Tensor) -> Result<Tensor, InterpError> {
+        let dy = scaled(dy, self.alpha.clone());
+        Ok(match op {
+            Op::Conv2d(a) => conv_weight_grad(x, &dy, &a.geometry, 0.0),
+            Op::BConv2d(a) => conv_weight_grad(x, &dy, &a.geometry, pad_of(a.pad_value)),
+            _ => outer_sum(&dy, x),
+        })
+    }
+
+    /// The clipped straight-through estimator of a latent weight: `G` passes
+    /// to `W` where `|V| <= 1` (BinaryConnect, on the value the sign reads),
+    /// times `∂V/∂W = P` through a projection.
+    fn weight_ste(&self, mut g: Tensor) -> Tensor {
+        let k = self.k();
+        for (i, gv) in g.data.iter_mut().enumerate() {
+            *gv = if self.v[i].abs() > 1.0 {
+                0.0
+            } else {
+                self.projection.map_or(*gv, |p| *gv * p[i % k])
+            };
+        }
+        g
+    }
+
+    /// The projection's gradient by the same estimator (Gu et al. 2019,
+    /// Eq. 3.55): `Σ_o G_ok·W_ok` over the weights where `|V_ok| <= 1`.
+    fn projection_ste(&self, g: &Tensor) -> Tensor {
+        let k = self.k();
+        let mut sums = vec![0.0f64; k];
+        for (i, &gv) in g.data.iter().enumerate() {
+            if self.v[i].abs() <= 1.0 {
+                sums[i % k] += gv as f64 * self.w[i] as f64;
+            }
+        }
+        rounded(self.shape[1..].to_vec(), &sums)
+    }
+
+    /// The layer's dot products with `sign(V)`, unscaled: what a learned
+    /// `α_o` multiplies.
+    fn unscaled_dot(&self, op: &Op, x: &Tensor) -> Tensor {
+        match op {
+            Op::Conv2d(a) => super::conv2d(x, &Conv2d { bias: false, ..*a }, &self.signs, None),
+            Op::BConv2d(a) => super::bconv2d(x, a, &self.signs),
+            Op::Dense(a) => super::dense(x, &Dense { bias: false, ..*a }, &self.signs, None),
+            _ => super::matvec(x, &self.signs, self.shape[0]),
         }
     }
-    g
+
+    /// Weights per output channel.
+    fn k(&self) -> usize {
+        (self.w.len() / self.shape[0].max(1)).max(1)
+    }
+}
+
+fn pad_of(p: PadValue) -> f32 {
+    match p {
+        PadValue::Zero => 0.0,
+        PadValue::One => 1.0,
+    }
 }
 
 /// `Σ_{n, spatial} dy[n, o, …]`: the gradient of a per-channel bias.

@@ -7,7 +7,7 @@ use super::elementwise::{add_per_channel, map_per_channel, mul_per_channel};
 use super::{InterpError, param};
 use crate::ir::graph::Node;
 use crate::ir::ops::{
-    BConv2d, BinaryOutput, Conv2d, ConvGeometry, Dense, PadValue, Scale, WeightForm, WeightKind,
+    BConv2d, BinaryOutput, Conv2d, ConvGeometry, Dense, Op, PadValue, Scale, WeightForm, WeightKind,
 };
 use crate::ir::params::{Params, Tensor};
 
@@ -83,6 +83,34 @@ pub(crate) fn layer_alpha(
     scale_factors(scale, w, out, || {
         param(params, &format!("{node}.scale"), &[out])
     })
+}
+
+/// The values whose signs a layer with latent binary weights computes with:
+/// the latent weights `W` (`[O, K]` in C order) themselves, or with
+/// `projection=true` PCNN's projected `V_ok = P_k·W_ok` (`P` is `[K]`,
+/// shared by the output channels). The scale `α` still comes from `W`.
+pub fn projected<'w>(w: &'w [f32], projection: Option<&[f32]>) -> Cow<'w, [f32]> {
+    match projection {
+        None => Cow::Borrowed(w),
+        Some(p) => {
+            let k = p.len().max(1);
+            Cow::Owned(w.iter().enumerate().map(|(i, &v)| p[i % k] * v).collect())
+        }
+    }
+}
+
+/// A layer's `NODE.projection` (`[K]`, `K` the weights per output channel)
+/// with `projection=true`, else `None`.
+pub(crate) fn layer_projection<'p>(
+    params: &'p Params,
+    node: &str,
+    op: &Op,
+    channels: usize,
+) -> Result<Option<&'p [f32]>, InterpError> {
+    match op.projection_shape(channels) {
+        Some(shape) => Ok(Some(param(params, &format!("{node}.projection"), &shape)?)),
+        None => Ok(None),
+    }
 }
 
 /// The weights a real-valued layer computes with: `W` itself, or for
@@ -237,10 +265,11 @@ pub(super) fn binary_weights(
     node: &str,
     form: WeightForm,
     shape: &[usize],
+    projection: Option<&[f32]>,
 ) -> Result<Vec<f32>, InterpError> {
     let name = format!("{node}.weight");
     match form {
-        WeightForm::Latent => Ok(param(params, &name, shape)?
+        WeightForm::Latent => Ok(projected(param(params, &name, shape)?, projection)
             .iter()
             .map(|&v| sign_of(v))
             .collect()),

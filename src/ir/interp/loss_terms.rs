@@ -6,7 +6,9 @@
 //!
 //! As in the rest of the oracle, reductions accumulate in f64 and round once.
 
-use super::{InterpError, conv_weight_shape, layer_alpha, param, sign_of};
+use super::{
+    InterpError, conv_weight_shape, layer_alpha, layer_projection, param, projected, sign_of,
+};
 use crate::ir::ops::{DistributionLoss, Op, QuantizationLoss, Scale, WeightKind};
 use crate::ir::params::{Params, Tensor};
 
@@ -32,28 +34,37 @@ pub fn binary_weight_shape(of: &Op, channels: usize) -> Option<(Vec<usize>, Scal
 }
 
 /// What a quantization loss reads: the latent weights `W` (`[O, K]` in C
-/// order), their shape, and the scale `α_o` of each output channel.
+/// order), their shape, the scale `α_o` of each output channel, and with
+/// `projection=true` PCNN's projection `P` (`[K]`) and the projected values
+/// `V = P∘W` the layer takes the signs of (`V = W` without).
 struct Quantized<'p> {
     w: &'p [f32],
     shape: Vec<usize>,
     alpha: Vec<f32>,
+    projection: Option<&'p [f32]>,
+    v: Vec<f32>,
 }
 
 impl Quantized<'_> {
     /// Per weight, in order: its output channel `o`, the residual
-    /// `W_ok − α_o·s_ok` (in f64, from the f32 product the layer computes
-    /// with) and `s_ok = sign(W_ok)`.
+    /// `V_ok − α_o·s_ok` (in f64, from the f32 product the layer computes
+    /// with) and `s_ok = sign(V_ok)`.
     fn residuals(&self) -> impl Iterator<Item = (usize, f64, f32)> + '_ {
-        let k = (self.w.len() / self.alpha.len().max(1)).max(1);
-        self.w.iter().enumerate().map(move |(i, &v)| {
+        let k = self.k();
+        self.v.iter().enumerate().map(move |(i, &v)| {
             let s = sign_of(v);
             (i / k, v as f64 - (self.alpha[i / k] * s) as f64, s)
         })
     }
+
+    /// Weights per output channel.
+    fn k(&self) -> usize {
+        (self.w.len() / self.alpha.len().max(1)).max(1)
+    }
 }
 
 /// The latent weights of the layer `layer` that a quantization loss reads,
-/// their shape, and `α_o` (from `scale=`, 1 without one).
+/// their shape, `α_o` (from `scale=`, 1 without one) and the projection.
 fn quantized<'p>(
     params: &'p Params,
     layer: &str,
@@ -72,12 +83,23 @@ fn quantized<'p>(
     let w = param(params, &format!("{layer}.weight"), &shape)?;
     let out = shape[0];
     let alpha = layer_alpha(params, layer, scale, w, out)?.unwrap_or_else(|| vec![1.0; out]);
-    Ok(Quantized { w, shape, alpha })
+    let projection = layer_projection(params, layer, &a.of, channels)?;
+    let v = projected(w, projection).into_owned();
+    Ok(Quantized {
+        w,
+        shape,
+        alpha,
+        projection,
+        v,
+    })
 }
 
-/// `quantization_loss`: `λ · Σ_{o,k} (W_ok − α_o·sign(W_ok))²`, the squared
-/// distance between the latent weights and the binarized, scaled weights the
-/// layer computes with. `channels` is the layer's input channel count.
+/// `quantization_loss`: `λ · Σ_{o,k} (V_ok − α_o·sign(V_ok))²`, the squared
+/// distance between the latent weights (projected, `V = P∘W`, with
+/// `projection=true`; `V = W` without) and the binarized, scaled weights the
+/// layer computes with. On a projected layer this is PCNN's projection loss
+/// (Gu et al. 2019, Eq. 3.42 with `η = 0`, its `λ` being `2λ` here).
+/// `channels` is the layer's input channel count.
 pub(super) fn quantization_loss(
     params: &Params,
     layer: &str,
@@ -93,10 +115,13 @@ pub(super) fn quantization_loss(
 }
 
 /// The gradient of `quantization_loss` with respect to the latent weights:
-/// `2λ·(W − α·sign(W))`. With `α_o = mean|W_o|` the term through `α` is
-/// `−2λ·Σ_j (W_oj − α_o·s_oj)·s_oj · s_ok/K = −2λ·(Σ_j|W_oj| − K·α_o)·s_ok/K
-/// = 0`, so this is the whole derivative wherever `sign` is constant; a
-/// learned α is a parameter of its own ([`quantization_loss_scale_grad`]).
+/// `2λ·(V − α·sign(V))·∂V/∂W`, i.e. `2λ·(W − α·sign(W))` without a
+/// projection and `2λ·(P∘W − α·sign(P∘W))∘P` with one (PCNN's Eq. 3.52).
+/// `sign` and `α` are held constant. Without a projection, and with
+/// `α_o = mean|W_o|`, the term through `α` is `−2λ·Σ_j (W_oj −
+/// α_o·s_oj)·s_oj · s_ok/K = −2λ·(Σ_j|W_oj| − K·α_o)·s_ok/K = 0`, so this is
+/// the whole derivative wherever `sign` is constant; a learned α is a
+/// parameter of its own ([`quantization_loss_scale_grad`]).
 pub(super) fn quantization_loss_grad(
     params: &Params,
     layer: &str,
@@ -105,13 +130,40 @@ pub(super) fn quantization_loss_grad(
 ) -> Result<Tensor, InterpError> {
     let q = quantized(params, layer, a, channels)?;
     let lambda = a.weight as f64;
+    let k = q.k();
     let data = q
         .residuals()
-        .map(|(_, d, _)| (2.0 * lambda * d) as f32)
+        .enumerate()
+        .map(|(i, (_, d, _))| {
+            let dv = q.projection.map_or(1.0, |p| p[i % k] as f64);
+            (2.0 * lambda * d * dv) as f32
+        })
         .collect();
     Ok(Tensor {
         shape: q.shape,
         data,
+    })
+}
+
+/// The gradient of `quantization_loss` with respect to the projection of a
+/// projected layer: `2λ·Σ_o (V_ok − α_o·s_ok)·W_ok` (PCNN's projection-loss
+/// gradient of `P`, `sign` and `α` held constant).
+pub(super) fn quantization_loss_projection_grad(
+    params: &Params,
+    layer: &str,
+    a: &QuantizationLoss,
+    channels: usize,
+) -> Result<Tensor, InterpError> {
+    let q = quantized(params, layer, a, channels)?;
+    let k = q.k();
+    let mut sums = vec![0.0f64; k];
+    for (i, (_, d, _)) in q.residuals().enumerate() {
+        sums[i % k] += d * q.w[i] as f64;
+    }
+    let lambda = a.weight as f64;
+    Ok(Tensor {
+        shape: q.shape[1..].to_vec(),
+        data: sums.iter().map(|&v| (2.0 * lambda * v) as f32).collect(),
     })
 }
 

@@ -40,8 +40,10 @@ mod pool;
 mod tests;
 
 pub use elementwise::{batchnorm_std, batchnorm_value, batchnorm_with_std};
-pub(crate) use layers::layer_alpha;
-pub use layers::{affine_value, channel_scales, layer_weights, scale_factors, threshold_value};
+pub use layers::{
+    affine_value, channel_scales, layer_weights, projected, scale_factors, threshold_value,
+};
+pub(crate) use layers::{layer_alpha, layer_projection};
 
 use elementwise::*;
 use layers::*;
@@ -454,7 +456,9 @@ fn eval_node(
             let w = p("weight", &conv_weight_shape(&a.geometry, channels()))?;
             let out = a.geometry.out_channels;
             let alpha = layer_alpha(params, &node.name, a.scale, w, out)?;
-            let w = &layer_weights(a.weights, alpha.as_deref(), w, out);
+            let projection = layer_projection(params, &node.name, &node.op, channels())?;
+            let v = projected(w, projection);
+            let w = &layer_weights(a.weights, alpha.as_deref(), &v, out);
             let b = if a.bias {
                 Some(p("bias", &[a.geometry.out_channels])?)
             } else {
@@ -464,7 +468,8 @@ fn eval_node(
         }
         Op::BConv2d(a) => {
             let shape = conv_weight_shape(&a.geometry, channels());
-            let signs = binary_weights(params, &node.name, a.weights, &shape)?;
+            let projection = layer_projection(params, &node.name, &node.op, channels())?;
+            let signs = binary_weights(params, &node.name, a.weights, &shape, projection)?;
             let dot = bconv2d(x[0], a, &signs);
             binary_output(params, node, a.output, a.scale, dot, &shape)?
         }
@@ -472,7 +477,9 @@ fn eval_node(
             let w = p("weight", &[a.out_features, channels()])?;
             let out = a.out_features;
             let alpha = layer_alpha(params, &node.name, a.scale, w, out)?;
-            let w = &layer_weights(a.weights, alpha.as_deref(), w, out);
+            let projection = layer_projection(params, &node.name, &node.op, channels())?;
+            let v = projected(w, projection);
+            let w = &layer_weights(a.weights, alpha.as_deref(), &v, out);
             let b = if a.bias {
                 Some(p("bias", &[a.out_features])?)
             } else {
@@ -482,7 +489,8 @@ fn eval_node(
         }
         Op::BDense(a) => {
             let shape = [a.out_features, channels()];
-            let signs = binary_weights(params, &node.name, a.weights, &shape)?;
+            let projection = layer_projection(params, &node.name, &node.op, channels())?;
+            let signs = binary_weights(params, &node.name, a.weights, &shape, projection)?;
             let dot = matvec(x[0], &signs, a.out_features);
             binary_output(params, node, a.output, a.scale, dot, &shape)?
         }

@@ -256,6 +256,7 @@ fn bconv2d_pad_value_adds_the_padded_weight_sum() {
             scale: Scale::None,
             output: BinaryOutput::Dot,
             weights: WeightForm::Latent,
+            projection: false,
         });
         binary(op, &[1, 2, 2])
     };
@@ -284,6 +285,7 @@ fn bconv2d_channel_scale() {
         scale: Scale::Channel,
         output: BinaryOutput::Dot,
         weights: WeightForm::Latent,
+        projection: false,
     });
     let g = binary(op, &[3, 1, 1]);
     // Signs [1, −1, 1] with α = 1.5/3 = 0.5; [−1, −1, 1] with α = 3.5/3.
@@ -305,6 +307,7 @@ fn bdense_with_and_without_scale() {
                 scale,
                 output: BinaryOutput::Dot,
                 weights: WeightForm::Latent,
+                projection: false,
             }),
             &[4],
         )

@@ -11,7 +11,7 @@ use super::EngineError;
 use super::conv::Conv;
 use super::elementwise as ew;
 use super::exec::{
-    Ctx, State, bn_norm, cache, conv_weight_shape, inner, latent_ste, pad_of, store,
+    Ctx, State, bn_norm, cache, conv_weight_shape, inner, latent_ste, pad_of, projection_ste, store,
 };
 use super::gemm::{dense_forward, dense_input_grad, dense_weight_grad};
 use super::norm;
@@ -49,14 +49,38 @@ pub(super) fn grad(
             let shape = super::exec::quantized_shape(step, &a.of)?;
             let latent = cx.param(of, "weight", &shape)?;
             let bw = &cx.binary[cache(step)?];
-            super::loss_terms::quantization_grad(par, latent, &bw.scaled, a.weight, out);
+            super::loss_terms::quantization_grad(
+                par,
+                bw.values(latent),
+                &bw.scaled,
+                &bw.projection,
+                a.weight,
+                out,
+            );
         }
         (Op::QuantizationLoss(a), Wrt::Param(ParamRole::Scale)) => {
             let shape = super::exec::quantized_shape(step, &a.of)?;
             let latent = cx.param(of, "weight", &shape)?;
             let bw = &cx.binary[cache(step)?];
             let g = super::loss_terms::quantization_scale_grad(
-                latent, &bw.scaled, &bw.signs, shape[0], a.weight,
+                bw.values(latent),
+                &bw.scaled,
+                &bw.signs,
+                shape[0],
+                a.weight,
+            );
+            store(out, &g);
+        }
+        (Op::QuantizationLoss(a), Wrt::Param(ParamRole::Projection)) => {
+            let shape = super::exec::quantized_shape(step, &a.of)?;
+            let latent = cx.param(of, "weight", &shape)?;
+            let bw = &cx.binary[cache(step)?];
+            let g = super::loss_terms::quantization_projection_grad(
+                latent,
+                &bw.projected,
+                &bw.scaled,
+                shape[0],
+                a.weight,
             );
             store(out, &g);
         }
@@ -75,11 +99,7 @@ pub(super) fn grad(
             let conv = Conv::new(&a.geometry, d0, ydims);
             conv.weight_grad(par, forward[0], dy, cx.batch, 0.0, st.scratch, out);
             if a.weights == WeightKind::Binary {
-                let shape = conv_weight_shape(&a.geometry, c0);
-                let latent = cx.param(of, "weight", &shape)?;
-                let bw = &cx.binary[cache(step)?];
-                let alpha = a.scale.is_scaled().then_some(bw.alpha.as_slice());
-                latent_ste(out, latent, alpha, shape[0]);
+                binary_weight_ste(cx, step, &g.of, c0, out)?;
             }
         }
         (Op::Conv2d(_) | Op::Dense(_), Wrt::Param(ParamRole::Bias)) => {
@@ -93,13 +113,9 @@ pub(super) fn grad(
         }
         (Op::BConv2d(a), Wrt::Param(ParamRole::Weight)) => {
             let conv = Conv::new(&a.geometry, d0, ydims);
-            let shape = conv_weight_shape(&a.geometry, c0);
-            let latent = cx.param(of, "weight", &shape)?;
             let pad = pad_of(a.pad_value);
             conv.weight_grad(par, forward[0], dy, cx.batch, pad, st.scratch, out);
-            let bw = &cx.binary[cache(step)?];
-            let alpha = a.scale.is_scaled().then_some(bw.alpha.as_slice());
-            latent_ste(out, latent, alpha, shape[0]);
+            binary_weight_ste(cx, step, &g.of, c0, out)?;
         }
         (Op::Dense(a), Wrt::Operand(0)) => {
             let w = match a.weights {
@@ -111,10 +127,7 @@ pub(super) fn grad(
         (Op::Dense(a), Wrt::Param(ParamRole::Weight)) => {
             dense_weight_grad(par, dy, forward[0], cx.batch, c0, a.out_features, out);
             if a.weights == WeightKind::Binary {
-                let latent = cx.param(of, "weight", &[a.out_features, c0])?;
-                let bw = &cx.binary[cache(step)?];
-                let alpha = a.scale.is_scaled().then_some(bw.alpha.as_slice());
-                latent_ste(out, latent, alpha, a.out_features);
+                binary_weight_ste(cx, step, &g.of, c0, out)?;
             }
         }
         (Op::BDense(a), Wrt::Operand(0)) => {
@@ -122,12 +135,37 @@ pub(super) fn grad(
             dense_input_grad(par, dy, &bw.scaled, c0, a.out_features, out);
         }
         (Op::BDense(a), Wrt::Param(ParamRole::Weight)) => {
-            let o = a.out_features;
-            let latent = cx.param(of, "weight", &[o, c0])?;
-            dense_weight_grad(par, dy, forward[0], cx.batch, c0, o, out);
+            dense_weight_grad(par, dy, forward[0], cx.batch, c0, a.out_features, out);
+            binary_weight_ste(cx, step, &g.of, c0, out)?;
+        }
+        (
+            Op::Conv2d(_) | Op::BConv2d(_) | Op::Dense(_) | Op::BDense(_),
+            Wrt::Param(ParamRole::Projection),
+        ) => {
+            // The raw weight gradient again, into scratch: the weight's own
+            // `grad` step consumed its copy (the STE overwrote it in place).
+            let (shape, scale) = crate::ir::interp::loss_terms::binary_weight_shape(&g.of, c0)
+                .ok_or_else(|| unsupported(step))?;
+            let mut raw = vec![0.0; shape.iter().product()];
+            match &*g.of {
+                Op::Conv2d(a) => Conv::new(&a.geometry, d0, ydims)
+                    .weight_grad(par, forward[0], dy, cx.batch, 0.0, st.scratch, &mut raw),
+                Op::BConv2d(a) => Conv::new(&a.geometry, d0, ydims).weight_grad(
+                    par,
+                    forward[0],
+                    dy,
+                    cx.batch,
+                    pad_of(a.pad_value),
+                    st.scratch,
+                    &mut raw,
+                ),
+                _ => dense_weight_grad(par, dy, forward[0], cx.batch, c0, shape[0], &mut raw),
+            }
+            let latent = cx.param(of, "weight", &shape)?;
             let bw = &cx.binary[cache(step)?];
-            let alpha = a.scale.is_scaled().then_some(bw.alpha.as_slice());
-            latent_ste(out, latent, alpha, o);
+            let alpha = scale.is_scaled().then_some(bw.alpha.as_slice());
+            let sums = projection_ste(&raw, latent, &bw.projected, alpha, shape[0]);
+            store(out, &sums);
         }
         (Op::Conv2d(a), Wrt::Param(ParamRole::Scale)) => {
             let conv = Conv::new(&a.geometry, d0, ydims);
@@ -252,4 +290,29 @@ pub(super) fn grad(
         }
     }
     Ok(())
+}
+
+/// The clipped STE ([`latent_ste`]) on the raw weight gradient in `out` of
+/// `layer`, a layer with latent binary weights over `channels` inputs.
+fn binary_weight_ste(
+    cx: &Ctx,
+    step: &Step,
+    layer: &Op,
+    channels: usize,
+    out: &mut [f32],
+) -> Result<(), EngineError> {
+    let (shape, scale) = crate::ir::interp::loss_terms::binary_weight_shape(layer, channels)
+        .ok_or_else(|| unsupported(step))?;
+    let latent = cx.param(&step.of_name, "weight", &shape)?;
+    let bw = &cx.binary[cache(step)?];
+    let alpha = scale.is_scaled().then_some(bw.alpha.as_slice());
+    latent_ste(out, bw.values(latent), alpha, &bw.projection, shape[0]);
+    Ok(())
+}
+
+fn unsupported(step: &Step) -> EngineError {
+    EngineError::Unsupported {
+        node: step.name.clone(),
+        what: "a binary-weight gradient of a layer without latent binary weights".into(),
+    }
 }

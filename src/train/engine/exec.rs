@@ -153,15 +153,54 @@ fn directions<'p>(d: &'p [f32], node: &str) -> Result<&'p [f32], EngineError> {
 }
 
 /// Scales row `o` of `g` (`[O, K]`) by `α_o` (when scaled) and zeroes the
-/// entries whose latent weight lies outside `[−1, 1]` (the clipped STE).
-pub(super) fn latent_ste(g: &mut [f32], latent: &[f32], alpha: Option<&[f32]>, out: usize) {
+/// entries whose value `v` (the latent weight, or `P∘W` through a
+/// projection) lies outside `[−1, 1]` (the clipped STE); through a
+/// projection `P` (`[K]`, empty for none) each entry is also multiplied by
+/// `∂V/∂W = P_k`.
+pub(super) fn latent_ste(
+    g: &mut [f32],
+    values: &[f32],
+    alpha: Option<&[f32]>,
+    projection: &[f32],
+    out: usize,
+) {
     let k = g.len() / out.max(1);
     for (o, row) in g.chunks_mut(k.max(1)).enumerate() {
         let a = alpha.map_or(1.0, |a| a[o]);
-        for (v, &w) in row.iter_mut().zip(&latent[o * k..]) {
-            *v = if w.abs() > 1.0 { 0.0 } else { *v * a };
+        for (j, (v, &w)) in row.iter_mut().zip(&values[o * k..]).enumerate() {
+            *v = if w.abs() > 1.0 {
+                0.0
+            } else if projection.is_empty() {
+                *v * a
+            } else {
+                *v * a * projection[j]
+            };
         }
     }
+}
+
+/// The projection's gradient from the raw weight gradient `g` (`[O, K]`,
+/// before [`latent_ste`]): `Σ_o g_ok·α_o·W_ok` over the entries whose `|V_ok|
+/// <= 1`, in f64 (Gu et al. 2019, Eq. 3.55).
+pub(super) fn projection_ste(
+    g: &[f32],
+    latent: &[f32],
+    values: &[f32],
+    alpha: Option<&[f32]>,
+    out: usize,
+) -> Vec<f64> {
+    let k = g.len() / out.max(1);
+    let mut sums = vec![0.0f64; k];
+    for (o, row) in g.chunks(k.max(1)).enumerate() {
+        let a = alpha.map_or(1.0, |a| a[o]) as f64;
+        for (j, &gv) in row.iter().enumerate() {
+            let i = o * k + j;
+            if values[i].abs() <= 1.0 {
+                sums[j] += gv as f64 * a * latent[i] as f64;
+            }
+        }
+    }
+    sums
 }
 
 /// The value padded positions of a binary convolution hold.
@@ -411,7 +450,9 @@ pub(super) fn exec(
             let bw = &cx.binary[cache(step)?];
             let layer = &step.operand_dims[0];
             let w = cx.param(&step.of_name, "weight", &quantized_shape(step, &a.of)?)?;
-            out[0] = super::loss_terms::quantization_loss(par, w, &bw.scaled, layer[0], a.weight);
+            let values = bw.values(w);
+            out[0] =
+                super::loss_terms::quantization_loss(par, values, &bw.scaled, layer[0], a.weight);
         }
         Op::DistributionLoss(a) => {
             out[0] = super::loss_terms::distribution_loss(par, x[0], c0, inner(d0), a.weight);

@@ -6,18 +6,19 @@ use super::norm;
 use super::par::Par;
 use crate::ir::interp::loss_terms::{DISTRIBUTION_EPS, distribution_terms};
 
-/// `λ·Σ (W − α·sign(W))²`, with `scaled` the layer's prepared `α·sign(W)`
-/// (`sign(W)` without a scale). Summed per output row in f64.
+/// `λ·Σ (V − α·sign(V))²`, with `values` the latent weights `V = W` (or
+/// `P∘W` through a projection) and `scaled` the layer's prepared
+/// `α·sign(V)` (`sign(V)` without a scale). Summed per output row in f64.
 pub(super) fn quantization_loss(
     par: Par,
-    latent: &[f32],
+    values: &[f32],
     scaled: &[f32],
     out: usize,
     weight: f32,
 ) -> f32 {
-    let k = latent.len() / out.max(1);
-    let rows = par.map(out, latent.len(), |o| {
-        let (w, s) = (&latent[o * k..][..k], &scaled[o * k..][..k]);
+    let k = values.len() / out.max(1);
+    let rows = par.map(out, values.len(), |o| {
+        let (w, s) = (&values[o * k..][..k], &scaled[o * k..][..k]);
         w.iter()
             .zip(s)
             .map(|(&w, &s)| {
@@ -29,36 +30,46 @@ pub(super) fn quantization_loss(
     (weight as f64 * rows.iter().sum::<f64>()) as f32
 }
 
-/// `2λ·(W − α·sign(W))`, the gradient of [`quantization_loss`] with respect to `W`.
+/// `2λ·(V − α·sign(V))·∂V/∂W`, the gradient of [`quantization_loss`] with
+/// respect to `W`: `∂V/∂W` is 1, or `P_k` through a projection
+/// (`projection`, `[K]`; empty for none).
 pub(super) fn quantization_grad(
     par: Par,
-    latent: &[f32],
+    values: &[f32],
     scaled: &[f32],
+    projection: &[f32],
     weight: f32,
     dw: &mut [f32],
 ) {
-    let k = latent.len().max(1);
-    par.rows(dw, k, latent.len(), |_, d| {
-        for ((g, &w), &s) in d.iter_mut().zip(latent).zip(scaled) {
-            *g = 2.0 * weight * (w - s);
+    let k = projection.len().max(1);
+    par.rows(dw, k, values.len(), |row, d| {
+        let at = row * k;
+        for (j, g) in d.iter_mut().enumerate() {
+            let i = at + j;
+            let r = 2.0 * weight * (values[i] - scaled[i]);
+            *g = if projection.is_empty() {
+                r
+            } else {
+                r * projection[i % k]
+            };
         }
     });
 }
 
-/// `−2λ·Σ_k (W_ok − α_o·s_ok)·s_ok` per output row, in f64: the gradient of
+/// `−2λ·Σ_k (V_ok − α_o·s_ok)·s_ok` per output row, in f64: the gradient of
 /// [`quantization_loss`] with respect to a learned scale `α_o`, with `scaled`
-/// the prepared `α·sign(W)` and `signs` the prepared `sign(W)`.
+/// the prepared `α·sign(V)` and `signs` the prepared `sign(V)`.
 pub(super) fn quantization_scale_grad(
-    latent: &[f32],
+    values: &[f32],
     scaled: &[f32],
     signs: &[f32],
     out: usize,
     weight: f32,
 ) -> Vec<f64> {
-    let k = latent.len() / out.max(1);
+    let k = values.len() / out.max(1);
     (0..out)
         .map(|o| {
-            let rows = latent[o * k..][..k]
+            let rows = values[o * k..][..k]
                 .iter()
                 .zip(&scaled[o * k..][..k])
                 .zip(&signs[o * k..][..k]);
@@ -68,6 +79,24 @@ pub(super) fn quantization_scale_grad(
             -2.0 * weight as f64 * sum
         })
         .collect()
+}
+
+/// `2λ·Σ_o (V_ok − α_o·s_ok)·W_ok` per weight position `k`, in f64: the
+/// gradient of [`quantization_loss`] with respect to the projection `P` of a
+/// projected layer, with `projected` the prepared `V = P∘W`.
+pub(super) fn quantization_projection_grad(
+    latent: &[f32],
+    projected: &[f32],
+    scaled: &[f32],
+    out: usize,
+    weight: f32,
+) -> Vec<f64> {
+    let k = latent.len() / out.max(1);
+    let mut sums = vec![0.0f64; k];
+    for (i, ((&w, &v), &a)) in latent.iter().zip(projected).zip(scaled).enumerate() {
+        sums[i % k.max(1)] += (v as f64 - a as f64) * w as f64;
+    }
+    sums.iter().map(|s| 2.0 * weight as f64 * s).collect()
 }
 
 /// Per channel of `x` (`[N, C, inner]`): `μ_c` and `σ_c = √(var_c + ε)`.

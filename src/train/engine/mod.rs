@@ -209,6 +209,22 @@ struct BinaryWeights {
     packed: Vec<u64>,
     /// `sign(W)` laid out for the layer's 512-bit kernel, if it has one.
     wide_bits: Option<std::sync::Arc<crate::codegen::kernels::wide::standalone::PackedRows>>,
+    /// PCNN's projection `P` (`[K]`) with `projection=true`, else empty.
+    projection: Vec<f32>,
+    /// `V = P∘W`, whose signs the layer takes, with a projection; else empty.
+    projected: Vec<f32>,
+}
+
+impl BinaryWeights {
+    /// The values whose signs the layer takes: `P∘W` through a projection,
+    /// else the latent weights themselves.
+    fn values<'a>(&'a self, latent: &'a [f32]) -> &'a [f32] {
+        if self.projection.is_empty() {
+            latent
+        } else {
+            &self.projected
+        }
+    }
 }
 
 /// The buffers of one batch size.
@@ -515,7 +531,26 @@ impl StepEngine {
                 continue;
             }
             let latent = param(params, &name, &layer.shape)?;
-            for (s, &w) in bw.signs.iter_mut().zip(latent) {
+            match &layer.projection {
+                Some(shape) => {
+                    let p = param(params, &format!("{}.projection", layer.name), shape)?;
+                    bw.projection.clear();
+                    bw.projection.extend_from_slice(p);
+                    bw.projected.clear();
+                    bw.projected
+                        .extend(crate::ir::interp::projected(latent, Some(p)).iter());
+                }
+                None => {
+                    bw.projection.clear();
+                    bw.projected.clear();
+                }
+            }
+            let values = if bw.projection.is_empty() {
+                latent
+            } else {
+                &bw.projected
+            };
+            for (s, &w) in bw.signs.iter_mut().zip(values) {
                 *s = elementwise::sign_of(w);
             }
             bw.scaled.clone_from(&bw.signs);

@@ -80,6 +80,9 @@ pub(super) struct BinaryLayer {
     /// Whether the forward pass runs the XNOR kernel on packed signs
     /// (`bdense`), so the signs are packed too.
     pub xnor: bool,
+    /// The shape of PCNN's projection `NODE.projection` with
+    /// `projection=true`: the layer takes the signs of `P∘W`.
+    pub projection: Option<Vec<usize>>,
 }
 
 /// The whole plan.
@@ -144,6 +147,7 @@ fn binary_layer(name: &str, op: &Op, channels: usize) -> Option<BinaryLayer> {
         packed,
         scale,
         xnor,
+        projection: op.projection_shape(channels),
     })
 }
 
