@@ -366,3 +366,45 @@ fn the_models_declared_normalisation_is_honoured_and_overridable() {
         "{stderr}"
     );
 }
+
+/// PCNN end to end: a projected model trains with the projection loss and
+/// `onebit eval` (the JIT, after `fold_projection`) agrees with the
+/// interpreter; the loss on a model without a projection is refused, naming
+/// the model file.
+#[test]
+fn projected_models_train_and_a_projection_loss_needs_a_projection() {
+    let dir = scratch("pcnn");
+    let w = dir.join("w.safetensors");
+    let mut args = train_args(&w, 2);
+    args[1] = example("digits_pcnn");
+    args.extend(["--projection-loss".into(), "1e-4".into()]);
+    ok(onebit(&args));
+    let eval = |engine: &[&str]| {
+        let mut a: Vec<String> = ["eval", &example("digits_pcnn"), "--weights"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend([
+            w.display().to_string(),
+            "--data".into(),
+            "digits".into(),
+            "--json".into(),
+        ]);
+        a.extend(engine.iter().map(|s| s.to_string()));
+        ok(onebit(&a))
+    };
+    let jit = eval(&[]);
+    assert!(jit.contains("\"accuracy\":"), "{jit}");
+    assert_eq!(jit, eval(&["--engine", "interp"]));
+
+    let mut args = train_args(&dir.join("x.safetensors"), 1);
+    args.extend(["--projection-loss".into(), "1e-4".into()]);
+    let out = onebit(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mlp_digits.bnn") && stderr.contains("`projection=true`"),
+        "{stderr}"
+    );
+    assert!(!dir.join("x.safetensors").exists());
+}

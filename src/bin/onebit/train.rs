@@ -391,7 +391,8 @@ pub fn train(args: TrainArgs) -> Result<(), Failure> {
         }
         None => None,
     };
-    let mut trainer = Trainer::new(&model, params, &config).map_err(|e| fail(&e))?;
+    let mut trainer = Trainer::new(&model, params, &config)
+        .map_err(|e| Failure(format!("error: {}: {e}", args.model.display())))?;
     if let Some(c) = &resumed {
         trainer
             .optimizer_mut()
