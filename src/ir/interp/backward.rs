@@ -8,11 +8,11 @@
 //! the oracle should be closer to the exact value than any engine tested
 //! against it, whatever order that engine sums in.
 
-use super::loss_terms::binary_weight_shape;
+use super::loss_terms::LatentBinary;
 use super::{
     InterpError, batchnorm_std, batchnorm_with_std, conv_weight_shape, copy_from_padded,
     copy_into_padded, dims4, layer_alpha, layer_projection, layer_weights, out_size, param,
-    projected, sign_of,
+    projected,
 };
 use crate::ir::ops::{
     BatchNorm, Conv2d, ConvGeometry, CrossEntropy, Dense, Grad, Op, PadValue, ParamRole, Pool,
@@ -218,7 +218,9 @@ pub(super) fn grad(
         (Op::Conv2d(_) | Op::BConv2d(_) | Op::Dense(_) | Op::BDense(_), Wrt::Param(role))
             if matches!(role, ParamRole::Weight | ParamRole::Projection) =>
         {
-            let latent = LatentBinary::of(params, of, &g.of, channels)?;
+            let latent = LatentBinary::of(params, of, &g.of, channels, || {
+                format!("`{}` has no latent binary weights", g.of.name())
+            })?;
             let sg = latent.sign_grad(&g.of, forward[0], dy)?;
             match role {
                 ParamRole::Weight => latent.weight_ste(sg),
@@ -229,13 +231,17 @@ pub(super) fn grad(
             Op::Conv2d(_) | Op::BConv2d(_) | Op::Dense(_) | Op::BDense(_),
             Wrt::Param(ParamRole::Scale),
         ) => {
-            let latent = LatentBinary::of(params, of, &g.of, channels)?;
+            let latent = LatentBinary::of(params, of, &g.of, channels, || {
+                format!("`{}` has no latent binary weights", g.of.name())
+            })?;
             channel_dot(dy, &latent.unscaled_dot(&g.of, forward[0]))
         }
         (Op::Conv2d(_), Wrt::Param(ParamRole::Bias))
         | (Op::Dense(_), Wrt::Param(ParamRole::Bias)) => channel_sums(dy),
         (Op::BConv2d(a), Wrt::Operand(0)) => {
-            let latent = LatentBinary::of(params, of, &g.of, channels)?;
+            let latent = LatentBinary::of(params, of, &g.of, channels, || {
+                format!("`{}` has no latent binary weights", g.of.name())
+            })?;
             let dy = scaled(dy, latent.alpha.clone());
             convolve_transpose(&dy, &a.geometry, &latent.signs, dims4(forward[0]))
         }
@@ -247,7 +253,9 @@ pub(super) fn grad(
             matvec_transpose(dy, &w, channels)
         }
         (Op::BDense(_), Wrt::Operand(0)) => {
-            let latent = LatentBinary::of(params, of, &g.of, channels)?;
+            let latent = LatentBinary::of(params, of, &g.of, channels, || {
+                format!("`{}` has no latent binary weights", g.of.name())
+            })?;
             let dy = scaled(dy, latent.alpha.clone());
             matvec_transpose(&dy, &latent.signs, channels)
         }
@@ -386,47 +394,7 @@ fn channel_dot(dy: &Tensor, dot: &Tensor) -> Tensor {
     rounded(vec![c], &sum)
 }
 
-/// What the backward rules of a layer with latent binary weights read: the
-/// latent weights `W` (`[O, K]`), PCNN's projection `P` (`[K]`) with
-/// `projection=true`, the values `V = P∘W` (`W` itself without) whose signs
-/// the layer computes with, those signs, and `α` from `scale=`.
-struct LatentBinary<'p> {
-    w: &'p [f32],
-    shape: Vec<usize>,
-    projection: Option<&'p [f32]>,
-    v: Vec<f32>,
-    signs: Vec<f32>,
-    alpha: Option<Vec<f32>>,
-}
-
-impl<'p> LatentBinary<'p> {
-    fn of(
-        params: &'p Params,
-        node: &str,
-        op: &Op,
-        channels: usize,
-    ) -> Result<LatentBinary<'p>, InterpError> {
-        let (shape, scale) = binary_weight_shape(op, channels).ok_or_else(|| {
-            InterpError::Verify(Box::new(crate::ir::verify::VerifyError::Training {
-                node: node.to_string(),
-                message: format!("`{}` has no latent binary weights", op.name()),
-            }))
-        })?;
-        let w = param(params, &format!("{node}.weight"), &shape)?;
-        let projection = layer_projection(params, node, op, channels)?;
-        let v = projected(w, projection).into_owned();
-        let signs = v.iter().map(|&x| sign_of(x)).collect();
-        let alpha = layer_alpha(params, node, scale, w, shape[0])?;
-        Ok(LatentBinary {
-            w,
-            shape,
-            projection,
-            v,
-            signs,
-            alpha,
-        })
-    }
-
+impl LatentBinary<'_> {
     /// `G = ∂L/∂sign(V)`: the weight gradient of the layer's product with
     /// `α·dy` (`scale=channel`'s α held constant, as in [`scaled`]).
     fn sign_grad(&self, op: &Op, x: &Tensor, dy: &Tensor) -> Result<Tensor, InterpError> {
@@ -475,11 +443,6 @@ impl<'p> LatentBinary<'p> {
             Op::Dense(a) => super::dense(x, &Dense { bias: false, ..*a }, &self.signs, None),
             _ => super::matvec(x, &self.signs, self.shape[0]),
         }
-    }
-
-    /// Weights per output channel.
-    fn k(&self) -> usize {
-        (self.w.len() / self.shape[0].max(1)).max(1)
     }
 }
 

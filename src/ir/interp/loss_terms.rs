@@ -33,64 +33,85 @@ pub fn binary_weight_shape(of: &Op, channels: usize) -> Option<(Vec<usize>, Scal
     }
 }
 
-/// What a quantization loss reads: the latent weights `W` (`[O, K]` in C
-/// order), their shape, the scale `α_o` of each output channel, and with
-/// `projection=true` PCNN's projection `P` (`[K]`) and the projected values
-/// `V = P∘W` the layer takes the signs of (`V = W` without).
-struct Quantized<'p> {
-    w: &'p [f32],
-    shape: Vec<usize>,
-    alpha: Vec<f32>,
-    projection: Option<&'p [f32]>,
-    v: Vec<f32>,
+/// What the rules of a layer with latent binary weights read (its backward
+/// rules and its quantization loss): the latent weights `W` (`[O, K]` in C
+/// order) and their shape, PCNN's projection `P` (`[K]`) with
+/// `projection=true`, the values `V = P∘W` (`W` itself without) whose signs
+/// the layer computes with, those signs, and `α` from `scale=` (`None`
+/// without a scale).
+pub(super) struct LatentBinary<'p> {
+    pub(super) w: &'p [f32],
+    pub(super) shape: Vec<usize>,
+    pub(super) projection: Option<&'p [f32]>,
+    pub(super) v: Vec<f32>,
+    pub(super) signs: Vec<f32>,
+    pub(super) alpha: Option<Vec<f32>>,
 }
 
-impl Quantized<'_> {
-    /// Per weight, in order: its output channel `o`, the residual
-    /// `V_ok − α_o·s_ok` (in f64, from the f32 product the layer computes
-    /// with) and `s_ok = sign(V_ok)`.
-    fn residuals(&self) -> impl Iterator<Item = (usize, f64, f32)> + '_ {
-        let k = self.k();
-        self.v.iter().enumerate().map(move |(i, &v)| {
-            let s = sign_of(v);
-            (i / k, v as f64 - (self.alpha[i / k] * s) as f64, s)
+impl<'p> LatentBinary<'p> {
+    /// Reads the layer `node` (`op` over `channels` input channels); an op
+    /// without latent binary weights is the error `not_binary()` describes.
+    pub(super) fn of(
+        params: &'p Params,
+        node: &str,
+        op: &Op,
+        channels: usize,
+        not_binary: impl FnOnce() -> String,
+    ) -> Result<LatentBinary<'p>, InterpError> {
+        let (shape, scale) = binary_weight_shape(op, channels).ok_or_else(|| {
+            InterpError::Verify(Box::new(crate::ir::verify::VerifyError::Training {
+                node: node.to_string(),
+                message: not_binary(),
+            }))
+        })?;
+        let w = param(params, &format!("{node}.weight"), &shape)?;
+        let projection = layer_projection(params, node, op, channels)?;
+        let v = projected(w, projection).into_owned();
+        let signs = v.iter().map(|&x| sign_of(x)).collect();
+        let alpha = layer_alpha(params, node, scale, w, shape[0])?;
+        Ok(LatentBinary {
+            w,
+            shape,
+            projection,
+            v,
+            signs,
+            alpha,
         })
     }
 
     /// Weights per output channel.
-    fn k(&self) -> usize {
-        (self.w.len() / self.alpha.len().max(1)).max(1)
+    pub(super) fn k(&self) -> usize {
+        (self.w.len() / self.shape[0].max(1)).max(1)
+    }
+
+    /// Per weight, in order: its output channel `o`, the residual
+    /// `V_ok − α_o·s_ok` (in f64, from the f32 product the layer computes
+    /// with; `α_o = 1` without a scale) and `s_ok = sign(V_ok)`.
+    fn residuals(&self) -> impl Iterator<Item = (usize, f64, f32)> + '_ {
+        let k = self.k();
+        self.v
+            .iter()
+            .zip(&self.signs)
+            .enumerate()
+            .map(move |(i, (&v, &s))| {
+                let a = self.alpha.as_ref().map_or(1.0, |a| a[i / k]);
+                (i / k, v as f64 - (a * s) as f64, s)
+            })
     }
 }
 
-/// The latent weights of the layer `layer` that a quantization loss reads,
-/// their shape, `α_o` (from `scale=`, 1 without one) and the projection.
+/// The layer `layer` that a quantization loss reads.
 fn quantized<'p>(
     params: &'p Params,
     layer: &str,
     a: &QuantizationLoss,
     channels: usize,
-) -> Result<Quantized<'p>, InterpError> {
-    let (shape, scale) = binary_weight_shape(&a.of, channels).ok_or_else(|| {
-        InterpError::Verify(Box::new(crate::ir::verify::VerifyError::Training {
-            node: layer.to_string(),
-            message: format!(
-                "`quantization_loss` of a `{}`, not a binary layer",
-                a.of.name()
-            ),
-        }))
-    })?;
-    let w = param(params, &format!("{layer}.weight"), &shape)?;
-    let out = shape[0];
-    let alpha = layer_alpha(params, layer, scale, w, out)?.unwrap_or_else(|| vec![1.0; out]);
-    let projection = layer_projection(params, layer, &a.of, channels)?;
-    let v = projected(w, projection).into_owned();
-    Ok(Quantized {
-        w,
-        shape,
-        alpha,
-        projection,
-        v,
+) -> Result<LatentBinary<'p>, InterpError> {
+    LatentBinary::of(params, layer, &a.of, channels, || {
+        format!(
+            "`quantization_loss` of a `{}`, not a binary layer",
+            a.of.name()
+        )
     })
 }
 
@@ -176,7 +197,7 @@ pub(super) fn quantization_loss_scale_grad(
     channels: usize,
 ) -> Result<Tensor, InterpError> {
     let q = quantized(params, layer, a, channels)?;
-    let mut sums = vec![0.0f64; q.alpha.len()];
+    let mut sums = vec![0.0f64; q.shape[0]];
     for (o, d, s) in q.residuals() {
         sums[o] += d * s as f64;
     }

@@ -41,6 +41,23 @@ pub(super) fn grad(
     let d0 = fdims[0].as_slice();
     let c0 = d0.first().copied().unwrap_or(0);
     let of = step.of_name.as_str();
+    // The weight gradient of a convolution or dense layer with respect to
+    // the weights it computes with (`α·sign(V)` for binary weights, before
+    // the STE maps it to the latent ones).
+    let weight_grad = |st: &mut State, out: &mut [f32]| match &*g.of {
+        Op::Conv2d(a) => Conv::new(&a.geometry, d0, ydims)
+            .weight_grad(par, forward[0], dy, cx.batch, 0.0, st.scratch, out),
+        Op::BConv2d(a) => Conv::new(&a.geometry, d0, ydims).weight_grad(
+            par,
+            forward[0],
+            dy,
+            cx.batch,
+            pad_of(a.pad_value),
+            st.scratch,
+            out,
+        ),
+        _ => dense_weight_grad(par, dy, forward[0], cx.batch, c0, ydims[0], out),
+    };
     match (&*g.of, g.wrt) {
         (Op::CrossEntropy(a), Wrt::Operand(0)) => {
             pool::cross_entropy_grad(forward[0], forward[1], c0, a.smoothing, out)
@@ -95,10 +112,17 @@ pub(super) fn grad(
             };
             conv.input_grad(par, dy, w, st.scratch, out);
         }
-        (Op::Conv2d(a), Wrt::Param(ParamRole::Weight)) => {
-            let conv = Conv::new(&a.geometry, d0, ydims);
-            conv.weight_grad(par, forward[0], dy, cx.batch, 0.0, st.scratch, out);
-            if a.weights == WeightKind::Binary {
+        (
+            Op::Conv2d(_) | Op::BConv2d(_) | Op::Dense(_) | Op::BDense(_),
+            Wrt::Param(ParamRole::Weight),
+        ) => {
+            weight_grad(st, out);
+            let real = match &*g.of {
+                Op::Conv2d(a) => a.weights == WeightKind::Real,
+                Op::Dense(a) => a.weights == WeightKind::Real,
+                _ => false,
+            };
+            if !real {
                 binary_weight_ste(cx, step, &g.of, c0, out)?;
             }
         }
@@ -111,12 +135,6 @@ pub(super) fn grad(
             let bw = &cx.binary[cache(step)?];
             conv.input_grad(par, dy, &bw.scaled, st.scratch, out);
         }
-        (Op::BConv2d(a), Wrt::Param(ParamRole::Weight)) => {
-            let conv = Conv::new(&a.geometry, d0, ydims);
-            let pad = pad_of(a.pad_value);
-            conv.weight_grad(par, forward[0], dy, cx.batch, pad, st.scratch, out);
-            binary_weight_ste(cx, step, &g.of, c0, out)?;
-        }
         (Op::Dense(a), Wrt::Operand(0)) => {
             let w = match a.weights {
                 WeightKind::Real => cx.param(of, "weight", &[a.out_features, c0])?,
@@ -124,19 +142,9 @@ pub(super) fn grad(
             };
             dense_input_grad(par, dy, w, c0, a.out_features, out);
         }
-        (Op::Dense(a), Wrt::Param(ParamRole::Weight)) => {
-            dense_weight_grad(par, dy, forward[0], cx.batch, c0, a.out_features, out);
-            if a.weights == WeightKind::Binary {
-                binary_weight_ste(cx, step, &g.of, c0, out)?;
-            }
-        }
         (Op::BDense(a), Wrt::Operand(0)) => {
             let bw = &cx.binary[cache(step)?];
             dense_input_grad(par, dy, &bw.scaled, c0, a.out_features, out);
-        }
-        (Op::BDense(a), Wrt::Param(ParamRole::Weight)) => {
-            dense_weight_grad(par, dy, forward[0], cx.batch, c0, a.out_features, out);
-            binary_weight_ste(cx, step, &g.of, c0, out)?;
         }
         (
             Op::Conv2d(_) | Op::BConv2d(_) | Op::Dense(_) | Op::BDense(_),
@@ -147,20 +155,7 @@ pub(super) fn grad(
             let (shape, scale) = crate::ir::interp::loss_terms::binary_weight_shape(&g.of, c0)
                 .ok_or_else(|| unsupported(step))?;
             let mut raw = vec![0.0; shape.iter().product()];
-            match &*g.of {
-                Op::Conv2d(a) => Conv::new(&a.geometry, d0, ydims)
-                    .weight_grad(par, forward[0], dy, cx.batch, 0.0, st.scratch, &mut raw),
-                Op::BConv2d(a) => Conv::new(&a.geometry, d0, ydims).weight_grad(
-                    par,
-                    forward[0],
-                    dy,
-                    cx.batch,
-                    pad_of(a.pad_value),
-                    st.scratch,
-                    &mut raw,
-                ),
-                _ => dense_weight_grad(par, dy, forward[0], cx.batch, c0, shape[0], &mut raw),
-            }
+            weight_grad(st, &mut raw);
             let latent = cx.param(of, "weight", &shape)?;
             let bw = &cx.binary[cache(step)?];
             let alpha = scale.is_scaled().then_some(bw.alpha.as_slice());
