@@ -9,12 +9,10 @@
 //!   finite-difference gradient of the equivalent real layer with weights
 //!   `α·sign(W)`, masked by `1[|W| <= 1]` (the clipped STE).
 
-use std::collections::HashMap;
-
 #[path = "train_common/mod.rs"]
 mod common;
 
-use common::Weights;
+use common::{Weights, gradients, loss};
 use onebit::ir::{Params, Tensor, interp};
 use onebit::passes::differentiate::{LossSpec, TrainingGraph, differentiate};
 use onebit::text::parse_str;
@@ -26,20 +24,6 @@ fn random_params(graph: &onebit::ir::Graph, seed: u64) -> Params {
 
 fn batch(train: &TrainingGraph, n: usize, seed: u64) -> Vec<Tensor> {
     common::random_inputs(&train.graph, n, seed)
-}
-
-fn loss(train: &TrainingGraph, params: &Params, inputs: &[Tensor]) -> f64 {
-    interp::run(&train.graph, params, inputs).unwrap()[0].data[0] as f64
-}
-
-/// Every gradient output, by parameter name.
-fn gradients(train: &TrainingGraph, params: &Params, inputs: &[Tensor]) -> HashMap<String, Tensor> {
-    let vals = interp::run_all(&train.graph, params, inputs).unwrap();
-    train
-        .gradients
-        .iter()
-        .map(|(p, id)| (p.clone(), vals[id].clone()))
-        .collect()
 }
 
 /// Compares the gradients of the parameters `only` lists (all when empty)

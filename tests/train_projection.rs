@@ -15,16 +15,12 @@ use std::collections::HashMap;
 #[path = "train_common/mod.rs"]
 mod common;
 
-use common::Weights;
+use common::{Weights, gradients, loss};
 use onebit::ir::{Graph, Params, Tensor, interp};
 use onebit::passes::differentiate::{DifferentiateError, LossSpec, TrainingGraph, differentiate};
 use onebit::passes::{PassOptions, PassSelection, optimize};
 use onebit::text::{parse_str, print};
 use onebit::util::rng::Rng;
-
-fn loss(train: &TrainingGraph, params: &Params, inputs: &[Tensor]) -> f64 {
-    interp::run(&train.graph, params, inputs).unwrap()[0].data[0] as f64
-}
 
 fn node_values(
     train: &TrainingGraph,
@@ -36,16 +32,6 @@ fn node_values(
         .graph
         .node_ids()
         .map(|id| (train.graph.node(id).name.clone(), vals[&id].clone()))
-        .collect()
-}
-
-/// Every parameter gradient, by parameter name.
-fn gradients(train: &TrainingGraph, params: &Params, inputs: &[Tensor]) -> HashMap<String, Tensor> {
-    let vals = interp::run_all(&train.graph, params, inputs).unwrap();
-    train
-        .gradients
-        .iter()
-        .map(|(p, id)| (p.clone(), vals[id].clone()))
         .collect()
 }
 

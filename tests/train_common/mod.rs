@@ -4,8 +4,30 @@
 // Each test crate that includes this module uses one of the weight kinds.
 #![allow(dead_code)]
 
-use onebit::ir::{Graph, Params, Tensor};
+use std::collections::HashMap;
+
+use onebit::ir::{Graph, Params, Tensor, interp};
+use onebit::passes::differentiate::TrainingGraph;
 use onebit::util::rng::Rng;
+
+/// The loss a run of the training graph computes.
+pub fn loss(train: &TrainingGraph, params: &Params, inputs: &[Tensor]) -> f64 {
+    interp::run(&train.graph, params, inputs).unwrap()[0].data[0] as f64
+}
+
+/// Every gradient output of a run of the training graph, by parameter name.
+pub fn gradients(
+    train: &TrainingGraph,
+    params: &Params,
+    inputs: &[Tensor],
+) -> HashMap<String, Tensor> {
+    let vals = interp::run_all(&train.graph, params, inputs).unwrap();
+    train
+        .gradients
+        .iter()
+        .map(|(p, id)| (p.clone(), vals[id].clone()))
+        .collect()
+}
 
 /// How the weights of multi-dimensional parameters are drawn.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -91,10 +91,10 @@ pub(super) fn quantization_projection_grad(
     out: usize,
     weight: f32,
 ) -> Vec<f64> {
-    let k = latent.len() / out.max(1);
+    let k = (latent.len() / out.max(1)).max(1);
     let mut sums = vec![0.0f64; k];
     for (i, ((&w, &v), &a)) in latent.iter().zip(projected).zip(scaled).enumerate() {
-        sums[i % k.max(1)] += (v as f64 - a as f64) * w as f64;
+        sums[i % k] += (v as f64 - a as f64) * w as f64;
     }
     sums.iter().map(|s| 2.0 * weight as f64 * s).collect()
 }

@@ -531,19 +531,13 @@ impl StepEngine {
                 continue;
             }
             let latent = param(params, &name, &layer.shape)?;
-            match &layer.projection {
-                Some(shape) => {
-                    let p = param(params, &format!("{}.projection", layer.name), shape)?;
-                    bw.projection.clear();
-                    bw.projection.extend_from_slice(p);
-                    bw.projected.clear();
-                    bw.projected
-                        .extend(crate::ir::interp::projected(latent, Some(p)).iter());
-                }
-                None => {
-                    bw.projection.clear();
-                    bw.projected.clear();
-                }
+            bw.projection.clear();
+            bw.projected.clear();
+            if let Some(shape) = &layer.projection {
+                let p = param(params, &format!("{}.projection", layer.name), shape)?;
+                bw.projection.extend_from_slice(p);
+                bw.projected
+                    .extend(crate::ir::interp::projected(latent, Some(p)).iter());
             }
             let values = if bw.projection.is_empty() {
                 latent
