@@ -54,9 +54,9 @@ pub fn run(graph: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         let (p_name, p_len) = len_of("projection");
         let w = cx.param(&w_name, w_len)?.to_vec();
         let p = cx.param(&p_name, p_len)?.to_vec();
-        let k = p.len().max(1);
-        let out = w.len() / k;
-        let projected: Vec<f32> = w.iter().enumerate().map(|(i, &v)| p[i % k] * v).collect();
+        let out = w.len() / p.len().max(1);
+        // The very products every engine takes the signs of.
+        let projected = crate::ir::interp::projected(&w, Some(&p)).into_owned();
 
         let mut op = node.op.clone();
         let scale = match &mut op {
