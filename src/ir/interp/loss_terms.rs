@@ -189,7 +189,7 @@ pub(super) fn quantization_loss_projection_grad(
 }
 
 /// The gradient of `quantization_loss` with respect to a learned scale
-/// (`scale=learned`): `−2λ·Σ_k (W_ok − α_o·s_ok)·s_ok` per output channel.
+/// (`scale=learned`): `−2λ·Σ_k (V_ok − α_o·s_ok)·s_ok` per output channel.
 pub(super) fn quantization_loss_scale_grad(
     params: &Params,
     layer: &str,
