@@ -11,13 +11,18 @@
 //!   memory) or the f32 one (`vcvtdq2ps`, the epilogue's operations, no
 //!   FMA, masked stores for a partial block), ends in `vzeroupper; ret`, and uses no stack beyond pushing
 //!   callee-saved registers.
+//! * `avx2`: the 256-bit micro-kernel is VEX code only (no zmm, no mask
+//!   registers, no EVEX encoding), with the nibble look-up (`vpshufb` ×2,
+//!   `vpaddb` ×2 per half-block and pixel) in its K loop, the byte counts
+//!   flushed by `vpmaddubsw` + `vpmaddwd`, `vmovmskps` for bits, and a
+//!   balanced stack frame.
 //! * `avx512`, real-valued layers: the FMA micro-kernel has `vbroadcastss`
 //!   and `vfmadd231ps zmm` in its K loop and no separate multiply, packs a
 //!   fused sign with `vcmpps` + `kmovw`, and a compiled `conv2d` calls it
 //!   (the portable path has no FMA at all).
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
-use onebit::codegen::kernels::wide::Tile;
+use onebit::codegen::kernels::wide::{Isa, Tile};
 use onebit::codegen::kernels::wide::bconv::{self, FOp, Out, Spec};
 use onebit::codegen::target::{HostFeatures, KernelPath, Kernels};
 use onebit::ir::Params;
@@ -118,7 +123,11 @@ fn avx512_kernel_instructions() {
         },
     ] {
         let spec = Spec {
-            tile: Tile { mr: 4, nr: 6 },
+            tile: Tile {
+                isa: Isa::Avx512,
+                mr: 4,
+                nr: 6,
+            },
             blocks: 4,
             steps: 18,
             out: out.clone(),
@@ -215,6 +224,7 @@ fn avx512_path_calls_the_kernel() {
 fn unsupported_path_is_an_error() {
     let without = HostFeatures {
         avx512_bnn: false,
+        avx2_bnn: false,
         ..HostFeatures::detect()
     };
     let e = KernelPath::resolve(Kernels::Force(KernelPath::Avx512), &without)
@@ -242,7 +252,7 @@ fn unsupported_path_is_an_error() {
     }
     let e = "avx1024".parse::<Kernels>().unwrap_err().to_string();
     assert!(
-        e.contains("avx1024") && e.contains("portable, avx512"),
+        e.contains("avx1024") && e.contains("portable, avx2, avx512"),
         "{e}"
     );
     assert_eq!("auto".parse::<Kernels>().unwrap(), Kernels::Auto);
@@ -415,7 +425,111 @@ fn real_layers_use_fma_on_avx512_only() {
                 assert!(text.contains("machine-code kernel"), "{text}");
                 assert!(text.contains("vfmadd231ps zmm"), "{text}");
             }
-            KernelPath::Portable => assert!(!text.contains("vfmadd"), "{text}"),
+            KernelPath::Portable | KernelPath::Avx2 => {
+                assert!(!text.contains("vfmadd"), "{text}")
+            }
         }
     }
+}
+
+/// The AVX2 binary kernel decodes as VEX code only and has the nibble
+/// look-up in its K loop: per step `nr` broadcasts and, per half-block and
+/// pixel, `vpxor` with a weight in memory, two `vpshufb` and two `vpaddb`;
+/// the flush widens every accumulator once; bits come from `vmovmskps`.
+#[test]
+fn avx2_kernel_instructions() {
+    for (mr, nr, blocks) in [(1, 5, 4), (5, 1, 5), (2, 2, 3)] {
+        for out in [
+            Out::Bits {
+                pixel_stride: 8,
+                e_offset: 320,
+            },
+            Out::Counts { pixel_stride: 256 },
+            Out::Floats {
+                pixel_stride: 240,
+                k: 576,
+                ops: vec![FOp::Mul(0), FOp::Add(1)],
+                table_stride: 320,
+                last_valid: 12,
+            },
+        ] {
+            let spec = Spec {
+                tile: Tile {
+                    isa: Isa::Avx2,
+                    mr,
+                    nr,
+                },
+                blocks,
+                steps: 40,
+                out: out.clone(),
+            };
+            let code = bconv::assemble(&spec).unwrap();
+            let ins = decode(&code);
+            let what = format!("{mr}×{nr}, {out:?}");
+            assert!(ins.iter().all(|i| !i.is_invalid()), "undecodable: {what}");
+            for i in &ins {
+                // EVEX is the 0x62 escape (BOUND is invalid in 64-bit mode),
+                // after at most an address-size prefix.
+                let at = i.ip() as usize;
+                let first = code[at..at + i.len()].iter().find(|&&b| b != 0x67);
+                assert_ne!(first, Some(&0x62), "{i} is EVEX code ({what})");
+                assert!(
+                    (0..i.op_count()).all(|k| i.op_kind(k) != OpKind::Register
+                        || !i.op_register(k).is_zmm() && !i.op_register(k).is_k()),
+                    "{i} uses an AVX-512 register ({what})"
+                );
+            }
+            let count = |m: Mnemonic| ins.iter().filter(|i| i.mnemonic() == m).count();
+            // One m-tile body per distinct tile shape; each has its K loop.
+            let tiles = spec.m_tiles().len();
+            let per_tile = |mr: usize| 2 * mr * nr;
+            let halves: usize = spec.m_tiles().iter().map(|&(m, _)| per_tile(m)).sum();
+            assert_eq!(count(Mnemonic::Vpshufb), 2 * halves, "{what}");
+            assert_eq!(count(Mnemonic::Vpmaddubsw), halves, "{what}");
+            assert_eq!(count(Mnemonic::Vpmaddwd), halves, "{what}");
+            let broadcasts = ins
+                .iter()
+                .filter(|i| i.mnemonic() == Mnemonic::Vpbroadcastd && i.op1_kind() == OpKind::Memory)
+                .count();
+            assert_eq!(broadcasts, tiles * nr, "{what}");
+            if matches!(out, Out::Bits { .. }) {
+                assert_eq!(count(Mnemonic::Vmovmskps), halves, "{what}");
+            }
+            let n = ins.len();
+            assert_eq!(ins[n - 2].mnemonic(), Mnemonic::Vzeroupper);
+            assert_eq!(ins[n - 1].mnemonic(), Mnemonic::Ret);
+            // The frame: pushes popped in reverse, `sub rsp` undone by `add rsp`.
+            let regs = |m: Mnemonic| -> Vec<Register> {
+                ins.iter()
+                    .filter(|i| i.mnemonic() == m)
+                    .map(|i| i.op0_register())
+                    .collect()
+            };
+            let mut pops = regs(Mnemonic::Pop);
+            pops.reverse();
+            assert_eq!(regs(Mnemonic::Push), pops, "{what}");
+            let rsp_imm = |m: Mnemonic| -> Vec<u64> {
+                ins.iter()
+                    .filter(|i| i.mnemonic() == m && i.op0_register() == Register::RSP)
+                    .map(|i| i.immediate(1))
+                    .collect()
+            };
+            assert_eq!(rsp_imm(Mnemonic::Sub), rsp_imm(Mnemonic::Add), "{what}");
+            assert_eq!(rsp_imm(Mnemonic::Sub).len(), 1, "{what}");
+        }
+    }
+}
+
+/// A compiled model on the avx2 path calls the 256-bit kernel.
+#[test]
+fn avx2_path_calls_the_kernel() {
+    if !KernelPath::supported().contains(&KernelPath::Avx2) {
+        eprintln!("host without the avx2 path; skipping");
+        return;
+    }
+    let text = kernel_disasm(Popcount::Auto, KernelPath::Avx2);
+    assert!(text.contains("machine-code kernel"), "{text}");
+    assert!(text.contains("vpshufb ymm"), "{text}");
+    assert!(text.contains("vpmaddubsw ymm"), "{text}");
+    assert!(!text.contains("zmm"), "AVX-512 code on the avx2 path:\n{text}");
 }

@@ -185,11 +185,12 @@ pub fn lower<M: Module>(
     }
     let host = target::HostFeatures::detect();
     let path = target::KernelPath::resolve(options.kernels, &host)?;
-    if path == target::KernelPath::Avx512
+    if path.binary_isa().is_some()
         && module.isa().default_call_conv() != cranelift_codegen::isa::CallConv::SystemV
     {
         return Err(CodegenError::Target(format!(
-            "kernel path `avx512` needs the System V calling convention, not {}",
+            "kernel path `{}` needs the System V calling convention, not {}",
+            path.name(),
             module.isa().default_call_conv()
         )));
     }
@@ -204,7 +205,8 @@ pub fn lower<M: Module>(
         PlanOptions {
             fuse: options.fuse,
             scalar_popcount: scalar,
-            wide: path == target::KernelPath::Avx512,
+            wide: path.binary_isa(),
+            fma: path.fma(),
         },
     )?;
     let mut ctx = module.make_context();

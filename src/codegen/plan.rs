@@ -173,8 +173,8 @@ pub struct BinConv {
     pub nr: usize,
     /// Force the scalar popcount path.
     pub scalar: bool,
-    /// The 512-bit machine-code kernel's register tile, on the `avx512`
-    /// path (`nr` is then its pixel count).
+    /// The machine-code kernel's register tile, on the `avx2` and `avx512`
+    /// paths (`nr` is then its pixel count).
     pub wide: Option<crate::codegen::kernels::wide::Tile>,
 }
 
@@ -448,9 +448,12 @@ pub struct PlanOptions {
     pub fuse: bool,
     /// Force the scalar popcount path.
     pub scalar_popcount: bool,
-    /// Binary and real-valued layers run on the 512-bit machine-code
-    /// kernels (`kernels::wide`), with their register tiles.
-    pub wide: bool,
+    /// The binary layers run on the machine-code kernels of this
+    /// instruction set (`kernels::wide`), with its register tiles.
+    pub wide: Option<crate::codegen::kernels::wide::Isa>,
+    /// The real-valued layers run on the AVX-512 FMA micro-kernel
+    /// (`kernels::wide::fconv`).
+    pub fma: bool,
 }
 
 struct Planner<'g> {
@@ -1100,8 +1103,8 @@ impl<'g> Planner<'g> {
         );
         let pixels = oh * ow;
         let o = g.out_channels;
-        let wide = self.opts.wide.then(|| {
-            crate::codegen::kernels::wide::Tile::choose((o / groups).div_ceil(16), pixels)
+        let wide = self.opts.wide.map(|isa| {
+            crate::codegen::kernels::wide::Tile::choose(isa, (o / groups).div_ceil(16), pixels)
         });
         let nr = match wide {
             Some(t) => t.nr,
@@ -1171,7 +1174,7 @@ impl<'g> Planner<'g> {
         );
         let pixels = oh * ow;
         let nr = if pixels >= 2 { 2 } else { 1 };
-        let fma = self.opts.wide.then(|| {
+        let fma = self.opts.fma.then(|| {
             crate::codegen::kernels::wide::fconv::FTile::choose(
                 (g.out_channels / g.groups).div_ceil(16),
                 ow,

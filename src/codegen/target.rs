@@ -6,8 +6,10 @@
 //! `vpopcntb`; without them Cranelift lowers it to a `pshufb` nibble lookup.
 //!
 //! The binary layers also choose a [`KernelPath`]: Cranelift's own 128-bit
-//! kernels (`portable`, every ISA) or 512-bit machine-code micro-kernels
-//! (`avx512`, see `kernels::wide`). [`KernelPath::resolve`] turns the user's
+//! kernels (`portable`, every ISA), or machine-code micro-kernels
+//! (`kernels::wide`): 256-bit ones with a nibble look-up popcount (`avx2`)
+//! or 512-bit ones with `vpopcntd` (`avx512`, which also runs the
+//! real-valued layers on its FMA micro-kernel). [`KernelPath::resolve`] turns the user's
 //! request (`Options::kernels`, else the `ONEBIT_KERNELS` environment
 //! variable, else the best the host runs) into a path, and refuses a path
 //! the host cannot run with an error instead of code that would raise SIGILL.
@@ -27,6 +29,9 @@ pub struct HostFeatures {
     /// What the `avx512` kernels need: AVX512F, BW, VL and VPOPCNTDQ
     /// (`vpopcntd` on zmm), on x86-64 with the System V calling convention.
     pub avx512_bnn: bool,
+    /// What the `avx2` kernels need: AVX2, on x86-64 with the System V
+    /// calling convention.
+    pub avx2_bnn: bool,
 }
 
 impl HostFeatures {
@@ -43,6 +48,7 @@ impl HostFeatures {
                     && std::is_x86_feature_detected!("avx512bw")
                     && std::is_x86_feature_detected!("avx512vl")
                     && std::is_x86_feature_detected!("avx512vpopcntdq"),
+                avx2_bnn: cfg!(not(windows)) && std::is_x86_feature_detected!("avx2"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -51,6 +57,7 @@ impl HostFeatures {
                 vector_popcnt: false,
                 scalar_popcnt: false,
                 avx512_bnn: false,
+                avx2_bnn: false,
             }
         }
     }
@@ -71,6 +78,9 @@ pub enum Kernels {
 pub enum KernelPath {
     /// Cranelift's 128-bit kernels (`kernels::binary`): every ISA.
     Portable,
+    /// 256-bit machine-code micro-kernels (`kernels::wide::bconv_avx2`):
+    /// x86-64 with AVX2. Real-valued layers stay on the portable kernels.
+    Avx2,
     /// 512-bit machine-code micro-kernels (`kernels::wide`): x86-64 with
     /// AVX512F+BW+VL+VPOPCNTDQ.
     Avx512,
@@ -78,14 +88,31 @@ pub enum KernelPath {
 
 impl KernelPath {
     /// Every path, in order of preference (best last).
-    pub const ALL: [KernelPath; 2] = [KernelPath::Portable, KernelPath::Avx512];
+    pub const ALL: [KernelPath; 3] = [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512];
 
-    /// The name users write (`portable`, `avx512`).
+    /// The name users write (`portable`, `avx2`, `avx512`).
     pub fn name(self) -> &'static str {
         match self {
             KernelPath::Portable => "portable",
+            KernelPath::Avx2 => "avx2",
             KernelPath::Avx512 => "avx512",
         }
+    }
+
+    /// The instruction set of the binary layers' machine-code kernels
+    /// (`None`: Cranelift's portable kernels).
+    pub fn binary_isa(self) -> Option<crate::codegen::kernels::wide::Isa> {
+        match self {
+            KernelPath::Portable => None,
+            KernelPath::Avx2 => Some(crate::codegen::kernels::wide::Isa::Avx2),
+            KernelPath::Avx512 => Some(crate::codegen::kernels::wide::Isa::Avx512),
+        }
+    }
+
+    /// Whether the real-valued layers run on the FMA micro-kernel
+    /// (`kernels::wide::fconv`, AVX-512 only).
+    pub fn fma(self) -> bool {
+        self == KernelPath::Avx512
     }
 
     /// Parses a path name.
@@ -105,6 +132,7 @@ impl KernelPath {
     pub fn runs_on(self, host: &HostFeatures) -> bool {
         match self {
             KernelPath::Portable => true,
+            KernelPath::Avx2 => host.avx2_bnn,
             KernelPath::Avx512 => host.avx512_bnn,
         }
     }
@@ -155,6 +183,7 @@ impl KernelPath {
     fn needs(self) -> &'static str {
         match self {
             KernelPath::Portable => "nothing",
+            KernelPath::Avx2 => "x86-64 (System V) with AVX2",
             KernelPath::Avx512 => {
                 "x86-64 (System V) with AVX512F, AVX512BW, AVX512VL and AVX512VPOPCNTDQ"
             }

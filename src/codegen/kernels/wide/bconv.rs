@@ -22,7 +22,7 @@ use iced_x86::code_asm::registers::gpr64::*;
 use iced_x86::code_asm::registers::k::{k1, k2};
 use iced_x86::code_asm::{AsmRegister64, CodeAssembler, dword_ptr, word_ptr, zmmword_ptr};
 
-use super::Tile;
+use super::{Isa, Tile};
 use crate::codegen::CodegenError;
 
 /// Most pixels per tile: the general-purpose registers free for pixel bases.
@@ -108,8 +108,11 @@ fn asm_err(e: IcedError) -> CodegenError {
     CodegenError::Internal(format!("assembling the avx512 binary kernel: {e}"))
 }
 
-/// Assembles the kernel; returns its bytes.
+/// Assembles the kernel for the tile's instruction set; returns its bytes.
 pub fn assemble(spec: &Spec) -> Result<Vec<u8>, CodegenError> {
+    if spec.tile.isa == Isa::Avx2 {
+        return super::bconv_avx2::assemble(spec);
+    }
     let nr = spec.tile.nr;
     if !spec.tile.fits() || spec.steps == 0 || spec.blocks == 0 {
         return Err(CodegenError::Internal(format!(

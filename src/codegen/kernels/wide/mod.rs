@@ -63,6 +63,7 @@
 //! engine).
 
 pub mod bconv;
+pub mod bconv_avx2;
 pub mod call;
 pub mod fconv;
 pub mod fstep;
@@ -138,9 +139,21 @@ pub(crate) fn m_tiles(blocks: usize, mr: usize, masked_last: bool) -> Vec<(usize
     v
 }
 
-/// A register tile: `mr` vectors of 16 output channels × `nr` pixels.
+/// The instruction set a binary micro-kernel is assembled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// 32 zmm registers, `vpopcntd` ([`bconv`]).
+    Avx512,
+    /// 16 ymm registers, the `vpshufb` nibble look-up ([`bconv_avx2`]).
+    Avx2,
+}
+
+/// A register tile: `mr` blocks of 16 output channels × `nr` pixels, for
+/// one instruction set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
+    /// The instruction set.
+    pub isa: Isa,
     /// 16-channel blocks per tile.
     pub mr: usize,
     /// Pixels per tile.
@@ -151,33 +164,43 @@ impl Tile {
     /// The tile for a layer with `blocks` 16-channel blocks (per group) and
     /// `pixels` output pixels.
     ///
-    /// 4 × 6 was the best of nine tiles for S1 in the yardstick's tuning
-    /// (4 × 4 … 4 × 6 within 2% on every shape) and fills the register file:
-    /// 24 accumulators + 4 weights + 2 broadcasts + 2 temporaries. Layers
-    /// with fewer blocks take more pixels (up to 8, the general-purpose
-    /// registers holding the pixel bases); a single pixel (dense layers at
-    /// batch 1) takes up to 8 blocks, so each broadcast feeds 8 vectors.
-    pub fn choose(blocks: usize, pixels: usize) -> Tile {
-        if pixels <= 1 {
-            return Tile {
-                mr: blocks.clamp(1, 8),
-                nr: 1,
-            };
-        }
-        let mr = blocks.clamp(1, 4);
-        let nr = if mr == 4 { 6 } else { 8 };
-        Tile {
-            mr,
-            nr: nr.min(pixels),
-        }
+    /// AVX-512: 4 × 6 was the best of nine tiles for S1 in the yardstick's
+    /// tuning (4 × 4 … 4 × 6 within 2% on every shape) and fills the
+    /// register file: 24 accumulators + 4 weights + 2 broadcasts + 2
+    /// temporaries. Layers with fewer blocks take more pixels (up to 8, the
+    /// general-purpose registers holding the pixel bases); a single pixel
+    /// (dense layers at batch 1) takes up to 8 blocks, so each broadcast
+    /// feeds 8 vectors.
+    ///
+    /// AVX2: a block is two ymm halves, so `2·mr·nr` byte accumulators and
+    /// five fixed registers share 16 (see [`bconv_avx2`]): one block × 5
+    /// pixels, or up to 5 blocks of a single pixel. The weights are memory
+    /// operands there, so the block count buys no reuse and more pixels
+    /// share each weight load.
+    pub fn choose(isa: Isa, blocks: usize, pixels: usize) -> Tile {
+        let (mr, nr) = match isa {
+            Isa::Avx512 if pixels <= 1 => (blocks.clamp(1, 8), 1),
+            Isa::Avx512 => {
+                let mr = blocks.clamp(1, 4);
+                (mr, if mr == 4 { 6 } else { 8 }.min(pixels))
+            }
+            Isa::Avx2 if pixels <= 1 => (blocks.clamp(1, bconv_avx2::MAX_ACCUMULATORS / 2), 1),
+            Isa::Avx2 => (1, bconv_avx2::MAX_PIXELS.min(pixels)),
+        };
+        Tile { isa, mr, nr }
     }
 
-    /// Whether the tile fits the registers (see the module doc).
+    /// Whether the tile fits the registers (see the kernels' docs).
     pub fn fits(self) -> bool {
-        self.mr >= 1
-            && self.nr >= 1
-            && self.nr <= bconv::MAX_PIXELS
-            && self.mr * self.nr + self.mr + 3 <= 32
+        let (mr, nr) = (self.mr, self.nr);
+        mr >= 1
+            && nr >= 1
+            && match self.isa {
+                Isa::Avx512 => nr <= bconv::MAX_PIXELS && mr * nr + mr + 3 <= 32,
+                Isa::Avx2 => {
+                    nr <= bconv_avx2::MAX_PIXELS && 2 * mr * nr <= bconv_avx2::MAX_ACCUMULATORS
+                }
+            }
     }
 }
 

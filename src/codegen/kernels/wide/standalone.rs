@@ -31,7 +31,7 @@ use std::sync::Mutex;
 
 use cranelift_jit::JITModule;
 
-use super::Tile;
+use super::{Isa, Tile};
 use super::bconv::{self, Out, Spec};
 use crate::codegen::{CodegenError, target};
 
@@ -103,7 +103,7 @@ impl XorPopcount {
         }
         let blocks = n.div_ceil(16);
         let spec = Spec {
-            tile: Tile::choose(blocks, usize::MAX),
+            tile: Tile::choose(Isa::Avx512, blocks, usize::MAX),
             blocks,
             steps: 2 * words,
             out: Out::Counts {
