@@ -22,8 +22,8 @@
 //!   (the portable path has no FMA at all).
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
-use onebit::codegen::kernels::wide::{Isa, Tile};
 use onebit::codegen::kernels::wide::bconv::{self, FOp, Out, Spec};
+use onebit::codegen::kernels::wide::{Isa, Tile};
 use onebit::codegen::target::{HostFeatures, KernelPath, Kernels};
 use onebit::ir::Params;
 use onebit::{CompiledModel, Options, Popcount};
@@ -489,7 +489,9 @@ fn avx2_kernel_instructions() {
             assert_eq!(count(Mnemonic::Vpmaddwd), halves, "{what}");
             let broadcasts = ins
                 .iter()
-                .filter(|i| i.mnemonic() == Mnemonic::Vpbroadcastd && i.op1_kind() == OpKind::Memory)
+                .filter(|i| {
+                    i.mnemonic() == Mnemonic::Vpbroadcastd && i.op1_kind() == OpKind::Memory
+                })
                 .count();
             assert_eq!(broadcasts, tiles * nr, "{what}");
             if matches!(out, Out::Bits { .. }) {
@@ -531,5 +533,8 @@ fn avx2_path_calls_the_kernel() {
     assert!(text.contains("machine-code kernel"), "{text}");
     assert!(text.contains("vpshufb ymm"), "{text}");
     assert!(text.contains("vpmaddubsw ymm"), "{text}");
-    assert!(!text.contains("zmm"), "AVX-512 code on the avx2 path:\n{text}");
+    assert!(
+        !text.contains("zmm"),
+        "AVX-512 code on the avx2 path:\n{text}"
+    );
 }

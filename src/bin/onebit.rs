@@ -142,7 +142,7 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = args::threads)]
         threads: usize,
         /// Kernel path of the binary layers: `auto` (`ONEBIT_KERNELS`, else
-        /// the best this CPU runs), `portable` (Cranelift) or `avx512`.
+        /// the best this CPU runs), `portable` (Cranelift), `avx2` or `avx512`.
         #[arg(long, default_value = "auto", value_parser = args::kernels)]
         kernels: onebit::codegen::target::Kernels,
         #[command(flatten)]
@@ -165,7 +165,7 @@ enum Command {
         #[arg(long)]
         no_interp: bool,
         /// Kernel path of the binary layers: `auto` (`ONEBIT_KERNELS`, else
-        /// the best this CPU runs), `portable` (Cranelift) or `avx512`.
+        /// the best this CPU runs), `portable` (Cranelift), `avx2` or `avx512`.
         #[arg(long, default_value = "auto", value_parser = args::kernels)]
         kernels: onebit::codegen::target::Kernels,
         /// Passes to run before compiling.
@@ -202,7 +202,7 @@ enum Command {
         #[arg(long, value_enum)]
         emit: Option<Emit>,
         /// Kernel path of the binary layers: `auto` (`ONEBIT_KERNELS`, else
-        /// the best this CPU runs), `portable` (Cranelift) or `avx512`.
+        /// the best this CPU runs), `portable` (Cranelift), `avx2` or `avx512`.
         #[arg(long, default_value = "auto", value_parser = args::kernels)]
         kernels: onebit::codegen::target::Kernels,
         /// Passes to run before compiling.

@@ -16,7 +16,7 @@ pub fn threads(text: &str) -> Result<usize, String> {
     }
 }
 
-/// `--kernels`: `auto`, `portable` or `avx512` (the kernel path of the
+/// `--kernels`: `auto`, `portable`, `avx2` or `avx512` (the kernel path of the
 /// binary layers; `auto` is `ONEBIT_KERNELS` or the best the CPU runs).
 pub fn kernels(text: &str) -> Result<onebit::codegen::target::Kernels, String> {
     text.parse()

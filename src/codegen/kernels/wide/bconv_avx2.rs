@@ -279,7 +279,10 @@ fn epilogue(
                     a.shl(r14d, 8)?;
                     a.or(eax, r14d)?;
                     let off = n as i32 * pixel_stride + 2 * m as i32;
-                    a.mov(word_ptr(rcx + off), iced_x86::code_asm::registers::gpr16::ax)?;
+                    a.mov(
+                        word_ptr(rcx + off),
+                        iced_x86::code_asm::registers::gpr16::ax,
+                    )?;
                 }
             }
             a.add(rcx, 2 * mr as i32)?;

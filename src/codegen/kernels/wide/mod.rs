@@ -1,6 +1,8 @@
-//! 512-bit machine-code micro-kernels for the binary layers (the `avx512`
-//! kernel path), assembled with iced-x86 and defined in the same Cranelift
-//! module as the step functions that call them.
+//! Machine-code micro-kernels for the binary layers (the `avx512` kernel
+//! path, and the 256-bit [`bconv_avx2`] of the `avx2` path) and the
+//! real-valued ones ([`fconv`], `avx512`), assembled with iced-x86 and
+//! defined in the same Cranelift module as the step functions that call
+//! them.
 //!
 //! Cranelift's x64 back end has 128-bit vectors only, so its binary kernels
 //! (`kernels::binary`) reach a fraction of what the popcount units give. For

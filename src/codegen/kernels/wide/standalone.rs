@@ -31,8 +31,8 @@ use std::sync::Mutex;
 
 use cranelift_jit::JITModule;
 
-use super::{Isa, Tile};
 use super::bconv::{self, Out, Spec};
+use super::{Isa, Tile};
 use crate::codegen::{CodegenError, target};
 
 /// `kernel(bases, weights, steps, out, epi)`, see [`super::bconv`].
