@@ -374,14 +374,15 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
         Step::Unpack { src, dst } => misc::unpack(fx, src, off(src.buf), off(*dst)),
         Step::Pool {
             src,
-            wp,
+            hw,
+            pad,
             c,
             kind,
             k,
             s,
             out,
             dst,
-        } => misc::pool(fx, off(*src), *wp, *c, *kind, *k, *s, *out, off(*dst)),
+        } => misc::pool(fx, off(*src), *hw, *pad, *c, *kind, *k, *s, *out, off(*dst)),
         Step::GlobalAvgPool { src, dst } => misc::global_avgpool(fx, src, off(src.buf), off(*dst)),
         Step::Flatten { src, dst } => misc::flatten(fx, src, off(src.buf), off(*dst)),
         Step::Concat { srcs, dst } => {

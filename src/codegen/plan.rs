@@ -323,12 +323,14 @@ pub enum Step {
         /// Destination buffer (f32).
         dst: BufId,
     },
-    /// Pooling over a padded input.
+    /// Pooling, the windows clipped to the input (no padded copy).
     Pool {
-        /// Padded source.
+        /// Source.
         src: BufId,
-        /// Padded width.
-        wp: usize,
+        /// Input height and width.
+        hw: [usize; 2],
+        /// Padding.
+        pad: [usize; 2],
         /// Channels.
         c: usize,
         /// Kind.
@@ -1223,19 +1225,13 @@ impl<'g> Planner<'g> {
                 "`{name}`: bad operand rank"
             )));
         };
-        let fill = if max { f32::NEG_INFINITY } else { 0.0 };
-        let cw = c.div_ceil(64);
-        let prepared = if pa.pad != [0, 0] {
-            self.pad_step(name, &src, [h, wd], pa.pad, fill, (1, c, cw), true)
-        } else {
-            src.buf
-        };
         let dst = self.tensor(if bits { DType::Bit } else { DType::F32 }, dims);
         let s = self.push(
             name,
             Step::Pool {
-                src: prepared,
-                wp: wd + 2 * pa.pad[1],
+                src: src.buf,
+                hw: [h, wd],
+                pad: pa.pad,
                 c,
                 kind: if bits {
                     PoolKind::MaxBits

@@ -63,7 +63,7 @@ pub fn inputs(graph: &Graph, batch: usize, seed: u64) -> Vec<Tensor> {
         .collect()
 }
 
-fn jit(graph: &Graph, params: &Params, inputs: &[Tensor], options: &Options) -> Vec<Vec<f32>> {
+pub fn jit(graph: &Graph, params: &Params, inputs: &[Tensor], options: &Options) -> Vec<Vec<f32>> {
     let model = CompiledModel::compile(onebit::ir::verify(graph).unwrap(), params, options)
         .expect("compile");
     let refs: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();

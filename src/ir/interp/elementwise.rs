@@ -50,9 +50,10 @@ pub(super) fn batchnorm(x: &Tensor, a: &BatchNorm, p: &BatchNormParams) -> Tenso
     })
 }
 
-/// `relu`: `max(x, 0)` (as `f32::max`, so NaN gives 0).
+/// `relu`: `x > 0 ? x : 0`, so a NaN and both zeros give `+0`.
 pub(super) fn relu(x: &Tensor) -> Tensor {
-    map(x, |v| v.max(0.0))
+    // Not `f32::max`, which leaves the sign of a zero result unspecified.
+    map(x, |v| if v > 0.0 { v } else { 0.0 })
 }
 
 /// `prelu`: `x` if `x >= 0`, else `a_c · x`, `c` the index along the first
@@ -68,10 +69,15 @@ pub(super) fn shift(x: &Tensor, b: &[f32]) -> Tensor {
     map_per_channel(x, |c, v| v + b[c])
 }
 
-/// `hardtanh`: `clamp(x, min, max)`, written `min(max(x, min), max)`, which
-/// cannot panic (the verifier ensures `min <= max`).
+/// `hardtanh`: `clamp(x, min, max)` as two comparisons, each giving the
+/// bound on a tie or a NaN (ir-spec/ops.md); not `f32::clamp`, which panics
+/// on a NaN bound, nor `f32::max`, which leaves the sign of a zero
+/// unspecified.
 pub(super) fn hardtanh(x: &Tensor, a: &HardTanh) -> Tensor {
-    map(x, |v| v.max(a.min).min(a.max))
+    map(x, |v| {
+        let low = if v > a.min { v } else { a.min };
+        if low < a.max { low } else { a.max }
+    })
 }
 
 /// `flatten`: `[N, d1, d2, …]` to `[N, d1·d2·…]`, data unchanged (C order).

@@ -374,7 +374,7 @@ pub(super) fn exec(
             };
             norm::normalise(par, x[0], gamma, beta, &mean, &std, inner, out);
         }
-        Op::Relu => ew::map(par, x[0], out, |v| v.max(0.0)),
+        Op::Relu => ew::map(par, x[0], out, |v| if v > 0.0 { v } else { 0.0 }),
         Op::PRelu => {
             let slope = cx.param(&step.name, "weight", &[c0])?;
             ew::map_channels(par, x[0], c0, inner(d0), out, |c, v| {
@@ -387,7 +387,11 @@ pub(super) fn exec(
         }
         Op::HardTanh(a) => {
             let (lo, hi) = (a.min, a.max);
-            ew::map(par, x[0], out, move |v| v.max(lo).min(hi));
+            // The interpreter's comparisons (a tie or a NaN gives the bound).
+            ew::map(par, x[0], out, move |v| {
+                let low = if v > lo { v } else { lo };
+                if low < hi { low } else { hi }
+            });
         }
         Op::MaxPool(p) => Window::new(p, d0, &step.dims).max(par, x[0], out),
         Op::AvgPool(p) => Window::new(p, d0, &step.dims).avg(par, x[0], out),
