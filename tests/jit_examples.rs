@@ -104,3 +104,42 @@ fn learned_scales() {
     }
     check_graph("learned_scales.bnn", &graph, &params, 3);
 }
+
+/// A sum with two users, its `sign` and a shortcut (Bi-Real's residual
+/// block): the add step packs the signs beside the f32 sum, in one pass,
+/// and there is no separate sign step; every path gives the interpreter's
+/// values and bits, on channel counts that end mid-word.
+#[test]
+fn a_sum_feeding_a_sign_and_a_shortcut() {
+    for c in [64, 70, 3] {
+        let src = format!(
+            "model res {{ input x: f32[{c}, 5, 5]
+              a = add(x, bconv2d(sign(x), {c}, kernel=3, pad=1, scale=channel))
+              b = add(a, bconv2d(sign(a), {c}, kernel=3, pad=1, scale=channel))
+              output b }}"
+        );
+        let graph = onebit::parse(&src).unwrap();
+        let params = Params::init(&graph, 3);
+        let model = onebit::CompiledModel::compile(
+            onebit::verify(&graph).unwrap(),
+            &params,
+            &Options::default(),
+        )
+        .unwrap();
+        let kinds: Vec<(&str, &str)> = model
+            .layers()
+            .iter()
+            .map(|l| (l.node.as_str(), l.kind))
+            .collect();
+        assert!(kinds.contains(&("a", "elementwise→bits")), "{kinds:?}");
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|(_, k)| k.starts_with("elementwise"))
+                .count(),
+            3,
+            "one sign step (of x) and the two adds: {kinds:?}"
+        );
+        check_graph(&src, &graph, &params, 2);
+    }
+}

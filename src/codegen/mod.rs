@@ -367,9 +367,11 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
             c,
             op,
             pack,
+            keep,
         } => {
             let s: Vec<usize> = srcs.iter().map(|&b| off(b)).collect();
-            misc::elementwise(fx, &s, off(*dst), *pos, *c, op, *pack)
+            let keep = keep.map(off);
+            misc::elementwise(fx, &s, off(*dst), *pos, *c, op, *pack, keep)
         }
         Step::Unpack { src, dst } => misc::unpack(fx, src, off(src.buf), off(*dst)),
         Step::Pool {

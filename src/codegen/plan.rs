@@ -315,6 +315,9 @@ pub enum Step {
         op: EwOp,
         /// Pack the sign of the result into bits.
         pack: bool,
+        /// With `pack`, the f32 result is stored here as well, for the
+        /// users of the value other than its `sign` (a residual shortcut).
+        keep: Option<BufId>,
     },
     /// Bits to ±1.0.
     Unpack {
@@ -418,8 +421,8 @@ impl Step {
             | Step::Unpack { dst, .. }
             | Step::GlobalAvgPool { dst, .. }
             | Step::Flatten { dst, .. }
-            | Step::Elementwise { dst, .. }
             | Step::Pool { dst, .. } => vec![*dst],
+            Step::Elementwise { dst, keep, .. } => std::iter::once(*dst).chain(*keep).collect(),
             Step::BinConv(b) => vec![b.dst],
             Step::FloatConv(f) => vec![f.dst],
         }
@@ -763,6 +766,7 @@ impl<'g> Planner<'g> {
                         c: src.c,
                         op: EwOp::Threshold(dir, t),
                         pack: true,
+                        keep: None,
                     },
                 );
                 self.producer.insert(id, s);
@@ -835,6 +839,9 @@ impl<'g> Planner<'g> {
                 {
                     return Ok(());
                 }
+                if self.try_pack_beside(x, id) {
+                    return Ok(());
+                }
                 let dst = self.tensor(DType::Bit, &dims);
                 let s = self.push(
                     &name,
@@ -845,6 +852,7 @@ impl<'g> Planner<'g> {
                         c: t.c,
                         op: EwOp::Copy,
                         pack: true,
+                        keep: None,
                     },
                 );
                 self.producer.insert(id, s);
@@ -929,6 +937,7 @@ impl<'g> Planner<'g> {
                         c: dst.c,
                         op: EwOp::Zero,
                         pack: false,
+                        keep: None,
                     },
                 );
                 self.producer.insert(id, s);
@@ -1042,6 +1051,39 @@ impl<'g> Planner<'g> {
         true
     }
 
+    /// Packs `sign(x)` in the elementwise step that computes `x` when `x`
+    /// has other users too: the step stores the f32 value as before and the
+    /// bits beside it, in the same pass over memory (Bi-Real's `add`, whose
+    /// sum is both the next block's shortcut and its binary conv's input).
+    /// False where `x` is not such a step.
+    fn try_pack_beside(&mut self, x: NodeId, sign: NodeId) -> bool {
+        let Some(&s) = self.producer.get(&x) else {
+            return false;
+        };
+        if !self.opts.fuse || self.values[&x].dtype != DType::F32 {
+            return false;
+        }
+        let dims = self.graph.node(sign).ty.dims().to_vec();
+        let bits = self.tensor(DType::Bit, &dims);
+        match &mut self.steps[s].1 {
+            Step::Elementwise {
+                pack: pack @ false,
+                keep: keep @ None,
+                dst,
+                op,
+                ..
+            } if !matches!(op, EwOp::Threshold(..)) => {
+                *pack = true;
+                *keep = Some(*dst);
+                *dst = bits.buf;
+            }
+            _ => return false,
+        }
+        self.producer.insert(sign, s);
+        self.values.insert(sign, bits);
+        true
+    }
+
     fn elementwise(
         &mut self,
         id: NodeId,
@@ -1061,6 +1103,7 @@ impl<'g> Planner<'g> {
                 c: dst.c,
                 op,
                 pack: false,
+                keep: None,
             },
         );
         self.producer.insert(id, s);

@@ -154,7 +154,9 @@ fn tables(op: &EwOp) -> Vec<&Vec<f32>> {
     }
 }
 
-/// Elementwise step; returns its units (positions).
+/// Elementwise step; returns its units (positions). With `pack` the signs
+/// of the results are packed into `dst`, and with `keep` the f32 results
+/// are also stored there, from the same registers.
 #[allow(clippy::too_many_arguments)]
 pub fn elementwise(
     fx: &mut Fx,
@@ -164,6 +166,7 @@ pub fn elementwise(
     c: usize,
     op: &EwOp,
     pack: bool,
+    keep: Option<usize>,
 ) -> Result<usize, CodegenError> {
     let mut tabs = Vec::new();
     for t in tables(op) {
@@ -173,11 +176,13 @@ pub fn elementwise(
     }
     let srcs: Vec<Value> = srcs.iter().map(|&o| fx.arena_at(o)).collect();
     let dst = fx.arena_at(dst);
+    let keep = keep.map(|k| fx.arena_at(k));
     let cw = c.div_ceil(64);
     let vec_ch = c / 4 * 4;
     fx.for_units(|fx, p| {
         let row = fx.mul_imm(p, (4 * c) as i64);
         let xs_base: Vec<Value> = srcs.iter().map(|&s| fx.b.ins().iadd(s, row)).collect();
+        let kept = keep.map(|k| fx.b.ins().iadd(k, row));
         let zero = fx.ic(0);
         // One channel group starting at channel byte offset `cb` (+imm).
         let at = |fx: &mut Fx, ty: Type, cb: Value, imm: i64| -> EwVal {
@@ -189,7 +194,12 @@ pub fn elementwise(
                         .load(ty, MemFlagsData::trusted().with_notrap(), a, imm as i32)
                 })
                 .collect();
-            eval(fx, op, ty, &xs, &tabs, cb, imm)
+            let y = eval(fx, op, ty, &xs, &tabs, cb, imm);
+            if let (Some(k), EwVal::Val(v)) = (kept, &y) {
+                let a = fx.b.ins().iadd(k, cb);
+                fx.store(*v, a, imm);
+            }
+            y
         };
         if !pack {
             let out = fx.mul_imm(p, (4 * c) as i64);
