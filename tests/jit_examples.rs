@@ -105,41 +105,53 @@ fn learned_scales() {
     check_graph("learned_scales.bnn", &graph, &params, 3);
 }
 
-/// A sum with two users, its `sign` and a shortcut (Bi-Real's residual
-/// block): the add step packs the signs beside the f32 sum, in one pass,
-/// and there is no separate sign step; every path gives the interpreter's
-/// values and bits, on channel counts that end mid-word.
+/// Bi-Real's residual block, `add(shortcut, bconv2d(sign(shortcut)))`
+/// whose sum feeds both the next `sign` and the next shortcut. With
+/// `pad_value=1` on a machine-code path the add runs in the binary
+/// kernel's epilogue (`bconv+add`); otherwise (zero padding, `portable`)
+/// the add step packs the sum's signs beside it in one pass. Either way no
+/// separate add is left where it could fuse, and every path gives the
+/// interpreter's values and bits, on channel counts that end mid-word, with
+/// groups whose last block is partial, and with a shortcut computed after
+/// the binary layer (which cannot fuse).
 #[test]
-fn a_sum_feeding_a_sign_and_a_shortcut() {
-    for c in [64, 70, 3] {
+fn residual_sums_fuse_and_match_the_interpreter() {
+    for (c, groups, pad_value) in [(64, 1, 1), (70, 2, 1), (3, 1, 1), (64, 1, 0), (70, 1, 0)] {
+        let conv = |x: &str| {
+            format!(
+                "bconv2d(sign({x}), {c}, kernel=3, pad=1, pad_value={pad_value}, groups={groups}, scale=channel)"
+            )
+        };
         let src = format!(
             "model res {{ input x: f32[{c}, 5, 5]
-              a = add(x, bconv2d(sign(x), {c}, kernel=3, pad=1, scale=channel))
-              b = add(a, bconv2d(sign(a), {c}, kernel=3, pad=1, scale=channel))
-              output b }}"
+              a = add(x, {})
+              b = add(a, {})
+              d = add({}, conv2d(b, {c}, kernel=1))
+              output d }}",
+            conv("x"),
+            conv("a"),
+            conv("b"),
         );
         let graph = onebit::parse(&src).unwrap();
         let params = Params::init(&graph, 3);
-        let model = onebit::CompiledModel::compile(
-            onebit::verify(&graph).unwrap(),
-            &params,
-            &Options::default(),
-        )
-        .unwrap();
-        let kinds: Vec<(&str, &str)> = model
-            .layers()
-            .iter()
-            .map(|l| (l.node.as_str(), l.kind))
-            .collect();
-        assert!(kinds.contains(&("a", "elementwise→bits")), "{kinds:?}");
-        assert_eq!(
-            kinds
-                .iter()
-                .filter(|(_, k)| k.starts_with("elementwise"))
-                .count(),
-            3,
-            "one sign step (of x) and the two adds: {kinds:?}"
-        );
+        for path in common::paths() {
+            let options = common::on(path, &Options::default());
+            let model =
+                onebit::CompiledModel::compile(onebit::verify(&graph).unwrap(), &params, &options)
+                    .unwrap();
+            let kinds: Vec<&str> = model.layers().iter().map(|l| l.kind).collect();
+            let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+            let wide = path != onebit::codegen::target::KernelPath::Portable;
+            if wide && pad_value == 1 {
+                // a and b fuse; d's shortcut comes after its binary layer.
+                assert_eq!(count("bconv+add"), 2, "{path:?} {src}: {kinds:?}");
+                assert_eq!(count("elementwise"), 1, "{path:?} {src}: {kinds:?}");
+            } else {
+                assert_eq!(count("bconv+add"), 0, "{path:?} {src}: {kinds:?}");
+                // The signs of a and b are packed by their adds.
+                assert_eq!(count("elementwise→bits"), 3, "{path:?} {src}: {kinds:?}");
+            }
+        }
         check_graph(&src, &graph, &params, 2);
     }
 }

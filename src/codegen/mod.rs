@@ -355,7 +355,7 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
             *regroup,
             *pad_ones,
         ),
-        Step::BinConv(b) => binary::emit(fx, b, off(b.src), off(b.dst)),
+        Step::BinConv(b) => binary::emit(fx, b, off(b.src), off(b.dst), b.residual.map(off)),
         Step::FloatConv(f) => match f.fma {
             Some(tile) => kernels::wide::fstep::emit(fx, f, tile, off(f.src), off(f.dst)),
             None => float::emit(fx, f, off(f.src), off(f.dst)),

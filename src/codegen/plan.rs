@@ -176,6 +176,10 @@ pub struct BinConv {
     /// The machine-code kernel's register tile, on the `avx2` and `avx512`
     /// paths (`nr` is then its pixel count).
     pub wide: Option<crate::codegen::kernels::wide::Tile>,
+    /// A residual added to the f32 results in the kernel's epilogue
+    /// (`add(shortcut, this)` fused, see `Planner::try_fuse_residual`): a
+    /// buffer of the output's layout.
+    pub residual: Option<BufId>,
 }
 
 /// A real-valued convolution (dense is the 1×1 case).
@@ -377,13 +381,11 @@ impl Step {
             Step::Input { .. } => "input",
             Step::Output { .. } => "output",
             Step::Pad { .. } => "pad",
-            Step::BinConv(b) => {
-                if b.epi.bits() {
-                    "bconv→bits"
-                } else {
-                    "bconv"
-                }
-            }
+            Step::BinConv(b) => match (b.epi.bits(), b.residual.is_some()) {
+                (true, _) => "bconv→bits",
+                (false, true) => "bconv+add",
+                (false, false) => "bconv",
+            },
             Step::FloatConv(_) => "conv",
             Step::Elementwise { pack: true, .. } => "elementwise→bits",
             Step::Elementwise { .. } => "elementwise",
@@ -404,7 +406,7 @@ impl Step {
             | Step::Unpack { src, .. }
             | Step::GlobalAvgPool { src, .. }
             | Step::Flatten { src, .. } => vec![src.buf],
-            Step::BinConv(b) => vec![b.src],
+            Step::BinConv(b) => std::iter::once(b.src).chain(b.residual).collect(),
             Step::FloatConv(f) => vec![f.src],
             Step::Elementwise { srcs, .. } => srcs.clone(),
             Step::Pool { src, .. } => vec![*src],
@@ -924,7 +926,11 @@ impl<'g> Planner<'g> {
             Op::HardTanh(h) => {
                 self.elementwise(id, &name, &operands, EwOp::HardTanh(h.min, h.max), &dims)
             }
-            Op::Add => self.elementwise(id, &name, &operands, EwOp::Add, &dims),
+            Op::Add => {
+                if !self.try_fuse_residual(id, &operands) {
+                    self.elementwise(id, &name, &operands, EwOp::Add, &dims);
+                }
+            }
             Op::Zero => {
                 // The operand is not read.
                 let dst = self.tensor(DType::F32, &dims);
@@ -1049,6 +1055,52 @@ impl<'g> Planner<'g> {
         self.producer.insert(sign, s);
         self.values.insert(sign, bits);
         true
+    }
+
+    /// Fuses `add(a, b)` into the machine-code kernel of the binary layer
+    /// that computes one operand, when the add is that value's only user:
+    /// the kernel adds the other operand (the shortcut) to each f32 result
+    /// before storing it, which is the same IEEE sum (addition commutes), and
+    /// the sum is never written and read back. Only on the wide paths, whose
+    /// kernels finish f32 results themselves (no zero-padding corrections),
+    /// and only for a shortcut an earlier step computed.
+    fn try_fuse_residual(&mut self, id: NodeId, operands: &[NodeId]) -> bool {
+        if !self.opts.fuse || operands.len() != 2 {
+            return false;
+        }
+        for (k, &y) in operands.iter().enumerate() {
+            let shortcut = operands[1 - k];
+            let only_user = self.graph.users(y).len() == 1 && !self.graph.outputs().contains(&y);
+            if shortcut == y || !only_user {
+                continue;
+            }
+            let Some(&s) = self.producer.get(&y) else {
+                continue;
+            };
+            let fits = matches!(&self.steps[s].1, Step::BinConv(b)
+                if b.wide.is_some() && b.zero_pad.is_none() && !b.epi.bits()
+                    && b.residual.is_none());
+            // The shortcut must exist when the kernel runs: computed by an
+            // earlier step (a downsampling branch may come after it).
+            let earlier = matches!(self.producer.get(&shortcut), Some(&p) if p < s);
+            let r = self.values[&shortcut].clone();
+            let out = self.values[&y].clone();
+            if !fits || !earlier || r.dtype != DType::F32 || (r.pos, r.c) != (out.pos, out.c) {
+                continue;
+            }
+            let Step::BinConv(b) = &mut self.steps[s].1 else {
+                continue;
+            };
+            b.residual = Some(r.buf);
+            // The kernel reads whole tiles (and whole 16-channel blocks) of
+            // the shortcut, as it writes them of its output.
+            let need = self.bufs[out.buf] + 64;
+            self.bufs[r.buf] = self.bufs[r.buf].max(need);
+            self.producer.insert(id, s);
+            self.values.insert(id, out);
+            return true;
+        }
+        false
     }
 
     /// Packs `sign(x)` in the elementwise step that computes `x` when `x`
@@ -1181,6 +1233,7 @@ impl<'g> Planner<'g> {
             nr,
             scalar: self.opts.scalar_popcount,
             wide,
+            residual: None,
         };
         let s = self.push(name, Step::BinConv(step));
         self.producer.insert(id, s);

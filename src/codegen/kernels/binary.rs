@@ -259,8 +259,17 @@ pub fn emit(
     b: &BinConv,
     src_off: usize,
     dst_off: usize,
+    residual_off: Option<usize>,
 ) -> Result<usize, CodegenError> {
     let [kh, kw] = b.k;
+    // The residual's byte offset from the output (same layout), for the
+    // wide kernel's epilogue.
+    let residual = residual_off
+        .map(|r| {
+            i32::try_from(r as i64 - dst_off as i64)
+                .map_err(|_| CodegenError::Internal("residual too far from the output".into()))
+        })
+        .transpose()?;
     let [sh, sw] = b.s;
     let [dh, dw] = b.d;
     let [oh, ow] = b.out;
@@ -333,8 +342,13 @@ pub fn emit(
     let rmw = bits && g_n > 1 && !og.is_multiple_of(16);
     let wide = match b.wide {
         Some(tile) => Some(wide_conv(
-            fx, b, tile, &lines, &offs, o_pad, ktot, rmw, pix_bytes,
+            fx, b, tile, &lines, &offs, o_pad, ktot, rmw, pix_bytes, residual,
         )?),
+        None if residual.is_some() => {
+            return Err(CodegenError::Internal(
+                "a fused residual needs a machine-code kernel".into(),
+            ));
+        }
         None => None,
     };
     let wtab = if wide.is_none() {
@@ -424,11 +438,17 @@ fn wide_conv(
     ktot: i64,
     rmw: bool,
     pix_bytes: i64,
+    residual: Option<i32>,
 ) -> Result<WideConv, CodegenError> {
     let og = b.o / b.groups;
     let nb = og.div_ceil(16);
     let pad = |v: &[f32]| padded(v, o_pad);
     let epi = match &b.epi {
+        _ if (b.zero_pad.is_some() || rmw) && residual.is_some() => {
+            return Err(CodegenError::Internal(
+                "a fused residual needs the kernel's own f32 epilogue".into(),
+            ));
+        }
         _ if b.zero_pad.is_some() || rmw => Epi::Counts,
         Epilogue::Threshold { dir, t } => {
             // The padding lanes are forced to +1 (bit 0): the packed
@@ -475,6 +495,8 @@ fn wide_conv(
                 }
                 Epilogue::Threshold { .. } => unreachable!("matched above"),
             };
+            let mut ops = ops;
+            ops.extend(residual.map(FOp::AddAt));
             Epi::Floats {
                 k: ktot as i32,
                 ops,

@@ -45,6 +45,9 @@ pub enum FOp {
     Div(u8),
     /// `y + t`.
     Add(u8),
+    /// `y + r`, `r` the f32 at this byte offset from the output value, in a
+    /// buffer of the output's layout (a fused residual shortcut).
+    AddAt(i32),
 }
 
 /// How the kernel leaves its results.
@@ -243,6 +246,13 @@ fn m_tile(
                             FOp::Sub(t) => a.vsubps(x, x, at(t))?,
                             FOp::Div(t) => a.vdivps(x, x, at(t))?,
                             FOp::Add(t) => a.vaddps(x, x, at(t))?,
+                            FOp::AddAt(delta) => a.vaddps(
+                                x,
+                                x,
+                                zmmword_ptr(
+                                    rcx + (delta + n as i32 * pixel_stride + 64 * m as i32),
+                                ),
+                            )?,
                         }
                     }
                     let dst = zmmword_ptr(rcx + (n as i32 * pixel_stride + 64 * m as i32));

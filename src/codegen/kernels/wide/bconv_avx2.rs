@@ -313,19 +313,21 @@ fn epilogue(
                         a.vpaddd(x, x, x)?;
                         a.vpsubd(x, kv, x)?;
                         a.vcvtdq2ps(x, x)?;
+                        let dst = n as i32 * pixel_stride + (64 * m + 32 * h) as i32;
+                        let lane0 = (64 * m + 32 * h) as i32;
                         for op in ops {
-                            let at = ymmword_ptr(
-                                r8 + (i32::from(op_table(*op)) * table_stride
-                                    + (64 * m + 32 * h) as i32),
-                            );
+                            let at =
+                                |t: u8| ymmword_ptr(r8 + (i32::from(t) * table_stride + lane0));
                             match *op {
-                                FOp::Mul(_) => a.vmulps(x, x, at)?,
-                                FOp::Sub(_) => a.vsubps(x, x, at)?,
-                                FOp::Div(_) => a.vdivps(x, x, at)?,
-                                FOp::Add(_) => a.vaddps(x, x, at)?,
+                                FOp::Mul(t) => a.vmulps(x, x, at(t))?,
+                                FOp::Sub(t) => a.vsubps(x, x, at(t))?,
+                                FOp::Div(t) => a.vdivps(x, x, at(t))?,
+                                FOp::Add(t) => a.vaddps(x, x, at(t))?,
+                                FOp::AddAt(delta) => {
+                                    a.vaddps(x, x, ymmword_ptr(rcx + (delta + dst)))?
+                                }
                             }
                         }
-                        let dst = n as i32 * pixel_stride + (64 * m + 32 * h) as i32;
                         if lanes == 8 {
                             a.vmovups(ymmword_ptr(rcx + dst), x)?;
                         } else {
@@ -346,10 +348,4 @@ fn epilogue(
         }
     }
     Ok(())
-}
-
-fn op_table(op: FOp) -> u8 {
-    match op {
-        FOp::Mul(t) | FOp::Sub(t) | FOp::Div(t) | FOp::Add(t) => t,
-    }
 }
