@@ -175,3 +175,48 @@ fn ops_after_a_fused_sign_stay_separate() {
         run(&src, 2, seed);
     }
 }
+
+/// Image inputs of 1–3 channels are converted row by row, and straight into
+/// the zero-padded buffer of a real convolution that is their only user:
+/// every padding (each axis on its own), widths that end mid-vector, and an
+/// input with a second user (converted unpadded, padded by its own step),
+/// on every path against the interpreter.
+#[test]
+fn padded_image_inputs_match_the_interpreter() {
+    for c in 1..=3 {
+        for (h, w) in [(5, 7), (6, 4), (1, 9)] {
+            for pad in [(0, 0), (1, 2), (3, 3), (2, 0)] {
+                for shared in [false, true] {
+                    let kernel = (2 * pad.0 + 1, 2 * pad.1 + 1);
+                    let conv = format!(
+                        "conv2d(x, 5, kernel=({}, {}), pad=({}, {}))",
+                        kernel.0, kernel.1, pad.0, pad.1
+                    );
+                    // Shared: a 1×1 conv reads the input too.
+                    let body = if shared {
+                        format!("z = conv2d(x, 5, kernel=1)\n y = add(z, {conv})")
+                    } else {
+                        format!("y = {conv}")
+                    };
+                    let src =
+                        format!("model img {{ input x: f32[{c}, {h}, {w}]\n {body}\n output y }}");
+                    let graph = onebit::parse(&src).unwrap_or_else(|e| panic!("{src}\n{e}"));
+                    let params = Params::init(&graph, 2);
+                    for path in common::paths() {
+                        let what = format!("{path:?}: {src}");
+                        common::check(
+                            &what,
+                            &graph,
+                            &params,
+                            2,
+                            9,
+                            &Options::default(),
+                            path,
+                            true,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

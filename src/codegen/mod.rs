@@ -334,7 +334,7 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
     let off = |b: usize| plan.offsets[b];
     use kernels::{binary, float, misc};
     match step {
-        Step::Input { io, dst } => misc::input(fx, *io, dst, off(dst.buf)),
+        Step::Input { io, dst, rows } => misc::input(fx, *io, dst, off(dst.buf), *rows),
         Step::Output { io, src } => misc::output(fx, *io, src, off(src.buf)),
         Step::Pad {
             src,

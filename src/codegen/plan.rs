@@ -276,6 +276,10 @@ pub enum Step {
         io: usize,
         /// Destination.
         dst: Tensor,
+        /// Image inputs with few channels are converted row by row instead
+        /// of in blocks of four channels, optionally straight into the
+        /// zero-padded buffer of the convolution that reads them.
+        rows: Option<InputRows>,
     },
     /// A value to model output `io` (C order, bits as ±1.0).
     Output {
@@ -429,6 +433,15 @@ impl Step {
             Step::FloatConv(f) => vec![f.dst],
         }
     }
+}
+
+/// The row-wise conversion of an image input `[C, H, W]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputRows {
+    /// Input height and width.
+    pub hw: [usize; 2],
+    /// Zero padding written around the image, `(ph, pw)`.
+    pub pad: [usize; 2],
 }
 
 /// A planned model: steps, buffers and their arena offsets.
@@ -716,11 +729,21 @@ impl<'g> Planner<'g> {
                         CodegenError::Internal(format!("input `{name}` not declared"))
                     })?;
                 let dst = self.tensor(DType::F32, &dims);
+                // Four channels fill the transposer's vectors; fewer (an RGB
+                // image) go row by row.
+                let rows = match dims[..] {
+                    [c, h, w] if c < 4 => Some(InputRows {
+                        hw: [h, w],
+                        pad: [0, 0],
+                    }),
+                    _ => None,
+                };
                 let s = self.push(
                     &name,
                     Step::Input {
                         io,
                         dst: dst.clone(),
+                        rows,
                     },
                 );
                 self.producer.insert(id, s);
@@ -1103,6 +1126,36 @@ impl<'g> Planner<'g> {
         false
     }
 
+    /// Has the row-wise input step that computes `x` write it zero-padded by
+    /// `pad`, for a real convolution that is its only user, so no padding
+    /// step copies it again. False where `x` is not such an input.
+    fn try_pad_input(&mut self, x: NodeId, pad: [usize; 2]) -> bool {
+        let Some(&s) = self.producer.get(&x) else {
+            return false;
+        };
+        let only_user = self.graph.users(x).len() == 1 && !self.graph.outputs().contains(&x);
+        if !self.opts.fuse || !only_user {
+            return false;
+        }
+        let Step::Input {
+            dst,
+            rows: Some(rows),
+            ..
+        } = &mut self.steps[s].1
+        else {
+            return false;
+        };
+        if rows.pad != [0, 0] {
+            return false;
+        }
+        rows.pad = pad;
+        let [h, w] = rows.hw;
+        let buf = dst.buf;
+        let bytes = 4 * dst.c * (h + 2 * pad[0]) * (w + 2 * pad[1]);
+        self.bufs[buf] = self.bufs[buf].max(bytes.div_ceil(64) * 64);
+        true
+    }
+
     /// Packs `sign(x)` in the elementwise step that computes `x` when `x`
     /// has other users too: the step stores the f32 value as before and the
     /// bits beside it, in the same pass over memory (Bi-Real's `add`, whose
@@ -1261,10 +1314,12 @@ impl<'g> Planner<'g> {
                 )));
             }
         };
-        let prepared = if g.pad != [0, 0] {
-            self.pad_step(name, &src, [h, wd], g.pad, 0.0, (1, 0, 0), false)
-        } else {
+        let prepared = if g.pad == [0, 0] {
             src.buf
+        } else if self.try_pad_input(x, g.pad) {
+            src.buf
+        } else {
+            self.pad_step(name, &src, [h, wd], g.pad, 0.0, (1, 0, 0), false)
         };
         let (oh, ow) = (
             dims.get(1).copied().unwrap_or(1),

@@ -70,6 +70,18 @@ pub struct Scratch {
     bytes: usize,
 }
 
+impl Scratch {
+    /// Overwrites every byte of the scratch space with `byte`. A compiled
+    /// model never reads scratch it has not written in the same run, so
+    /// results do not depend on it; tests fill it with NaN patterns to check
+    /// exactly that.
+    pub fn fill(&mut self, byte: u8) {
+        for arena in &mut self.arenas {
+            arena.iter_mut().for_each(|line| *line = Line([byte; 64]));
+        }
+    }
+}
+
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Scratch({} × {} bytes)", self.arenas.len(), self.bytes)

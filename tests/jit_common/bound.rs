@@ -29,9 +29,9 @@
 
 use std::collections::HashMap;
 
+use onebit::Options;
 use onebit::ir::ops::{ConvGeometry, Op};
 use onebit::ir::{Graph, NodeId, Params, Tensor, interp};
-use onebit::{CompiledModel, Options};
 
 const U: f64 = 1.0 / 16_777_216.0;
 
@@ -194,16 +194,14 @@ fn check_real_layer(
     seen.real_values += count;
 }
 
+/// The JIT's outputs on poisoned scratch ([`super::jit`]).
 fn compile_run(
     graph: &Graph,
     params: &Params,
     inputs: &[Tensor],
     options: &Options,
 ) -> Vec<Vec<f32>> {
-    let model = CompiledModel::compile(onebit::ir::verify(graph).unwrap(), params, options)
-        .expect("compile");
-    let refs: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
-    model.run_many(&refs, inputs[0].shape[0]).expect("run")
+    super::jit(graph, params, inputs, options)
 }
 
 fn same_bits(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {

@@ -63,11 +63,26 @@ pub fn inputs(graph: &Graph, batch: usize, seed: u64) -> Vec<Tensor> {
         .collect()
 }
 
+/// The JIT's outputs, run on scratch space filled with all-ones bytes (NaN
+/// as f32, −1 as bits), so a step that read memory no step wrote would show.
 pub fn jit(graph: &Graph, params: &Params, inputs: &[Tensor], options: &Options) -> Vec<Vec<f32>> {
     let model = CompiledModel::compile(onebit::ir::verify(graph).unwrap(), params, options)
         .expect("compile");
     let refs: Vec<&[f32]> = inputs.iter().map(|t| t.data.as_slice()).collect();
-    model.run_many(&refs, inputs[0].shape[0]).expect("run")
+    let batch = inputs[0].shape[0];
+    let mut outs: Vec<Vec<f32>> = (0..graph.outputs().len())
+        .map(|k| {
+            let per_sample: usize = graph.node(graph.outputs()[k]).ty.dims().iter().product();
+            vec![0.0; per_sample * batch]
+        })
+        .collect();
+    let mut out_refs: Vec<&mut [f32]> = outs.iter_mut().map(|v| v.as_mut_slice()).collect();
+    let mut scratch = model.scratch();
+    scratch.fill(0xff);
+    model
+        .run_into(&refs, &mut out_refs, batch, &mut scratch)
+        .expect("run");
+    outs
 }
 
 /// Runs `graph` on the interpreter and the JIT; returns (jit, interp) outputs.

@@ -612,14 +612,86 @@ pub fn input(
     io: usize,
     dst_t: &Tensor,
     dst_off: usize,
+    rows: Option<crate::codegen::plan::InputRows>,
 ) -> Result<usize, CodegenError> {
     let src = fx.io_ptr(io);
     let dst = fx.arena_at(dst_off);
     let (c, p) = (dst_t.c, dst_t.pos);
+    if let Some(rows) = rows {
+        return input_rows(fx, src, dst, c, rows);
+    }
     // C order `[C][P]` is a transpose of channels-last `[P][C]`; the work
     // units are blocks of four channels.
     fx.for_units(|fx, blk| transpose_block(fx, src, Rows::F32 { stride: p }, dst, c, c, p, blk))?;
     Ok(c.div_ceil(4))
+}
+
+/// An image `[C][H][W]` to channels-last `[H+2ph][W+2pw][C]` with a zero
+/// border, one image row per unit: per channel, four pixels' loads from the
+/// row and their stores `C` floats apart, from one address each. The
+/// border rows belong to the first and last units.
+fn input_rows(
+    fx: &mut Fx,
+    src: Value,
+    dst: Value,
+    c: usize,
+    rows: crate::codegen::plan::InputRows,
+) -> Result<usize, CodegenError> {
+    let [h, w] = rows.hw;
+    let [ph, pw] = rows.pad;
+    let wp = w + 2 * pw;
+    let out_row = (4 * c * wp) as i64;
+    let border_rows = |fx: &mut Fx, i: Value, at_row: i64, first: usize| {
+        let this = fx.b.create_block();
+        let next = fx.b.create_block();
+        let hit =
+            fx.b.ins()
+                .icmp_imm_s(cranelift_codegen::ir::condcodes::IntCC::Equal, i, at_row);
+        fx.b.ins().brif(hit, this, &[], next, &[]);
+        fx.b.switch_to_block(this);
+        let r = fill_f32(fx, dst, first * c * wp, ph * c * wp, 0.0);
+        fx.b.ins().jump(next, &[]);
+        fx.b.switch_to_block(next);
+        r
+    };
+    fx.for_units(|fx, i| {
+        if ph > 0 {
+            border_rows(fx, i, 0, 0)?;
+            border_rows(fx, i, h as i64 - 1, ph + h)?;
+        }
+        let o = fx.mul_imm(i, out_row);
+        let row = fx.b.ins().iadd(dst, o);
+        let row = fx.add_imm(row, ph as i64 * out_row);
+        fill_f32(fx, row, 0, pw * c, 0.0)?;
+        fill_f32(fx, row, (pw + w) * c, pw * c, 0.0)?;
+        let so = fx.mul_imm(i, (4 * w) as i64);
+        let s = fx.b.ins().iadd(src, so);
+        let d = fx.add_imm(row, (4 * pw * c) as i64);
+        let pixel = (4 * c) as i64;
+        let four = |fx: &mut Fx, s: Value, d: Value, n: usize| {
+            for ch in 0..c {
+                let plane = (4 * ch * h * w) as i64;
+                for k in 0..n as i64 {
+                    let v = fx.load(types::F32, s, plane + 4 * k);
+                    fx.store(v, d, k * pixel + 4 * ch as i64);
+                }
+            }
+        };
+        fx.for_n(w / 4, |fx, q| {
+            let sq = fx.mul_imm(q, 16);
+            let sq = fx.b.ins().iadd(s, sq);
+            let dq = fx.mul_imm(q, 4 * pixel);
+            let dq = fx.b.ins().iadd(d, dq);
+            four(fx, sq, dq, 4);
+            Ok(())
+        })?;
+        let tail = (w / 4 * 4) as i64;
+        let st = fx.add_imm(s, 4 * tail);
+        let dt = fx.add_imm(d, tail * pixel);
+        four(fx, st, dt, w % 4);
+        Ok(())
+    })?;
+    Ok(h)
 }
 
 /// A value to model output `io`.
