@@ -143,22 +143,10 @@ fn emit(a: &mut CodeAssembler, spec: &Spec, nr: usize, table_bytes: i32) -> Resu
     for (n, &r) in bases.iter().enumerate() {
         a.mov(r, qword_at(rdi, 8 * n as i32))?;
     }
-    let tiles = spec.m_tiles();
-    for (i, &(tmr, count)) in tiles.iter().enumerate() {
-        // One m-tile: `tmr` blocks × `nr` pixels; a runtime loop of `count`
-        // iterations (r10 counts down) when there are several.
-        let mut m_loop = a.create_label();
-        if count > 1 {
-            a.mov(r10, count as u64)?;
-        }
-        a.set_label(&mut m_loop)?;
-        let last = i + 1 == tiles.len();
-        m_tile(a, spec, tmr, nr, table_bytes, last)?;
-        if count > 1 {
-            a.dec(r10)?;
-            a.jnz(m_loop)?;
-        }
-    }
+    // One m-tile: `tmr` blocks × `nr` pixels; r10 counts its repeats.
+    super::m_tile_loops(a, &spec.m_tiles(), r10, |a, tmr, last| {
+        m_tile(a, spec, tmr, nr, table_bytes, last)
+    })?;
     for &r in saved.iter().rev() {
         a.pop(r)?;
     }

@@ -141,19 +141,9 @@ fn emit(a: &mut CodeAssembler, spec: &Spec, table_bytes: i32) -> Result<(), Iced
     a.mov(eax, 0x0f0f_0f0f)?;
     a.vmovd(xmm(NIBBLE), eax)?;
     a.vpbroadcastd(ymm(NIBBLE), xmm(NIBBLE))?;
-    let tiles = spec.m_tiles();
-    for (i, &(tmr, count)) in tiles.iter().enumerate() {
-        let mut m_loop = a.create_label();
-        if count > 1 {
-            a.mov(r10, count as u64)?;
-        }
-        a.set_label(&mut m_loop)?;
-        m_tile(a, spec, tmr, table_bytes, i + 1 == tiles.len())?;
-        if count > 1 {
-            a.dec(r10)?;
-            a.jnz(m_loop)?;
-        }
-    }
+    super::m_tile_loops(a, &spec.m_tiles(), r10, |a, tmr, last| {
+        m_tile(a, spec, tmr, table_bytes, last)
+    })?;
     a.add(rsp, frame as i32)?;
     for &r in saved.iter().rev() {
         a.pop(r)?;

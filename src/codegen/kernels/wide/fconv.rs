@@ -177,22 +177,10 @@ pub fn assemble(spec: &Spec) -> Result<Vec<u8>, CodegenError> {
 }
 
 fn emit(a: &mut CodeAssembler, spec: &Spec, table_bytes: i32) -> Result<(), IcedError> {
-    let tiles = spec.m_tiles();
-    for (i, &(tmr, count)) in tiles.iter().enumerate() {
-        // One m-tile; a runtime loop of `count` iterations (r11 counts
-        // down) when there are several.
-        let mut m_loop = a.create_label();
-        if count > 1 {
-            a.mov(r11, count as u64)?;
-        }
-        a.set_label(&mut m_loop)?;
-        let masked = i + 1 == tiles.len() && spec.last_valid < 16;
-        m_tile(a, spec, tmr, table_bytes, masked)?;
-        if count > 1 {
-            a.dec(r11)?;
-            a.jnz(m_loop)?;
-        }
-    }
+    // One m-tile; r11 counts its repeats.
+    super::m_tile_loops(a, &spec.m_tiles(), r11, |a, tmr, last| {
+        m_tile(a, spec, tmr, table_bytes, last && spec.last_valid < 16)
+    })?;
     if spec.bits {
         // rcx is past the last block's 16 bits: zero the rest of each
         // pixel's last word (the layout's tail bits are zero).

@@ -111,6 +111,34 @@ pub(crate) fn executable(
     Ok((module, ptrs))
 }
 
+/// Emits the m-tiles of a kernel in order: each `(blocks, count)` of
+/// `tiles` (see [`m_tiles`]) once, as a runtime loop counted down in
+/// `counter` when `count > 1`; `body(a, blocks, last)` emits one tile.
+pub(crate) fn m_tile_loops(
+    a: &mut iced_x86::code_asm::CodeAssembler,
+    tiles: &[(usize, usize)],
+    counter: iced_x86::code_asm::AsmRegister64,
+    mut body: impl FnMut(
+        &mut iced_x86::code_asm::CodeAssembler,
+        usize,
+        bool,
+    ) -> Result<(), iced_x86::IcedError>,
+) -> Result<(), iced_x86::IcedError> {
+    for (i, &(blocks, count)) in tiles.iter().enumerate() {
+        let mut m_loop = a.create_label();
+        if count > 1 {
+            a.mov(counter, count as u64)?;
+        }
+        a.set_label(&mut m_loop)?;
+        body(a, blocks, i + 1 == tiles.len())?;
+        if count > 1 {
+            a.dec(counter)?;
+            a.jnz(m_loop)?;
+        }
+    }
+    Ok(())
+}
+
 /// zmm register `i`. Callers keep `i` below 32 (their tiles' `fits`
 /// checks); a larger index would give zmm31 rather than a panic.
 pub(crate) fn zmm(i: usize) -> iced_x86::code_asm::AsmRegisterZmm {
