@@ -289,7 +289,9 @@ pub enum Step {
         /// Source.
         src: Tensor,
     },
-    /// Copies into a padded (and for grouped bits, regrouped) buffer.
+    /// Copies into a zero-padded (and for grouped bits, regrouped)
+    /// buffer: f32 zeros, or zero words (+1) for bits, which the binary
+    /// layers correct for where their padding value is 0.
     Pad {
         /// Source.
         src: Tensor,
@@ -299,12 +301,8 @@ pub enum Step {
         hw: [usize; 2],
         /// Padding.
         pad: [usize; 2],
-        /// f32 padding value (for f32 sources).
-        fill: f32,
-        /// Bit sources: `(groups, cg, cwg)`; the pad word is `pad_ones ? valid bits : 0`.
+        /// Bit sources: `(groups, cg, cwg)`.
         regroup: (usize, usize, usize),
-        /// Pad bit words with ones (the AND identity) instead of zeros.
-        pad_ones: bool,
     },
     /// Binary convolution.
     BinConv(BinConv),
@@ -674,9 +672,7 @@ impl<'g> Planner<'g> {
         src: &Tensor,
         hw: [usize; 2],
         pad: [usize; 2],
-        fill: f32,
         regroup: (usize, usize, usize),
-        pad_ones: bool,
     ) -> BufId {
         let (hp, wp) = (hw[0] + 2 * pad[0], hw[1] + 2 * pad[1]);
         let per_pixel = match src.dtype {
@@ -691,9 +687,7 @@ impl<'g> Planner<'g> {
                 dst,
                 hw,
                 pad,
-                fill,
                 regroup,
-                pad_ones,
             },
         );
         dst
@@ -1082,7 +1076,7 @@ impl<'g> Planner<'g> {
         let aligned = groups == 1 || cg.is_multiple_of(64);
         let needs_prep = g.pad != [0, 0] || !aligned;
         let prepared = if needs_prep {
-            self.pad_step(name, &src, [h, wd], g.pad, 0.0, (groups, cg, cwg), false)
+            self.pad_step(name, &src, [h, wd], g.pad, (groups, cg, cwg))
         } else {
             src.buf
         };
@@ -1153,12 +1147,10 @@ impl<'g> Planner<'g> {
                 )));
             }
         };
-        let prepared = if g.pad == [0, 0] {
-            src.buf
-        } else if self.try_pad_input(x, g.pad) {
+        let prepared = if g.pad == [0, 0] || self.try_pad_input(x, g.pad) {
             src.buf
         } else {
-            self.pad_step(name, &src, [h, wd], g.pad, 0.0, (1, 0, 0), false)
+            self.pad_step(name, &src, [h, wd], g.pad, (1, 0, 0))
         };
         let (oh, ow) = (
             dims.get(1).copied().unwrap_or(1),

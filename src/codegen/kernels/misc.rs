@@ -747,9 +747,8 @@ pub fn unpack(
     Ok(t.pos)
 }
 
-/// Copies into a padded buffer: f32 filled with `fill`, bits with zero (or
-/// valid-bit ones) words, regrouped so group `g` starts at word `g·cwg`.
-#[allow(clippy::too_many_arguments)]
+/// Copies into a zero-padded buffer: f32 zeros, bits zero words, regrouped
+/// so group `g` starts at word `g·cwg`.
 pub fn pad(
     fx: &mut Fx,
     src_t: &Tensor,
@@ -757,9 +756,7 @@ pub fn pad(
     dst_off: usize,
     hw: [usize; 2],
     padding: [usize; 2],
-    fill: f32,
     regroup: (usize, usize, usize),
-    pad_ones: bool,
 ) -> Result<usize, CodegenError> {
     let [h, w] = hw;
     let [ph, pw] = padding;
@@ -771,14 +768,14 @@ pub fn pad(
             let c = src_t.c;
             // Border only, then the image rows as contiguous runs.
             let row = wp * c;
-            fill_f32(fx, dst, 0, ph * row, fill)?;
-            fill_f32(fx, dst, (ph + h) * row, ph * row, fill)?;
+            fill_f32(fx, dst, 0, ph * row, 0.0)?;
+            fill_f32(fx, dst, (ph + h) * row, ph * row, 0.0)?;
             fx.for_n(h, |fx, r| {
                 let o = fx.mul_imm(r, (row * 4) as i64);
                 let d = fx.b.ins().iadd(dst, o);
                 let d = fx.add_imm(d, (ph * row * 4) as i64);
-                fill_f32(fx, d, 0, pw * c, fill)?;
-                fill_f32(fx, d, (pw + w) * c, pw * c, fill)?;
+                fill_f32(fx, d, 0, pw * c, 0.0)?;
+                fill_f32(fx, d, (pw + w) * c, pw * c, 0.0)?;
                 let so = fx.mul_imm(r, (w * c * 4) as i64);
                 let s = fx.b.ins().iadd(src, so);
                 let d = fx.add_imm(d, (pw * c * 4) as i64);
@@ -789,23 +786,18 @@ pub fn pad(
             let (groups, cg, cwg) = regroup;
             let cw = src_t.cw();
             let xw = groups * cwg;
-            let valid = |g: usize, wi: usize| -> u64 {
+            // The bits of word `wi` of a group that hold its channels.
+            let valid = |wi: usize| -> u64 {
                 let n = cg.saturating_sub(64 * wi).min(64);
-                let _ = g;
                 if n == 64 { u64::MAX } else { (1u64 << n) - 1 }
             };
-            let pad_words: Vec<u64> = (0..xw)
-                .map(|k| if pad_ones { valid(k / cwg, k % cwg) } else { 0 })
-                .collect();
-            // Pad words into `n` pixels from byte `at` of `base`.
+            // Zero words into `n` pixels from byte `at` of `base`.
             let border = |fx: &mut Fx, base: Value, at: usize, n: usize| {
                 fx.for_n(n, |fx, px| {
                     let o = fx.mul_imm(px, (8 * xw) as i64);
                     let o = fx.b.ins().iadd(base, o);
-                    for (k, &pwd) in pad_words.iter().enumerate() {
-                        let v = fx.ic(pwd as i64);
-                        fx.store(v, o, (at + 8 * k) as i64);
-                    }
+                    let o = fx.add_imm(o, at as i64);
+                    fx.zero_bytes(o, 8 * xw);
                     Ok(())
                 })
             };
@@ -854,7 +846,7 @@ pub fn pad(
                                     v = fx.b.ins().bor(v, hi);
                                 }
                             }
-                            let m = valid(g, wi);
+                            let m = valid(wi);
                             if m != u64::MAX {
                                 v = fx.b.ins().band_imm_s(v, m as i64);
                             }
