@@ -129,6 +129,24 @@ pub fn check(
     }
 }
 
+/// [`check`] with the default options, exactly, on every path this
+/// machine runs; `src` names the model in failures.
+pub fn check_every_path(src: &str, graph: &Graph, params: &Params, batch: usize, seed: u64) {
+    for path in paths() {
+        let what = format!("{path:?}: {src}");
+        check(
+            &what,
+            graph,
+            params,
+            batch,
+            seed,
+            &Options::default(),
+            path,
+            true,
+        );
+    }
+}
+
 /// Asserts equality: exact when `exact`, else within 1e-5 relative (with an
 /// absolute floor scaled by the output's magnitude, for cancelling sums).
 pub fn assert_match(what: &str, got: &[Vec<f32>], expected: &[Vec<f32>], exact: bool) {
