@@ -332,7 +332,7 @@ impl<M: Module> emit::Sink for ModuleSink<'_, M> {
 
 fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, CodegenError> {
     let off = |b: usize| plan.offsets[b];
-    use kernels::{binary, float, misc};
+    use kernels::{binary, float, misc, pool};
     match step {
         Step::Input { io, dst, rows } => misc::input(fx, *io, dst, off(dst.buf), *rows),
         Step::Output { io, src } => misc::output(fx, *io, src, off(src.buf)),
@@ -372,8 +372,8 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
             s,
             out,
             dst,
-        } => misc::pool(fx, off(*src), *hw, *pad, *c, *kind, *k, *s, *out, off(*dst)),
-        Step::GlobalAvgPool { src, dst } => misc::global_avgpool(fx, src, off(src.buf), off(*dst)),
+        } => pool::pool(fx, off(*src), *hw, *pad, *c, *kind, *k, *s, *out, off(*dst)),
+        Step::GlobalAvgPool { src, dst } => pool::global_avgpool(fx, src, off(src.buf), off(*dst)),
         Step::Flatten { src, dst } => misc::flatten(fx, src, off(src.buf), off(*dst)),
         Step::Concat { srcs, dst } => {
             let s: Vec<_> = srcs.iter().map(|t| (t.clone(), off(t.buf))).collect();

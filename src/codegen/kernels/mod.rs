@@ -4,4 +4,5 @@
 pub mod binary;
 pub mod float;
 pub mod misc;
+pub mod pool;
 pub mod wide;
