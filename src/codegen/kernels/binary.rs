@@ -40,6 +40,7 @@ use crate::codegen::CodegenError;
 use crate::codegen::emit::Fx;
 use crate::codegen::kernels::wide::bconv::FOp;
 use crate::codegen::kernels::wide::call::{Epi, WideConv};
+use crate::codegen::kernels::wide::channel_parts;
 use crate::codegen::plan::{BinConv, Epilogue};
 
 /// Steps up to which the receptive field is fully unrolled.
@@ -340,9 +341,18 @@ pub fn emit(
     let dst = fx.arena_at(dst_off);
     let zero_words = bits && (g_n > 1 && !og.is_multiple_of(16) || nb * 16 * g_n < cwo * 64);
     let rmw = bits && g_n > 1 && !og.is_multiple_of(16);
+    // A fused wide epilogue of one group, whose blocks end on words where
+    // it writes bits (no unit zeroes words another unit writes into), may
+    // split its channels between units (`wide::channel_parts`).
+    let parts = match b.wide {
+        Some(tile) if g_n == 1 && og.is_multiple_of(16) && !zero_words && b.zero_pad.is_none() => {
+            channel_parts(tiles, nb, tile.mr, true).0
+        }
+        _ => 1,
+    };
     let wide = match b.wide {
         Some(tile) => Some(wide_conv(
-            fx, b, tile, &lines, &offs, o_pad, ktot, rmw, pix_bytes, residual,
+            fx, b, tile, parts, &lines, &offs, o_pad, ktot, rmw, pix_bytes, residual,
         )?),
         None if residual.is_some() => {
             return Err(CodegenError::Internal(
@@ -357,7 +367,13 @@ pub fn emit(
         None
     };
 
-    fx.for_units(|fx, tile| {
+    fx.for_units(|fx, unit| {
+        let (tile, part) = if parts > 1 {
+            let tile = fx.b.ins().udiv_imm_u(unit, parts as i64);
+            (tile, Some(fx.b.ins().urem_imm_u(unit, parts as i64)))
+        } else {
+            (unit, None)
+        };
         let p0 = fx.mul_imm(tile, nr as i64);
         let mut bases = Vec::new();
         let mut corr = Vec::new();
@@ -395,7 +411,15 @@ pub fn emit(
                     let o0 = fx.b.ins().iadd(o_g, ob);
                     epilogue(fx, b, &tables, counts, o0, valid, ktot, &corr, &outs, rmw)
                 };
-                return wide.group(fx, &gbases, g, outs[0], o_g, og, &mut block);
+                // A channel part is a group of the kernel's weights that
+                // reads the whole input (`g` is 0 here).
+                return match part {
+                    Some(part) => {
+                        let o_part = fx.mul_imm(part, (og / parts) as i64);
+                        wide.group(fx, &bases, part, outs[0], o_part, og / parts, &mut block)
+                    }
+                    None => wide.group(fx, &gbases, g, outs[0], o_g, og, &mut block),
+                };
             };
             let wg = fx.mul_imm(g, nb as i64 * wblock);
             let wg = fx.b.ins().iadd(wtab, wg);
@@ -420,7 +444,7 @@ pub fn emit(
             Ok(())
         })
     })?;
-    Ok(tiles)
+    Ok(tiles * parts)
 }
 
 /// The avx512 kernel of a layer, with its epilogue fused where it can be:
@@ -432,6 +456,7 @@ fn wide_conv(
     fx: &mut Fx,
     b: &BinConv,
     tile: crate::codegen::kernels::wide::Tile,
+    parts: usize,
     lines: &[u8],
     offs: &[i64],
     o_pad: usize,
@@ -505,7 +530,18 @@ fn wide_conv(
             }
         }
     };
-    WideConv::new(fx, tile, b.groups, nb, lines, offs, epi, pix_bytes)
+    // The weights of `parts` channel parts are laid out as that many
+    // groups of `nb / parts` blocks (the lines are block-major).
+    WideConv::new(
+        fx,
+        tile,
+        b.groups * parts,
+        nb / parts,
+        lines,
+        offs,
+        epi,
+        pix_bytes,
+    )
 }
 
 /// Popcount sums `[pixel][vector of 4 channels]` (i32x4) of one 16-channel

@@ -1,9 +1,11 @@
 //! The Cranelift step of a real-valued layer on the `avx512` path: one
-//! work unit per output row; per row and group, one call of the FMA
-//! micro-kernel ([`super::fconv`]) per full pixel tile and one of its tail
-//! variant for the row's last `ow mod nr` pixels.
+//! work unit per output row (or per channel part of a row, for layers of
+//! few rows); per row and group, one call of the FMA micro-kernel
+//! ([`super::fconv`]) per full pixel tile and one of its tail variant for
+//! the row's last `ow mod nr` pixels.
 
-use cranelift_codegen::ir::{FuncRef, InstBuilder, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{FuncRef, InstBuilder, SigRef, Value, types};
 
 use super::fconv::{self, EpiOp, FTile, Spec};
 use crate::codegen::CodegenError;
@@ -111,26 +113,57 @@ pub fn emit(
         last_valid: if og.is_multiple_of(16) { 16 } else { og % 16 },
         bits: f.bits,
     };
-    let tail = ow % tile.nr;
-    let tail_spec = Spec {
-        tile: FTile {
-            mr: tile.mr,
-            nr: tail,
-        },
+    let weights = fx.f32_data(&fconv::tile_weights(&w, groups, og, &main))?;
+    // Few rows (a dense layer's one, the last stage's 7): split the one
+    // group's channels into parts, each unit one part of one row; the
+    // parts are whole m-tiles of the layout above, so a part's weights
+    // start `b0 · steps · 64` bytes in. A packed output keeps whole rows
+    // (its tail words are zeroed after the last block).
+    let (parts, per) = if groups == 1 && !f.bits {
+        super::channel_parts(oh, blocks, tile.mr, false)
+    } else {
+        (1, blocks)
+    };
+    let last_blocks = blocks - (parts - 1) * per;
+    let part_spec = |blocks: usize, last_valid: usize| Spec {
+        blocks,
+        last_valid,
         ..main.clone()
     };
-    let weights = fx.f32_data(&fconv::tile_weights(&w, groups, og, &main))?;
+    let (every, last) = if parts > 1 {
+        (part_spec(per, 16), part_spec(last_blocks, main.last_valid))
+    } else {
+        (main.clone(), main.clone())
+    };
+    let kernels = |fx: &mut Fx, spec: &Spec| -> Result<RowKernels, CodegenError> {
+        let tail = ow % tile.nr;
+        let tail_spec = Spec {
+            tile: FTile {
+                mr: tile.mr,
+                nr: tail,
+            },
+            ..spec.clone()
+        };
+        Ok(RowKernels {
+            main: kernel(fx, spec)?,
+            tail: if tail > 0 {
+                Some(kernel(fx, &tail_spec)?)
+            } else {
+                None
+            },
+        })
+    };
+    let every_fn = kernels(fx, &every)?;
+    let last_fn = if last != every {
+        Some(kernels(fx, &last)?)
+    } else {
+        None
+    };
     let offs = fx.i32_data(&offs)?;
     let bias = if tables.is_empty() {
         fx.ic(0)
     } else {
         fx.f32_data(&tables)?
-    };
-    let main_fn = kernel(fx, &main)?;
-    let tail_fn = if tail > 0 {
-        Some(kernel(fx, &tail_spec)?)
-    } else {
-        None
     };
     let full = ow / tile.nr;
     let group_bytes = (blocks * steps * 64) as i64;
@@ -138,26 +171,57 @@ pub fn emit(
     let tile_out = (tile.nr * pixel_out) as i64;
     let src = fx.arena_at(src_off);
     let dst = fx.arena_at(dst_off);
-    fx.for_units(|fx, row| {
+    fx.for_units(|fx, unit| {
+        let (row, part) = if parts > 1 {
+            let row = fx.b.ins().udiv_imm_u(unit, parts as i64);
+            (row, fx.b.ins().urem_imm_u(unit, parts as i64))
+        } else {
+            (unit, fx.ic(0))
+        };
         let r_in = fx.mul_imm(row, (sh * f.wp * f.c * 4) as i64);
         let r_in = fx.b.ins().iadd(src, r_in);
         let r_out = fx.mul_imm(row, (ow * pixel_out) as i64);
         let r_out = fx.b.ins().iadd(dst, r_out);
+        // The part's kernels: the last part's own where its blocks differ.
+        let pick = |fx: &mut Fx, every: FuncRef, last: Option<FuncRef>| -> Callee {
+            match last {
+                None => Callee::Direct(every),
+                Some(last) => {
+                    let is_last = fx.b.ins().icmp_imm_u(IntCC::Equal, part, parts as i64 - 1);
+                    let a = fx.b.ins().func_addr(types::I64, every);
+                    let b = fx.b.ins().func_addr(types::I64, last);
+                    let sig = fx.b.func.dfg.ext_funcs[every].signature;
+                    Callee::Indirect(sig, fx.b.ins().select(is_last, b, a))
+                }
+            }
+        };
+        let main_fn = pick(fx, every_fn.main, last_fn.map(|k| k.main));
+        let tail_fn = every_fn
+            .tail
+            .map(|t| pick(fx, t, last_fn.and_then(|k| k.tail)));
+        let p_c = fx.mul_imm(part, (per * 16 * 4) as i64);
+        let p_w = fx.mul_imm(part, (per * steps * 64) as i64);
         fx.for_n(groups, |fx, g| {
             let cin = fx.mul_imm(g, (cg * 4) as i64);
             let g_in = fx.b.ins().iadd(r_in, cin);
-            // (A packed output has one group: `g` is 0.)
+            // (A packed output or a split has one group: `g` is 0.)
             let cout = fx.mul_imm(g, (og * 4) as i64);
+            let cout = fx.b.ins().iadd(cout, p_c);
             let g_out = fx.b.ins().iadd(r_out, cout);
             let g_bias = fx.b.ins().iadd(bias, cout);
             let wg = fx.mul_imm(g, group_bytes);
+            let wg = fx.b.ins().iadd(wg, p_w);
             let g_w = fx.b.ins().iadd(weights, wg);
-            let call = |fx: &mut Fx, k: FuncRef, t: Value| {
+            let call = |fx: &mut Fx, k: Callee, t: Value| {
                 let ti = fx.mul_imm(t, tile_in);
                 let input = fx.b.ins().iadd(g_in, ti);
                 let to = fx.mul_imm(t, tile_out);
                 let out = fx.b.ins().iadd(g_out, to);
-                fx.b.ins().call(k, &[input, g_w, offs, out, g_bias]);
+                let args = [input, g_w, offs, out, g_bias];
+                match k {
+                    Callee::Direct(f) => fx.b.ins().call(f, &args),
+                    Callee::Indirect(sig, addr) => fx.b.ins().call_indirect(sig, addr, &args),
+                };
             };
             fx.for_n(full, |fx, t| {
                 call(fx, main_fn, t);
@@ -170,5 +234,20 @@ pub fn emit(
             Ok(())
         })
     })?;
-    Ok(oh)
+    Ok(oh * parts)
+}
+
+/// The kernels of one row: full pixel tiles, and the row's last `ow mod
+/// nr` pixels.
+#[derive(Clone, Copy)]
+struct RowKernels {
+    main: FuncRef,
+    tail: Option<FuncRef>,
+}
+
+/// A kernel to call: known, or chosen at run time by the unit's part.
+#[derive(Clone, Copy)]
+enum Callee {
+    Direct(FuncRef),
+    Indirect(SigRef, Value),
 }

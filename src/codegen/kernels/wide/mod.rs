@@ -169,6 +169,39 @@ pub(crate) fn m_tiles(blocks: usize, mr: usize, masked_last: bool) -> Vec<(usize
     v
 }
 
+/// Work units a step should offer at least, so that up to 8 threads share
+/// it evenly: a layer whose pixels give fewer (the last stage's 7 × 7, a
+/// dense layer's single pixel) splits its output channels too.
+const MIN_UNITS: usize = 16;
+
+/// How a step with `units` pixel units splits the `blocks` 16-channel
+/// blocks of its one group between work units: `(parts, blocks per
+/// part)`, the blocks per part a multiple of `mr` so every part but the
+/// last is whole m-tiles of the same kernel (the last part may hold
+/// fewer). With `uniform`, only splits whose parts are all equal (one
+/// kernel for every part), else none. A unit then computes one part of one
+/// pixel unit: the same arithmetic per channel, so the split is exact, at
+/// the cost of each part reading the unit's input again.
+pub(crate) fn channel_parts(
+    units: usize,
+    blocks: usize,
+    mr: usize,
+    uniform: bool,
+) -> (usize, usize) {
+    if units == 0 || units >= MIN_UNITS || mr == 0 || blocks < 2 * mr {
+        return (1, blocks);
+    }
+    let want = MIN_UNITS.div_ceil(units);
+    if uniform {
+        return (1..=want.min(blocks / mr))
+            .rev()
+            .find(|&p| blocks.is_multiple_of(p * mr))
+            .map_or((1, blocks), |p| (p, blocks / p));
+    }
+    let per = blocks.div_ceil(want).div_ceil(mr) * mr;
+    (blocks.div_ceil(per), per)
+}
+
 /// The instruction set a binary micro-kernel is assembled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
