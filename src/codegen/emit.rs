@@ -57,6 +57,12 @@ pub fn mem() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Little-endian flags, for the bitcasts between vector lane types (whose
+/// meaning depends on the byte order).
+pub fn le() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
+}
+
 impl<'a, 'd> Fx<'a, 'd> {
     /// Wraps a builder positioned in the entry block whose parameters are
     /// `(arena, io, lo, hi)`.

@@ -332,7 +332,7 @@ impl<M: Module> emit::Sink for ModuleSink<'_, M> {
 
 fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, CodegenError> {
     let off = |b: usize| plan.offsets[b];
-    use kernels::{binary, float, misc, pool};
+    use kernels::{binary, elementwise, float, misc, pool};
     match step {
         Step::Input { io, dst, rows } => misc::input(fx, *io, dst, off(dst.buf), *rows),
         Step::Output { io, src } => misc::output(fx, *io, src, off(src.buf)),
@@ -359,7 +359,7 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
         } => {
             let s: Vec<usize> = srcs.iter().map(|&b| off(b)).collect();
             let keep = keep.map(off);
-            misc::elementwise(fx, &s, off(*dst), *pos, *c, op, *pack, keep)
+            elementwise::elementwise(fx, &s, off(*dst), *pos, *c, op, *pack, keep)
         }
         Step::Unpack { src, dst } => misc::unpack(fx, src, off(src.buf), off(*dst)),
         Step::Pool {

@@ -31,13 +31,12 @@
 //! computes it) to f32 or compares it to integer thresholds and writes bits.
 
 use cranelift_codegen::ir::{
-    Endianness, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, condcodes::IntCC,
-    types,
+    InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value, condcodes::IntCC, types,
 };
 use cranelift_frontend::Variable;
 
 use crate::codegen::CodegenError;
-use crate::codegen::emit::Fx;
+use crate::codegen::emit::{Fx, le};
 use crate::codegen::kernels::wide::bconv::FOp;
 use crate::codegen::kernels::wide::call::{Epi, WideConv};
 use crate::codegen::kernels::wide::channel_parts;
@@ -47,10 +46,6 @@ use crate::codegen::plan::{BinConv, Epilogue};
 const UNROLL: usize = 192;
 /// Byte accumulators hold at most 31 steps of 8 bits per byte.
 const FLUSH: usize = 31;
-
-fn le() -> MemFlagsData {
-    MemFlagsData::new().with_endianness(Endianness::Little)
-}
 
 /// How one step of the receptive field addresses its input.
 #[derive(Clone, Copy)]

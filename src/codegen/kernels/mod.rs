@@ -2,6 +2,7 @@
 //! returns the step's number of work units.
 
 pub mod binary;
+pub mod elementwise;
 pub mod float;
 pub mod misc;
 pub mod pool;

@@ -3,7 +3,7 @@
 
 use cranelift_codegen::ir::{InstBuilder, Type, Value, types};
 
-use super::misc::{fconst, max_gt};
+use super::elementwise::{fconst, max_gt};
 use crate::codegen::CodegenError;
 use crate::codegen::emit::Fx;
 use crate::codegen::plan::{PoolKind, Tensor};
