@@ -141,6 +141,11 @@ fn residual_sums_fuse_and_match_the_interpreter() {
                     .unwrap();
             let kinds: Vec<&str> = model.layers().iter().map(|l| l.kind).collect();
             let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+            // Every sign is packed straight into its layer's padded input
+            // (groups of 35 channels are regrouped by a padding step).
+            if groups == 1 {
+                assert_eq!(count("pad"), 0, "{path:?} {src}: {kinds:?}");
+            }
             let wide = path != onebit::codegen::target::KernelPath::Portable;
             if wide && pad_value == 1 {
                 // a and b fuse; d's shortcut comes after its binary layer.

@@ -219,6 +219,39 @@ impl<'a, 'd> Fx<'a, 'd> {
         self.for_range(lo, hi, 1, body)
     }
 
+    /// `if cond { then } else { otherwise }`, `cond` an integer condition
+    /// (non-zero is true).
+    pub fn if_else(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self) -> Result<(), CodegenError>,
+        otherwise: impl FnOnce(&mut Self) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        let (yes, no, join) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().brif(cond, yes, &[], no, &[]);
+        self.b.switch_to_block(yes);
+        then(self)?;
+        self.b.ins().jump(join, &[]);
+        self.b.switch_to_block(no);
+        otherwise(self)?;
+        self.b.ins().jump(join, &[]);
+        self.b.switch_to_block(join);
+        Ok(())
+    }
+
+    /// `if cond { then }`.
+    pub fn when(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
+        self.if_else(cond, then, |_| Ok(()))
+    }
+
     /// Fills `n` bytes at `addr` with zeros (8 bytes at a time; `n` is a
     /// multiple of 8 wherever this is used, the rest byte by byte).
     pub fn zero_bytes(&mut self, addr: Value, n: usize) {

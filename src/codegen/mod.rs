@@ -356,10 +356,11 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
             op,
             pack,
             keep,
+            padded,
         } => {
             let s: Vec<usize> = srcs.iter().map(|&b| off(b)).collect();
             let keep = keep.map(off);
-            elementwise::elementwise(fx, &s, off(*dst), *pos, *c, op, *pack, keep)
+            elementwise::elementwise(fx, &s, off(*dst), *pos, *c, op, *pack, keep, *padded)
         }
         Step::Unpack { src, dst } => misc::unpack(fx, src, off(src.buf), off(*dst)),
         Step::Pool {

@@ -280,7 +280,7 @@ pub enum Step {
         /// Image inputs with few channels are converted row by row instead
         /// of in blocks of four channels, optionally straight into the
         /// zero-padded buffer of the convolution that reads them.
-        rows: Option<InputRows>,
+        rows: Option<PaddedRows>,
     },
     /// A value to model output `io` (C order, bits as ±1.0).
     Output {
@@ -325,6 +325,9 @@ pub enum Step {
         /// With `pack`, the f32 result is stored here as well, for the
         /// users of the value other than its `sign` (a residual shortcut).
         keep: Option<BufId>,
+        /// With `pack`, the bits are written into a zero-padded buffer
+        /// (`plan::fuse_glue::try_pack_padded`), one row per work unit.
+        padded: Option<PaddedRows>,
     },
     /// Bits to ±1.0.
     Unpack {
@@ -434,12 +437,14 @@ impl Step {
     }
 }
 
-/// The row-wise conversion of an image input `[C, H, W]`.
+/// Positions written row by row into a zero-padded buffer (an image
+/// input's conversion, or packed signs for the binary layer that reads
+/// them padded): the spatial size and the padding around it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InputRows {
-    /// Input height and width.
+pub struct PaddedRows {
+    /// Height and width of the unpadded positions.
     pub hw: [usize; 2],
-    /// Zero padding written around the image, `(ph, pw)`.
+    /// Zero padding written around them, `(ph, pw)`.
     pub pad: [usize; 2],
 }
 
@@ -727,7 +732,7 @@ impl<'g> Planner<'g> {
                 // Four channels fill the transposer's vectors; fewer (an RGB
                 // image) go row by row.
                 let rows = match dims[..] {
-                    [c, h, w] if c < 4 => Some(InputRows {
+                    [c, h, w] if c < 4 => Some(PaddedRows {
                         hw: [h, w],
                         pad: [0, 0],
                     }),
@@ -787,6 +792,7 @@ impl<'g> Planner<'g> {
                         op: EwOp::Threshold(dir, t),
                         pack: true,
                         keep: None,
+                        padded: None,
                     },
                 );
                 self.producer.insert(id, s);
@@ -873,6 +879,7 @@ impl<'g> Planner<'g> {
                         op: EwOp::Copy,
                         pack: true,
                         keep: None,
+                        padded: None,
                     },
                 );
                 self.producer.insert(id, s);
@@ -962,6 +969,7 @@ impl<'g> Planner<'g> {
                         op: EwOp::Zero,
                         pack: false,
                         keep: None,
+                        padded: None,
                     },
                 );
                 self.producer.insert(id, s);
@@ -1042,6 +1050,7 @@ impl<'g> Planner<'g> {
                 op,
                 pack: false,
                 keep: None,
+                padded: None,
             },
         );
         self.producer.insert(id, s);
@@ -1075,7 +1084,9 @@ impl<'g> Planner<'g> {
         let cwg = cg.div_ceil(64);
         let aligned = groups == 1 || cg.is_multiple_of(64);
         let needs_prep = g.pad != [0, 0] || !aligned;
-        let prepared = if needs_prep {
+        let prepared = if needs_prep
+            && !(g.pad != [0, 0] && self.try_pack_padded(x, [h, wd], g.pad, aligned))
+        {
             self.pad_step(name, &src, [h, wd], g.pad, (groups, cg, cwg))
         } else {
             src.buf

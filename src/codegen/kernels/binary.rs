@@ -896,18 +896,15 @@ fn epilogue(
                 fx.store(new, addr, 0);
                 // Bits past the word go to the next one, only when they exist.
                 let cross = fx.b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, sh, 48);
-                let then = fx.b.create_block();
-                let join = fx.b.create_block();
-                fx.b.ins().brif(cross, then, &[], join, &[]);
-                fx.b.switch_to_block(then);
-                let c64 = fx.ic(64);
-                let rsh = fx.b.ins().isub(c64, sh);
-                let hi = fx.b.ins().ushr(m, rsh);
-                let old = fx.load(types::I64, addr, 8);
-                let new = fx.b.ins().bor(old, hi);
-                fx.store(new, addr, 8);
-                fx.b.ins().jump(join, &[]);
-                fx.b.switch_to_block(join);
+                fx.when(cross, |fx| {
+                    let c64 = fx.ic(64);
+                    let rsh = fx.b.ins().isub(c64, sh);
+                    let hi = fx.b.ins().ushr(m, rsh);
+                    let old = fx.load(types::I64, addr, 8);
+                    let new = fx.b.ins().bor(old, hi);
+                    fx.store(new, addr, 8);
+                    Ok(())
+                })?;
             } else {
                 let byte = fx.b.ins().ushr_imm_s(o0, 3);
                 let addr = fx.b.ins().iadd(outs[k], byte);

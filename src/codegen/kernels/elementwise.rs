@@ -6,11 +6,12 @@
 //! after two saturating narrows (full words), four per `movmskps` in the
 //! tail.
 
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, condcodes::FloatCC, types};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 
 use crate::codegen::CodegenError;
 use crate::codegen::emit::{Fx, le};
-use crate::codegen::plan::EwOp;
+use crate::codegen::plan::{EwOp, PaddedRows};
 
 /// A splat (for vectors) or the scalar itself.
 fn bcast(fx: &mut Fx, ty: Type, x: Value) -> Value {
@@ -144,9 +145,10 @@ fn tables(op: &EwOp) -> Vec<&Vec<f32>> {
     }
 }
 
-/// Elementwise step; returns its units (positions). With `pack` the signs
-/// of the results are packed into `dst`, and with `keep` the f32 results
-/// are also stored there, from the same registers.
+/// Elementwise step; returns its units (positions, or rows when
+/// `padded`). With `pack` the signs of the results are packed into `dst`
+/// (zero-padded by `padded`, the border written too), and with `keep` the
+/// f32 results are also stored there, from the same registers.
 #[allow(clippy::too_many_arguments)]
 pub fn elementwise(
     fx: &mut Fx,
@@ -157,6 +159,7 @@ pub fn elementwise(
     op: &EwOp,
     pack: bool,
     keep: Option<usize>,
+    padded: Option<PaddedRows>,
 ) -> Result<usize, CodegenError> {
     let mut tabs = Vec::new();
     for t in tables(op) {
@@ -169,7 +172,8 @@ pub fn elementwise(
     let keep = keep.map(|k| fx.arena_at(k));
     let cw = c.div_ceil(64);
     let vec_ch = c / 4 * 4;
-    fx.for_units(|fx, p| {
+    // Position `p`, its packed bits (with `pack`) at `bits_out`.
+    let position = |fx: &mut Fx, p: Value, bits_out: Value| -> Result<(), CodegenError> {
         let row = fx.mul_imm(p, (4 * c) as i64);
         let xs_base: Vec<Value> = srcs.iter().map(|&s| fx.b.ins().iadd(s, row)).collect();
         let kept = keep.map(|k| fx.b.ins().iadd(k, row));
@@ -209,8 +213,7 @@ pub fn elementwise(
             }
             return Ok(());
         }
-        let out = fx.mul_imm(p, (8 * cw) as i64);
-        let out = fx.b.ins().iadd(dst, out);
+        let out = bits_out;
         let minus = |fx: &mut Fx, v: EwVal, ty: Type| -> Value {
             match v {
                 EwVal::Minus(m) => m,
@@ -274,6 +277,54 @@ pub fn elementwise(
             fx.store(word, out, (8 * full) as i64);
         }
         Ok(())
+    };
+    let pixel = (8 * cw) as i64;
+    let rows = match padded {
+        None => {
+            fx.for_units(|fx, p| {
+                let out = fx.mul_imm(p, pixel);
+                let out = fx.b.ins().iadd(dst, out);
+                position(fx, p, out)
+            })?;
+            return Ok(pos);
+        }
+        Some(_) if !pack => {
+            return Err(CodegenError::Internal(
+                "a padded elementwise output without packing".into(),
+            ));
+        }
+        Some(rows) => rows,
+    };
+    // Row `i` of the image into padded row `ph + i`: its left and right
+    // border, and the top (bottom) border rows with the first (last) row.
+    let [h, w] = rows.hw;
+    let [ph, pw] = rows.pad;
+    let wp = w + 2 * pw;
+    fx.for_units(|fx, i| {
+        for (at_row, first) in [(0, 0), (h - 1, ph + h)] {
+            if ph > 0 {
+                let hit = fx.b.ins().icmp_imm_s(IntCC::Equal, i, at_row as i64);
+                fx.when(hit, |fx| {
+                    let border = fx.add_imm(dst, first as i64 * wp as i64 * pixel);
+                    fx.zero_bytes(border, ph * wp * pixel as usize);
+                    Ok(())
+                })?;
+            }
+        }
+        let padded_row = fx.add_imm(i, ph as i64);
+        let row = fx.mul_imm(padded_row, wp as i64 * pixel);
+        let row = fx.b.ins().iadd(dst, row);
+        fx.zero_bytes(row, pw * pixel as usize);
+        let right = fx.add_imm(row, (pw + w) as i64 * pixel);
+        fx.zero_bytes(right, pw * pixel as usize);
+        let p0 = fx.mul_imm(i, w as i64);
+        fx.for_n(w, |fx, j| {
+            let p = fx.b.ins().iadd(p0, j);
+            let out = fx.mul_imm(j, pixel);
+            let out = fx.b.ins().iadd(row, out);
+            let out = fx.add_imm(out, pw as i64 * pixel);
+            position(fx, p, out)
+        })
     })?;
-    Ok(pos)
+    Ok(h)
 }

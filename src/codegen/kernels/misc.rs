@@ -182,27 +182,26 @@ fn transpose_block(
         blk,
         full as i64,
     );
-    let vb = fx.b.create_block();
-    let tb = fx.b.create_block();
-    let join = fx.b.create_block();
-    fx.b.ins().brif(is_vec, vb, &[], tb, &[]);
-    fx.b.switch_to_block(vb);
-    if full > 0 {
-        let r0 = fx.mul_imm(blk, 4);
-        vec_part(fx, r0)?;
-    }
-    fx.b.ins().jump(join, &[]);
-    fx.b.switch_to_block(tb);
-    for row in 4 * full..rows {
-        fx.for_n(cols, |fx, col| {
-            let row = fx.ic(row as i64);
-            elem(fx, row, col);
+    fx.if_else(
+        is_vec,
+        |fx| {
+            if full > 0 {
+                let r0 = fx.mul_imm(blk, 4);
+                vec_part(fx, r0)?;
+            }
             Ok(())
-        })?;
-    }
-    fx.b.ins().jump(join, &[]);
-    fx.b.switch_to_block(join);
-    Ok(())
+        },
+        |fx| {
+            for row in 4 * full..rows {
+                fx.for_n(cols, |fx, col| {
+                    let row = fx.ic(row as i64);
+                    elem(fx, row, col);
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Stores `fill` to the `n` f32 at `base + 4·at` (vectors, scalar tail).
@@ -333,7 +332,7 @@ pub fn input(
     io: usize,
     dst_t: &Tensor,
     dst_off: usize,
-    rows: Option<crate::codegen::plan::InputRows>,
+    rows: Option<crate::codegen::plan::PaddedRows>,
 ) -> Result<usize, CodegenError> {
     let src = fx.io_ptr(io);
     let dst = fx.arena_at(dst_off);
@@ -356,24 +355,19 @@ fn input_rows(
     src: Value,
     dst: Value,
     c: usize,
-    rows: crate::codegen::plan::InputRows,
+    rows: crate::codegen::plan::PaddedRows,
 ) -> Result<usize, CodegenError> {
     let [h, w] = rows.hw;
     let [ph, pw] = rows.pad;
     let wp = w + 2 * pw;
     let out_row = (4 * c * wp) as i64;
     let border_rows = |fx: &mut Fx, i: Value, at_row: i64, first: usize| {
-        let this = fx.b.create_block();
-        let next = fx.b.create_block();
         let hit =
             fx.b.ins()
                 .icmp_imm_s(cranelift_codegen::ir::condcodes::IntCC::Equal, i, at_row);
-        fx.b.ins().brif(hit, this, &[], next, &[]);
-        fx.b.switch_to_block(this);
-        let r = fill_f32(fx, dst, first * c * wp, ph * c * wp, 0.0);
-        fx.b.ins().jump(next, &[]);
-        fx.b.switch_to_block(next);
-        r
+        fx.when(hit, |fx| {
+            fill_f32(fx, dst, first * c * wp, ph * c * wp, 0.0)
+        })
     };
     fx.for_units(|fx, i| {
         if ph > 0 {

@@ -2,7 +2,8 @@
 //! `sign` into its producer's epilogue (integer thresholds of a binary
 //! layer, or packing in an elementwise step, also beside an f32 value that
 //! has other users), a residual `add` into a binary layer's machine-code
-//! epilogue, and the zero padding of an image input into its conversion.
+//! epilogue, and the zero padding of an image input into its conversion and
+//! of packed signs into the elementwise step that packs them.
 //!
 //! Each is sound because the fused step performs the same IEEE operations,
 //! in the same order, on the same values as the steps it replaces:
@@ -14,7 +15,7 @@
 //! (`tests/jit_examples.rs`, `jit_fconv.rs`, `jit_pool.rs`) check every
 //! fusion on every kernel path against the interpreter.
 
-use super::{DType, Epilogue, EwOp, Planner, Step, exact_threshold, sign_only};
+use super::{DType, Epilogue, EwOp, PaddedRows, Planner, Step, exact_threshold, sign_only};
 use crate::ir::NodeId;
 
 impl Planner<'_> {
@@ -144,6 +145,47 @@ impl Planner<'_> {
         let buf = dst.buf;
         let bytes = 4 * dst.c * (h + 2 * pad[0]) * (w + 2 * pad[1]);
         self.bufs[buf] = self.bufs[buf].max(bytes.div_ceil(64) * 64);
+        true
+    }
+
+    /// Has the elementwise step that packs the bits `x` write them straight
+    /// into the zero-padded buffer of the binary layer that is their only
+    /// user (spatial size `hw`, padding `pad`), so no padding step copies
+    /// them again: the same words at padded addresses, the border zero
+    /// words as the padding step writes. Only where the padded layout keeps
+    /// the words of a pixel as they are (`aligned`: one group, or groups of
+    /// whole words). False where `x` is not such a step.
+    pub(super) fn try_pack_padded(
+        &mut self,
+        x: NodeId,
+        hw: [usize; 2],
+        pad: [usize; 2],
+        aligned: bool,
+    ) -> bool {
+        let Some(&s) = self.producer.get(&x) else {
+            return false;
+        };
+        let only_user = self.graph.users(x).len() == 1 && !self.graph.outputs().contains(&x);
+        let bits = self.values[&x].clone();
+        if !self.opts.fuse || !only_user || !aligned || bits.dtype != DType::Bit {
+            return false;
+        }
+        let Step::Elementwise {
+            pack: true,
+            dst,
+            pos,
+            padded: padded @ None,
+            ..
+        } = &mut self.steps[s].1
+        else {
+            return false;
+        };
+        if *dst != bits.buf || *pos != hw[0] * hw[1] {
+            return false;
+        }
+        *padded = Some(PaddedRows { hw, pad });
+        let bytes = 8 * bits.cw() * (hw[0] + 2 * pad[0]) * (hw[1] + 2 * pad[1]);
+        self.bufs[bits.buf] = self.bufs[bits.buf].max(bytes.div_ceil(64) * 64);
         true
     }
 
