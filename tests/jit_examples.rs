@@ -160,3 +160,52 @@ fn residual_sums_fuse_and_match_the_interpreter() {
         check_graph(&src, &graph, &params, 2);
     }
 }
+
+/// `flatten` before dense layers costs no step where the dense layers can
+/// read the channels-last buffer with permuted weights: binary layers over
+/// whole 64-channel words on every path, real ones on the FMA path only
+/// (their sum is reordered); elsewhere, and where the flattened value has
+/// another user, a flatten step remains.
+#[test]
+fn flatten_before_dense_layers_is_free_where_exact() {
+    for (c, dense, extra_user, free_on) in [
+        (64, "bdense(f, 10, scale=channel)", false, "every"),
+        (128, "bdense(f, 24)", false, "every"),
+        (32, "bdense(f, 10)", false, "none"),
+        (64, "bdense(f, 10)", true, "none"),
+        (24, "dense(f, 12, bias=true)", false, "fma"),
+    ] {
+        let body = if dense.starts_with("bdense") {
+            "s = sign(x)\n f = flatten(s)".to_string()
+        } else {
+            "f = flatten(x)".to_string()
+        };
+        let outputs = if extra_user {
+            "output y\n output f"
+        } else {
+            "output y"
+        };
+        let src =
+            format!("model fl {{ input x: f32[{c}, 3, 2]\n {body}\n y = {dense}\n {outputs} }}");
+        let graph = onebit::parse(&src).unwrap();
+        let params = Params::init(&graph, 9);
+        for path in common::paths() {
+            let options = common::on(path, &Options::default());
+            let model =
+                onebit::CompiledModel::compile(onebit::verify(&graph).unwrap(), &params, &options)
+                    .unwrap();
+            let flattens = model
+                .layers()
+                .iter()
+                .filter(|l| l.kind == "flatten")
+                .count();
+            let free = match free_on {
+                "every" => true,
+                "fma" => path.fma(),
+                _ => false,
+            };
+            assert_eq!(flattens, usize::from(!free), "{path:?} {src}");
+        }
+        check_graph(&src, &graph, &params, 3);
+    }
+}

@@ -490,6 +490,9 @@ struct Planner<'g> {
     /// The step that produced a node's value (for fusion).
     producer: HashMap<NodeId, usize>,
     unpacked: HashMap<NodeId, Tensor>,
+    /// Flattens left as their operand's channels-last buffer, `[positions,
+    /// channels]` (`fuse_glue::try_flatten_free`).
+    flat: HashMap<NodeId, [usize; 2]>,
 }
 
 fn param<'p>(params: &'p Params, name: &str, shape: &[usize]) -> Result<&'p [f32], CodegenError> {
@@ -760,6 +763,7 @@ impl<'g> Planner<'g> {
                 let k = in_dims(0)[0];
                 let shape = [a.out_features, k];
                 let (neg, epi) = self.binary_params(&name, a.weights, a.scale, a.output, &shape)?;
+                let neg = self.stored_order(operands[0], neg, a.out_features);
                 let g = ConvGeometry {
                     out_channels: a.out_features,
                     kernel: [1, 1],
@@ -837,6 +841,7 @@ impl<'g> Planner<'g> {
                 })?;
                 let w = interp::layer_weights(a.weights, alpha.as_deref(), w, a.out_features)
                     .into_owned();
+                let w = self.stored_order(operands[0], w, a.out_features);
                 let bias = if a.bias {
                     Some(p("bias", &[a.out_features])?.to_vec())
                 } else {
@@ -1002,6 +1007,9 @@ impl<'g> Planner<'g> {
                 let src = self.values[&operands[0]].clone();
                 if src.pos == 1 {
                     self.values.insert(id, src);
+                    return Ok(());
+                }
+                if self.try_flatten_free(id, operands[0]) {
                     return Ok(());
                 }
                 let dst = self.tensor(src.dtype, &dims);
@@ -1264,6 +1272,7 @@ pub fn plan(
         values: HashMap::new(),
         producer: HashMap::new(),
         unpacked: HashMap::new(),
+        flat: HashMap::new(),
     };
     for id in order {
         p.node(id)?;

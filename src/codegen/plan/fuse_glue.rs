@@ -2,8 +2,9 @@
 //! `sign` into its producer's epilogue (integer thresholds of a binary
 //! layer, or packing in an elementwise step, also beside an f32 value that
 //! has other users), a residual `add` into a binary layer's machine-code
-//! epilogue, and the zero padding of an image input into its conversion and
-//! of packed signs into the elementwise step that packs them.
+//! epilogue, the zero padding of an image input into its conversion and of
+//! packed signs into the elementwise step that packs them, and a `flatten`
+//! before dense layers into their weights' order.
 //!
 //! Each is sound because the fused step performs the same IEEE operations,
 //! in the same order, on the same values as the steps it replaces:
@@ -15,8 +16,9 @@
 //! (`tests/jit_examples.rs`, `jit_fconv.rs`, `jit_pool.rs`) check every
 //! fusion on every kernel path against the interpreter.
 
-use super::{DType, Epilogue, EwOp, PaddedRows, Planner, Step, exact_threshold, sign_only};
+use super::{DType, Epilogue, EwOp, PaddedRows, Planner, Step, Tensor, exact_threshold, sign_only};
 use crate::ir::NodeId;
+use crate::ir::Op;
 
 impl Planner<'_> {
     /// Fuses `sign(x)` into the producer of `x`; false if not possible.
@@ -220,5 +222,59 @@ impl Planner<'_> {
         self.producer.insert(sign, s);
         self.values.insert(sign, bits);
         true
+    }
+
+    /// Leaves `flatten(x)` without a step when every user is a dense layer
+    /// that reads it: the value stays `x`'s channels-last buffer, one
+    /// position of `positions · channels` values in (position, channel)
+    /// order, and each dense layer's weights are permuted to that order at
+    /// compile time ([`stored_order`](Self::stored_order)). Sound because a
+    /// dense layer is a sum over its inputs of products with their own
+    /// weights: a binary layer's popcount is an integer sum, exact in any
+    /// order; a real one's sum is reordered, so only on the FMA path, whose
+    /// results are within the bound of any order anyway. Packed bits need
+    /// whole 64-channel words per position (no padding bits inside the
+    /// vector). False where that does not hold.
+    pub(super) fn try_flatten_free(&mut self, id: NodeId, x: NodeId) -> bool {
+        let src = self.values[&x].clone();
+        let graph = self.graph;
+        let users = graph.users(id);
+        let dense_only = !users.is_empty()
+            && !graph.outputs().contains(&id)
+            && users.iter().all(|&u| {
+                graph.operands(u).first() == Some(&id)
+                    && match graph.node(u).op {
+                        Op::BDense(_) => true,
+                        Op::Dense(_) => self.opts.fma && src.dtype == DType::F32,
+                        _ => false,
+                    }
+            });
+        let whole_words = src.dtype == DType::F32 || src.c.is_multiple_of(64);
+        if !self.opts.fuse || !dense_only || !whole_words {
+            return false;
+        }
+        self.flat.insert(id, [src.pos, src.c]);
+        let flat = Tensor {
+            c: src.pos * src.c,
+            pos: 1,
+            ..src
+        };
+        self.values.insert(id, flat);
+        true
+    }
+
+    /// The weights `w` (`[o][k]`, `k` in the IR's C order) of a dense layer
+    /// reading `x`, in the order `x` is stored: permuted where `x` is a
+    /// flatten left in channels-last order ([`try_flatten_free`]
+    /// (Self::try_flatten_free)), else as they are.
+    pub(super) fn stored_order<T: Copy>(&self, x: NodeId, w: Vec<T>, o: usize) -> Vec<T> {
+        let Some(&[pos, c]) = self.flat.get(&x) else {
+            return w;
+        };
+        let k = pos * c;
+        (0..o)
+            .flat_map(|r| (0..pos).flat_map(move |p| (0..c).map(move |ch| r * k + ch * pos + p)))
+            .map(|i| w[i])
+            .collect()
     }
 }
