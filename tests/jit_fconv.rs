@@ -83,7 +83,7 @@ fn conv2d_tiles_and_tails() {
     let mut seed = 1;
     for (cin, cout, (h, w), k, s, pad, bias) in [
         (3, 64, (9, 60), 7, 2, 3, true), // the stem: 30 pixels = 5 tiles of 6
-        (3, 64, (6, 28), 7, 2, 3, false), // 14 pixels: 2 tiles and a tail of 2
+        (3, 64, (6, 28), 7, 2, 3, false), // rows of 14 pixels: 3 × 7, two tiles
         (3, 16, (5, 29), 3, 1, 1, true), // 1 × 28 tile and a 1-pixel tail
         (4, 17, (4, 15), 3, 1, 1, false), // 2 blocks, the last masked
         (8, 40, (3, 5), 1, 1, 0, true),  // narrower last m-tile, masked

@@ -92,8 +92,9 @@ fn binary_layers_of_few_pixels_split_their_channels() {
 
 #[test]
 fn real_layers_of_few_rows_split_their_channels() {
-    // 3 rows of 7: 200 channels = 13 blocks (the last masked), m-tiles of
-    // 4, parts of 4 blocks: 4 parts, the last one block of 8 channels.
+    // 3 rows of 7 (tiles of 3 × 7): 200 channels = 13 blocks (the last
+    // masked), parts of 3 blocks: 5 parts, the last one block of 8
+    // channels.
     for after in [
         "y = CONV",
         "y = batchnorm(CONV)",
@@ -105,7 +106,7 @@ fn real_layers_of_few_rows_split_their_channels() {
             after.replace("CONV", conv)
         );
         for (path, units) in check(&src) {
-            let expected = if path.fma() { 3 * 4 } else { units };
+            let expected = if path.fma() { 3 * 5 } else { units };
             assert_eq!(units, expected, "{path:?} {src}");
         }
     }

@@ -27,7 +27,10 @@
 //!   4 × 5 at 85–91%, 3 × 8 at 77–83%, 2 × 14 at 79–84% (its 18.8 KB
 //!   m-tile of weights stays in the 32 KB L1, but the broadcasts cost more
 //!   than L2 traffic does), 1 × 28 at 68–69%. Fewer channels take 3 × 8,
-//!   2 × 14 or 1 × 28, and a single pixel (dense layers at batch 1, where
+//!   2 × 14 or 1 × 28, rows of 7, 14 or 28 pixels 3 × 7 (no tail; on
+//!   Bi-Real-Net-18's three 1 × 1 downsampling layers, alternating runs of
+//!   `onebit bench`: 148–152 µs vs 178–204 µs, 150–184 vs 155–221, 198–211
+//!   vs 229–294), and a single pixel (dense layers at batch 1, where
 //!   the weights stream from memory whatever the block) 8 × 1: eight
 //!   independent accumulator chains. The pixels of a tile lie in one output
 //!   row, so pixel `n`'s input is at `base + n · sw · C · 4` and its output
@@ -93,6 +96,13 @@ impl FTile {
             };
         }
         let mr = blocks.clamp(1, 4);
+        // Short rows of 7, 14 or 28 pixels (ResNet's 1 × 1 downsampling
+        // convolutions) would leave a tail of 1, 2 or 4 pixels of 4 × 6,
+        // which streams the layer's weights once more for few pixels:
+        // 3 × 7 covers them whole.
+        if mr == 4 && row <= 28 && row % 6 != 0 && row % 7 == 0 {
+            return FTile { mr: 3, nr: 7 };
+        }
         let nr = [28, 14, 8, 6][mr - 1];
         FTile {
             mr,
