@@ -132,3 +132,26 @@ fn max_ties_and_nans_match_the_interpreter() {
         }
     }
 }
+
+/// Global average pooling: a unit per 16 channels with one sum chain per
+/// vector, so channel counts below, at and past 16 with every tail (vector
+/// and scalar), on 1 and 3 threads.
+#[test]
+fn global_average_pooling_matches_the_interpreter() {
+    for c in [1, 3, 4, 7, 16, 21, 32, 45, 64] {
+        for (h, w) in [(1, 1), (3, 5), (7, 7)] {
+            let src = format!(
+                "model g {{ input x: f32[{c}, {h}, {w}]\n y = global_avgpool(x)\n output y }}"
+            );
+            let graph = onebit::parse(&src).unwrap();
+            let params = Params::init(&graph, 1);
+            common::check_every_path(&src, &graph, &params, 2, c as u64);
+            let options = Options {
+                threads: 3,
+                ..Options::default()
+            };
+            let (got, expected) = common::both(&graph, &params, 1, 5, &options);
+            common::assert_match(&format!("threads=3: {src}"), &got, &expected, true);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Pooling: max and average windows (f32, and max over packed bits) and the
 //! global average, channels-last.
 
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Type, Value, types};
 
 use super::elementwise::{fconst, max_gt};
@@ -183,35 +184,55 @@ pub fn global_avgpool(
     let src = fx.arena_at(src_off);
     let dst = fx.arena_at(dst_off);
     let (c, p) = (t.c, t.pos);
-    let one = |fx: &mut Fx, ty: Type, cb: Value, imm: i64| -> Result<(), CodegenError> {
-        let z = fconst(fx, ty, 0.0);
-        let acc = fx.var(ty, z);
+    // Channels `16·u + lanes` of unit `u`, one accumulator per vector of 4
+    // (and per channel of a scalar tail), summed over the positions in
+    // order as the interpreter does: independent chains, so the adds'
+    // latency overlaps.
+    let block = |fx: &mut Fx, u: Value, lanes: usize| -> Result<(), CodegenError> {
+        let cb = fx.mul_imm(u, 64);
         let base = fx.b.ins().iadd(src, cb);
+        let out = fx.b.ins().iadd(dst, cb);
+        let parts: Vec<(Type, i64)> = (0..lanes / 4)
+            .map(|v| (types::F32X4, 16 * v as i64))
+            .chain((lanes / 4 * 4..lanes).map(|ch| (types::F32, 4 * ch as i64)))
+            .collect();
+        let accs: Vec<_> = parts
+            .iter()
+            .map(|&(ty, _)| {
+                let z = fconst(fx, ty, 0.0);
+                fx.var(ty, z)
+            })
+            .collect();
         fx.for_n(p, |fx, q| {
             let o = fx.mul_imm(q, (4 * c) as i64);
             let a = fx.b.ins().iadd(base, o);
-            let x = fx.load(ty, a, imm);
-            let s = fx.b.use_var(acc);
-            let s = fx.b.ins().fadd(s, x);
-            fx.b.def_var(acc, s);
+            for (&(ty, imm), &acc) in parts.iter().zip(&accs) {
+                let x = fx.load(ty, a, imm);
+                let s = fx.b.use_var(acc);
+                let s = fx.b.ins().fadd(s, x);
+                fx.b.def_var(acc, s);
+            }
             Ok(())
         })?;
-        let s = fx.b.use_var(acc);
-        let d = fconst(fx, ty, p as f32);
-        let y = fx.b.ins().fdiv(s, d);
-        let o = fx.b.ins().iadd(dst, cb);
-        fx.store(y, o, imm);
+        for (&(ty, imm), &acc) in parts.iter().zip(&accs) {
+            let s = fx.b.use_var(acc);
+            let d = fconst(fx, ty, p as f32);
+            let y = fx.b.ins().fdiv(s, d);
+            fx.store(y, out, imm);
+        }
         Ok(())
     };
-    fx.for_n(c / 4, |fx, q| {
-        let cb = fx.mul_imm(q, 16);
-        one(fx, types::F32X4, cb, 0)
+    let full = c / 16;
+    fx.for_units(|fx, u| {
+        if c.is_multiple_of(16) {
+            return block(fx, u, 16);
+        }
+        let whole =
+            fx.b.ins()
+                .icmp_imm_s(IntCC::UnsignedLessThan, u, full as i64);
+        fx.if_else(whole, |fx| block(fx, u, 16), |fx| block(fx, u, c % 16))
     })?;
-    let zero = fx.ic(0);
-    for ch in c / 4 * 4..c {
-        one(fx, types::F32, zero, 4 * ch as i64)?;
-    }
-    Ok(1)
+    Ok(c.div_ceil(16))
 }
 
 #[cfg(test)]
