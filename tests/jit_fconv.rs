@@ -16,25 +16,8 @@ mod common;
 use onebit::Options;
 use onebit::ir::Params;
 
-/// Batchnorm statistics and thresholds with spread, so signs land on both
-/// sides.
 fn params(graph: &onebit::ir::Graph, seed: u64) -> Params {
-    let mut p = Params::init(graph, seed);
-    for (name, t) in p.tensors.iter_mut() {
-        let mut r = onebit::util::rng::Rng::new(seed ^ name.len() as u64);
-        if name.ends_with("running_mean") || name.ends_with(".threshold") {
-            t.data.iter_mut().for_each(|v| *v = r.uniform(1.0));
-        } else if name.ends_with("running_var") {
-            t.data.iter_mut().for_each(|v| *v = 0.5 + r.uniform(0.4));
-        } else if name.ends_with(".direction") {
-            t.data
-                .iter_mut()
-                .for_each(|v| *v = if r.below(2) == 0 { 1.0 } else { -1.0 });
-        } else if t.shape.len() == 1 {
-            t.data.iter_mut().for_each(|v| *v = r.uniform(1.0));
-        }
-    }
-    p
+    common::spread_params(graph, seed)
 }
 
 fn run(src: &str, batch: usize, seed: u64) {

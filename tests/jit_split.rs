@@ -9,29 +9,12 @@ mod common;
 
 use onebit::Options;
 use onebit::codegen::target::KernelPath;
-use onebit::ir::Params;
-
-/// Statistics with spread, so signs land on both sides.
-fn params(graph: &onebit::ir::Graph, seed: u64) -> Params {
-    let mut p = Params::init(graph, seed);
-    for (name, t) in p.tensors.iter_mut() {
-        let mut r = onebit::util::rng::Rng::new(seed ^ name.len() as u64);
-        if name.ends_with("running_mean") {
-            t.data.iter_mut().for_each(|v| *v = r.uniform(4.0).round());
-        } else if name.ends_with("running_var") {
-            t.data.iter_mut().for_each(|v| *v = 0.5 + r.uniform(0.4));
-        } else if t.shape.len() == 1 {
-            t.data.iter_mut().for_each(|v| *v = r.uniform(1.0));
-        }
-    }
-    p
-}
 
 /// Checks `src` on every path and thread count; returns the units of its
 /// one convolution or dense step on each path.
 fn check(src: &str) -> Vec<(KernelPath, usize)> {
     let graph = onebit::parse(src).unwrap_or_else(|e| panic!("{src}: {e:?}"));
-    let p = params(&graph, 7);
+    let p = common::spread_params(&graph, 7);
     let mut units = Vec::new();
     for path in common::paths() {
         for threads in [1, 2, 3] {
