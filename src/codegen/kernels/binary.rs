@@ -407,14 +407,21 @@ pub fn emit(
                     epilogue(fx, b, &tables, counts, o0, valid, ktot, &corr, &outs, rmw)
                 };
                 // A channel part is a group of the kernel's weights that
-                // reads the whole input (`g` is 0 here).
-                return match part {
-                    Some(part) => {
-                        let o_part = fx.mul_imm(part, (og / parts) as i64);
-                        wide.group(fx, &bases, part, outs[0], o_part, og / parts, &mut block)
-                    }
-                    None => wide.group(fx, &gbases, g, outs[0], o_g, og, &mut block),
+                // reads the whole input (`g` is 0 here, so `gbases` are
+                // the pixels' bases).
+                let (kernel_group, o_first, channels) = match part {
+                    Some(part) => (part, fx.mul_imm(part, (og / parts) as i64), og / parts),
+                    None => (g, o_g, og),
                 };
+                return wide.group(
+                    fx,
+                    &gbases,
+                    kernel_group,
+                    outs[0],
+                    o_first,
+                    channels,
+                    &mut block,
+                );
             };
             let wg = fx.mul_imm(g, nb as i64 * wblock);
             let wg = fx.b.ins().iadd(wtab, wg);

@@ -147,31 +147,32 @@ pub fn pool(
         }
         Ok(())
     };
-    fx.for_units(|fx, i| {
-        let done = fx.b.create_block();
-        for (r, &rt) in rows.iter().enumerate() {
-            if r + 1 == rows.len() {
-                row(fx, i, rt)?;
-                break;
-            }
-            let this = fx.b.create_block();
-            let next = fx.b.create_block();
-            let inside = fx.b.ins().icmp_imm_s(
-                cranelift_codegen::ir::condcodes::IntCC::SignedLessThan,
-                i,
-                rt.end as i64,
-            );
-            fx.b.ins().brif(inside, this, &[], next, &[]);
-            fx.b.switch_to_block(this);
-            row(fx, i, rt)?;
-            fx.b.ins().jump(done, &[]);
-            fx.b.switch_to_block(next);
-        }
-        fx.b.ins().jump(done, &[]);
-        fx.b.switch_to_block(done);
-        Ok(())
-    })?;
+    fx.for_units(|fx, i| row_in_range(fx, i, &rows, &row))?;
     Ok(oh)
+}
+
+/// Emits `row(i, range)` for the range of `ranges` (in order, covering
+/// every row) that holds row `i`: `if i < end₀ { … } else if i < end₁ …`.
+fn row_in_range(
+    fx: &mut Fx,
+    i: Value,
+    ranges: &[TapRange],
+    row: &dyn Fn(&mut Fx, Value, TapRange) -> Result<(), CodegenError>,
+) -> Result<(), CodegenError> {
+    match ranges {
+        [] => Ok(()),
+        [last] => row(fx, i, *last),
+        [first, rest @ ..] => {
+            let inside =
+                fx.b.ins()
+                    .icmp_imm_s(IntCC::SignedLessThan, i, first.end as i64);
+            fx.if_else(
+                inside,
+                |fx| row(fx, i, *first),
+                |fx| row_in_range(fx, i, rest, row),
+            )
+        }
+    }
 }
 
 /// Mean over positions, channels-last `[P][C]` to `[C]`.
