@@ -380,6 +380,9 @@ fn emit_step(fx: &mut emit::Fx, plan: &Plan, step: &Step) -> Result<usize, Codeg
             let s: Vec<_> = srcs.iter().map(|t| (t.clone(), off(t.buf))).collect();
             misc::concat(fx, &s, dst, off(dst.buf))
         }
+        Step::GatherChannels { src, map, dst } => {
+            misc::gather_channels(fx, src, off(src.buf), map, dst, off(dst.buf))
+        }
     }
 }
 

@@ -378,6 +378,16 @@ pub enum Step {
         /// Destination.
         dst: Tensor,
     },
+    /// A channel slice or shuffle: destination channel `j` is source
+    /// channel `map[j]` at every position.
+    GatherChannels {
+        /// Source (bits or f32, as the destination).
+        src: Tensor,
+        /// The source channel of each destination channel.
+        map: Vec<usize>,
+        /// Destination.
+        dst: Tensor,
+    },
 }
 
 impl Step {
@@ -400,6 +410,7 @@ impl Step {
             Step::GlobalAvgPool { .. } => "global_avgpool",
             Step::Flatten { .. } => "flatten",
             Step::Concat { .. } => "concat",
+            Step::GatherChannels { .. } => "channels",
         }
     }
 
@@ -411,7 +422,8 @@ impl Step {
             | Step::Pad { src, .. }
             | Step::Unpack { src, .. }
             | Step::GlobalAvgPool { src, .. }
-            | Step::Flatten { src, .. } => vec![src.buf],
+            | Step::Flatten { src, .. }
+            | Step::GatherChannels { src, .. } => vec![src.buf],
             Step::BinConv(b) => std::iter::once(b.src).chain(b.residual).collect(),
             Step::FloatConv(f) => vec![f.src],
             Step::Elementwise { srcs, .. } => srcs.clone(),
@@ -423,7 +435,9 @@ impl Step {
     /// Buffers written.
     pub fn writes(&self) -> Vec<BufId> {
         match self {
-            Step::Input { dst, .. } | Step::Concat { dst, .. } => vec![dst.buf],
+            Step::Input { dst, .. }
+            | Step::Concat { dst, .. }
+            | Step::GatherChannels { dst, .. } => vec![dst.buf],
             Step::Output { .. } => vec![],
             Step::Pad { dst, .. }
             | Step::Unpack { dst, .. }
@@ -1014,6 +1028,25 @@ impl<'g> Planner<'g> {
                 }
                 let dst = self.tensor(src.dtype, &dims);
                 let s = self.push(&name, Step::Flatten { src, dst: dst.buf });
+                self.producer.insert(id, s);
+                self.values.insert(id, dst);
+            }
+            Op::SliceChannels(_) | Op::ShuffleChannels(_) => {
+                let src = if node.ty.dtype == DType::Bit {
+                    self.values[&operands[0]].clone()
+                } else {
+                    self.as_f32(operands[0])
+                };
+                let map = node.op.channel_sources(src.c).expect("the op picks channels");
+                let dst = self.tensor(node.ty.dtype, &dims);
+                let s = self.push(
+                    &name,
+                    Step::GatherChannels {
+                        src,
+                        map,
+                        dst: dst.clone(),
+                    },
+                );
                 self.producer.insert(id, s);
                 self.values.insert(id, dst);
             }

@@ -492,6 +492,33 @@ pub struct Pool {
     pub pad: Pair,
 }
 
+/// Attributes of `slice_channels`: the channels `start .. start + count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SliceChannels {
+    /// The first channel kept.
+    pub start: usize,
+    /// How many channels are kept (at least 1).
+    pub count: usize,
+}
+
+/// Attributes of `shuffle_channels`: ShuffleNet's channel shuffle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShuffleChannels {
+    /// The number of groups `g`, a divisor of the channel count.
+    pub groups: usize,
+}
+
+impl ShuffleChannels {
+    /// The source channel of each output channel over `channels` channels:
+    /// the channels viewed as `[g, C/g]`, transposed to `[C/g, g]`, so output
+    /// channel `a·g + b` is input channel `b·(C/g) + a`.
+    pub fn source_channels(self, channels: usize) -> Vec<usize> {
+        let g = self.groups.max(1);
+        let per = channels / g;
+        (0..channels).map(|j| (j % g) * per + j / g).collect()
+    }
+}
+
 /// An operation with its attributes. Operands are the node's incoming edges.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -539,6 +566,10 @@ pub enum Op {
     Add,
     /// Concatenation along the channel (first) axis.
     Concat,
+    /// A contiguous range of channels.
+    SliceChannels(SliceChannels),
+    /// A permutation of the channels that interleaves `g` groups.
+    ShuffleChannels(ShuffleChannels),
     /// Zeros of the operand's shape (the DARTS "none" op).
     Zero,
     /// The operand, unchanged.
@@ -630,6 +661,10 @@ pub enum OpKind {
     Add,
     /// See [`Op::Concat`].
     Concat,
+    /// See [`Op::SliceChannels`].
+    SliceChannels,
+    /// See [`Op::ShuffleChannels`].
+    ShuffleChannels,
     /// See [`Op::Zero`].
     Zero,
     /// See [`Op::Identity`].
@@ -654,7 +689,7 @@ pub enum OpKind {
 
 impl OpKind {
     /// Every op kind, in the order of `ir-spec/ops.md`.
-    pub const ALL: [OpKind; 27] = [
+    pub const ALL: [OpKind; 29] = [
         OpKind::Input,
         OpKind::Conv2d,
         OpKind::BConv2d,
@@ -672,6 +707,8 @@ impl OpKind {
         OpKind::Flatten,
         OpKind::Add,
         OpKind::Concat,
+        OpKind::SliceChannels,
+        OpKind::ShuffleChannels,
         OpKind::Zero,
         OpKind::Identity,
         OpKind::Choose,
@@ -704,6 +741,8 @@ impl OpKind {
             OpKind::Flatten => "flatten",
             OpKind::Add => "add",
             OpKind::Concat => "concat",
+            OpKind::SliceChannels => "slice_channels",
+            OpKind::ShuffleChannels => "shuffle_channels",
             OpKind::Zero => "zero",
             OpKind::Identity => "identity",
             OpKind::Choose => "choose",
@@ -794,6 +833,8 @@ impl Op {
             Op::Flatten => OpKind::Flatten,
             Op::Add => OpKind::Add,
             Op::Concat => OpKind::Concat,
+            Op::SliceChannels(_) => OpKind::SliceChannels,
+            Op::ShuffleChannels(_) => OpKind::ShuffleChannels,
             Op::Zero => OpKind::Zero,
             Op::Identity => OpKind::Identity,
             Op::Choose => OpKind::Choose,
@@ -810,6 +851,19 @@ impl Op {
     /// The op's name in the text format.
     pub fn name(&self) -> &'static str {
         self.kind().name()
+    }
+
+    /// For the ops that only pick channels (`slice_channels`,
+    /// `shuffle_channels`), the source channel of each output channel over an
+    /// operand of `channels` channels: output channel `j` at every position is
+    /// input channel `map[j]`. Every engine computes these ops, and their
+    /// gradients (a scatter through the same map), from this one table.
+    pub fn channel_sources(&self, channels: usize) -> Option<Vec<usize>> {
+        match self {
+            Op::SliceChannels(a) => Some((a.start..a.start + a.count).collect()),
+            Op::ShuffleChannels(a) => Some(a.source_channels(channels)),
+            _ => None,
+        }
     }
 
     /// `sign` with the default gradient estimator.
@@ -1460,6 +1514,34 @@ impl Op {
                     shape: inputs[0].shape.clone(),
                     extent: Extent::Sample,
                 }
+            }
+            Op::SliceChannels(a) => {
+                need_channels(kind, inputs[0])?;
+                let c = inputs[0].dims()[0];
+                if a.count == 0 || a.start.checked_add(a.count).is_none_or(|end| end > c) {
+                    return Err(attribute(
+                        kind,
+                        format!(
+                            "channels {} .. {} are not within the operand's {c} channels",
+                            a.start,
+                            a.start.saturating_add(a.count)
+                        ),
+                    ));
+                }
+                let mut dims = inputs[0].dims().to_vec();
+                dims[0] = a.count;
+                TensorType::new(inputs[0].dtype, dims)
+            }
+            Op::ShuffleChannels(a) => {
+                need_channels(kind, inputs[0])?;
+                let c = inputs[0].dims()[0];
+                if a.groups == 0 || c % a.groups != 0 {
+                    return Err(attribute(
+                        kind,
+                        format!("{} groups do not divide the operand's {c} channels", a.groups),
+                    ));
+                }
+                TensorType::new(inputs[0].dtype, inputs[0].dims().to_vec())
             }
             Op::Concat => {
                 let first = inputs[0];

@@ -197,6 +197,8 @@ pub fn node_params(graph: &Graph, id: NodeId) -> Vec<ParamSpec> {
         | Op::Flatten
         | Op::Add
         | Op::Concat
+        | Op::SliceChannels(_)
+        | Op::ShuffleChannels(_)
         | Op::Zero
         | Op::Identity
         | Op::CrossEntropy(_)

@@ -30,6 +30,7 @@ use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
     BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, CrossEntropy, Dense,
     DistributionLoss, Grad, HardTanh, Op, OpKind, PadValue, Pair, ParamRole, Pool,
+    ShuffleChannels, SliceChannels,
     QuantizationLoss, RunningStat, Scale, Sign, SignGrad, Statistic, Stats, TypeError, WeightForm,
     WeightKind, Wrt,
 };
@@ -1640,6 +1641,13 @@ impl<'a> Lowerer<'a> {
             OpKind::HardTanh => Op::HardTanh(HardTanh {
                 min: self.float(scope, args, "min", -1.0)?,
                 max: self.float(scope, args, "max", 1.0)?,
+            }),
+            OpKind::SliceChannels => Op::SliceChannels(SliceChannels {
+                start: self.int(scope, args, "start", None, 0)?,
+                count: self.int(scope, args, "count", None, 1)?,
+            }),
+            OpKind::ShuffleChannels => Op::ShuffleChannels(ShuffleChannels {
+                groups: self.int(scope, args, "groups", None, 1)?,
             }),
             OpKind::MaxPool => Op::MaxPool(self.pool(scope, args)?),
             OpKind::AvgPool => Op::AvgPool(self.pool(scope, args)?),

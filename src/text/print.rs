@@ -216,6 +216,11 @@ fn call(graph: &Graph, id: NodeId) -> String {
                 args.push(format!("max={}", float(a.max)));
             }
         }
+        Op::SliceChannels(a) => {
+            args.push(a.start.to_string());
+            args.push(a.count.to_string());
+        }
+        Op::ShuffleChannels(a) => args.push(a.groups.to_string()),
         Op::MaxPool(p) | Op::AvgPool(p) => {
             args.push(pair(p.kernel));
             if p.stride != p.kernel {

@@ -576,6 +576,64 @@ pub fn pad(
     Ok(1)
 }
 
+/// `slice_channels` and `shuffle_channels`: output channel `j` of each
+/// position is channel `map[j]` of the source (`Op::channel_sources`). The map
+/// is known at compile time, so it is emitted as its runs of consecutive
+/// source channels (one run for a slice; one channel each for a shuffle),
+/// each a loop of loads and stores (f32) or bit moves (bits).
+pub fn gather_channels(
+    fx: &mut Fx,
+    src_t: &Tensor,
+    src_off: usize,
+    map: &[usize],
+    dst_t: &Tensor,
+    dst_off: usize,
+) -> Result<usize, CodegenError> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (j, &from) in map.iter().enumerate() {
+        match runs.last_mut() {
+            Some((d, s, n)) if *d + *n == j && *s + *n == from => *n += 1,
+            _ => runs.push((j, from, 1)),
+        }
+    }
+    let src = fx.arena_at(src_off);
+    let dst = fx.arena_at(dst_off);
+    let bits = dst_t.dtype == DType::Bit;
+    let (src_row, dst_row) = if bits {
+        (8 * src_t.cw(), 8 * dst_t.cw())
+    } else {
+        (4 * src_t.c, 4 * dst_t.c)
+    };
+    fx.for_units(|fx, q| {
+        let a = fx.mul_imm(q, src_row as i64);
+        let a = fx.b.ins().iadd(src, a);
+        let o = fx.mul_imm(q, dst_row as i64);
+        let o = fx.b.ins().iadd(dst, o);
+        if bits {
+            fx.zero_bytes(o, dst_row);
+        }
+        for &(to, from, n) in &runs {
+            fx.for_n(n, |fx, i| {
+                if bits {
+                    let ch = fx.add_imm(i, from as i64);
+                    let bit = bit_at(fx, a, ch);
+                    let idx = fx.add_imm(i, to as i64);
+                    or_bit(fx, o, idx, bit);
+                } else {
+                    let i4 = fx.mul_imm(i, 4);
+                    let ai = fx.b.ins().iadd(a, i4);
+                    let v = fx.load(types::F32, ai, (4 * from) as i64);
+                    let oi = fx.b.ins().iadd(o, i4);
+                    fx.store(v, oi, (4 * to) as i64);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(dst_t.pos)
+}
+
 /// Channel concatenation, per position.
 pub fn concat(
     fx: &mut Fx,

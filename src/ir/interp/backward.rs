@@ -320,6 +320,12 @@ pub(super) fn grad(
             data: vec![0.0; dy.data.len()],
         },
         (Op::Concat, Wrt::Operand(k)) => concat_grad(forward, dy, k),
+        (Op::SliceChannels(_) | Op::ShuffleChannels(_), Wrt::Operand(0)) => {
+            let x = forward[0];
+            let channels = x.shape[1];
+            let map = g.of.channel_sources(channels).expect("the op picks channels");
+            scatter_channels(x, dy, &map)
+        }
         (Op::Choose, wrt) => {
             let alpha = p("alpha", &[forward.len()])?;
             choose_grad(forward, dy, alpha, wrt)
@@ -689,6 +695,26 @@ fn avgpool_grad(x: &Tensor, dy: &Tensor, p: &Pool) -> Tensor {
     Tensor {
         shape: x.shape.clone(),
         data: dx,
+    }
+}
+
+/// The gradient of a channel gather (`slice_channels`, `shuffle_channels`):
+/// output channel `j`'s gradient is its source channel `map[j]`'s, every
+/// channel no output took gets zero (the map is one-to-one).
+fn scatter_channels(x: &Tensor, dy: &Tensor, map: &[usize]) -> Tensor {
+    let n = x.shape[0];
+    let channels = x.shape[1];
+    let plane: usize = x.shape[2..].iter().product();
+    let mut data = vec![0.0; x.data.len()];
+    for s in 0..n {
+        for (j, &to) in map.iter().enumerate() {
+            let src = &dy.data[(s * map.len() + j) * plane..][..plane];
+            data[(s * channels + to) * plane..][..plane].copy_from_slice(src);
+        }
+    }
+    Tensor {
+        shape: x.shape.clone(),
+        data,
     }
 }
 

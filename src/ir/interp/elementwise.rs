@@ -99,6 +99,24 @@ pub(super) fn add(xs: &[&Tensor]) -> Tensor {
     y
 }
 
+/// `slice_channels` and `shuffle_channels`: output channel `j` of every
+/// sample is input channel `map[j]` (`Op::channel_sources`), whole planes.
+pub(super) fn gather_channels(x: &Tensor, map: &[usize]) -> Tensor {
+    let n = x.shape[0];
+    let c = sample_dims(x).first().copied().unwrap_or(0);
+    let plane: usize = sample_dims(x)[1..].iter().product();
+    let mut data = Vec::with_capacity(n * map.len() * plane);
+    for s in 0..n {
+        let sample = &x.data[s * c * plane..][..c * plane];
+        for &src in map {
+            data.extend_from_slice(&sample[src * plane..][..plane]);
+        }
+    }
+    let mut shape = x.shape.clone();
+    shape[1] = map.len();
+    Tensor { shape, data }
+}
+
 /// `concat`: the operands joined along the channel (first per-sample) axis,
 /// in operand order; in C order that is, per sample, one whole sample of each
 /// operand after the other.

@@ -550,6 +550,13 @@ fn eval_node(
         Op::Flatten => flatten(x[0]),
         Op::Add => add(x),
         Op::Concat => concat(x),
+        Op::SliceChannels(_) | Op::ShuffleChannels(_) => {
+            let map = node
+                .op
+                .channel_sources(channels())
+                .expect("the op picks channels");
+            gather_channels(x[0], &map)
+        }
         Op::Zero => zero(x[0]),
         Op::Identity => x[0].clone(),
         Op::Choose => choose(x, p("alpha", &[x.len()])?),

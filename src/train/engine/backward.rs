@@ -268,6 +268,10 @@ pub(super) fn grad(
             let sizes: Vec<usize> = fdims.iter().map(|d| d.iter().product()).collect();
             ew::concat_grad(dy, &sizes, k, out);
         }
+        (Op::SliceChannels(_) | Op::ShuffleChannels(_), Wrt::Operand(0)) => {
+            let map = g.of.channel_sources(c0).expect("the op picks channels");
+            ew::scatter_channels(dy, &map, c0, inner(d0), out);
+        }
         (Op::Choose, Wrt::Operand(k)) => {
             let alpha = cx.param(of, "alpha", &[nf])?;
             let p = ew::softmax(alpha)[k];

@@ -130,6 +130,41 @@ pub(super) fn concat_grad(dy: &[f32], sizes: &[usize], k: usize, dx: &mut [f32])
     }
 }
 
+/// `slice_channels` and `shuffle_channels`: output channel `j` of each
+/// sample is input channel `map[j]`, planes of `plane` values.
+pub(super) fn gather_channels(
+    par: Par,
+    x: &[f32],
+    map: &[usize],
+    channels: usize,
+    plane: usize,
+    y: &mut [f32],
+) {
+    let row = map.len() * plane;
+    par.rows(y, row, y.len(), |s0, ys| {
+        for (sl, out) in ys.chunks_mut(row.max(1)).enumerate() {
+            let sample = &x[(s0 + sl) * channels * plane..][..channels * plane];
+            for (dst, &src) in out.chunks_mut(plane.max(1)).zip(map) {
+                dst.copy_from_slice(&sample[src * plane..][..plane]);
+            }
+        }
+    });
+}
+
+/// The gradient of a channel gather: each output channel's gradient goes
+/// back to its source channel (`map` is one-to-one, so nothing is summed);
+/// channels no output took get zero.
+pub(super) fn scatter_channels(dy: &[f32], map: &[usize], channels: usize, plane: usize, dx: &mut [f32]) {
+    dx.fill(0.0);
+    let row = map.len() * plane;
+    for (s, d) in dy.chunks(row.max(1)).enumerate() {
+        let sample = &mut dx[s * channels * plane..][..channels * plane];
+        for (src, &to) in d.chunks(plane.max(1)).zip(map) {
+            sample[to * plane..][..plane].copy_from_slice(src);
+        }
+    }
+}
+
 /// `softmax(α)` as the interpreter computes it.
 pub(super) fn softmax(alpha: &[f32]) -> Vec<f32> {
     let m = alpha.iter().copied().fold(f32::NEG_INFINITY, f32::max);

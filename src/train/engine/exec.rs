@@ -405,6 +405,10 @@ pub(super) fn exec(
                 .collect();
             ew::concat(par, x, &sizes, out);
         }
+        Op::SliceChannels(_) | Op::ShuffleChannels(_) => {
+            let map = step.op.channel_sources(c0).expect("the op picks channels");
+            ew::gather_channels(par, x[0], &map, c0, inner(d0), out);
+        }
         Op::Zero => out.fill(0.0),
         Op::Choose => {
             let alpha = cx.param(&step.name, "alpha", &[x.len()])?;
