@@ -61,7 +61,7 @@ fn candidate(r: &mut Rng, x: &Val, vals: &[Val]) -> (String, bool) {
     } else if !x.bits && r.below(3) == 0 {
         7
     } else {
-        r.below(22)
+        r.below(24)
     };
     match op {
         0 => (
@@ -104,6 +104,15 @@ fn candidate(r: &mut Rng, x: &Val, vals: &[Val]) -> (String, bool) {
             _ => (format!("choose {{ {n}, {other} }}"), false),
         },
         20 => (format!("threshold({n})"), true),
+        22 => {
+            let start = *pick(r, &[0usize, 0, 1, 3, 64]);
+            let count = *pick(r, &[1usize, 2, 5, 8, 33, 64]);
+            (format!("slice_channels({n}, {start}, {count})"), x.exact)
+        }
+        23 => {
+            let groups = *pick(r, &[1usize, 2, 3, 4]);
+            (format!("shuffle_channels({n}, {groups})"), x.exact)
+        }
         _ => (format!("affine({n})"), false),
     }
 }
@@ -280,6 +289,8 @@ fn generator_covers_the_ops() {
             "flatten(",
             "add(",
             "concat(",
+            "slice_channels(",
+            "shuffle_channels(",
             "zero(",
             "identity(",
             "choose",
@@ -294,5 +305,5 @@ fn generator_covers_the_ops() {
             }
         }
     }
-    assert_eq!(seen.len(), 23, "covered: {seen:?}");
+    assert_eq!(seen.len(), 25, "covered: {seen:?}");
 }

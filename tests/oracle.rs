@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use onebit::ir::interp;
 use onebit::ir::ops::{
+    ShuffleChannels, SliceChannels,
     BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, PadValue,
     Pool, Scale, WeightForm, WeightKind,
 };
@@ -1150,6 +1151,21 @@ fn elementwise_and_structural_ops_agree_with_the_oracle() {
         for dims in [vec![3, 4, 5], vec![6], vec![2, 7]] {
             for binarize in [false, true] {
                 let label = format!("{name} {dims:?} bits={binarize}");
+                cases.push((label, one_op(dims.clone(), binarize, op.clone())));
+            }
+        }
+    }
+    // Channel slices and shuffles, of reals and of bits.
+    for dims in [vec![6, 2, 3], vec![6], vec![4, 5]] {
+        let ops = [
+            Op::SliceChannels(SliceChannels { start: 1, count: 3 }),
+            Op::SliceChannels(SliceChannels { start: 0, count: dims[0] }),
+            Op::ShuffleChannels(ShuffleChannels { groups: 2 }),
+            Op::ShuffleChannels(ShuffleChannels { groups: dims[0] }),
+        ];
+        for op in ops {
+            for binarize in [false, true] {
+                let label = format!("{op:?} {dims:?} bits={binarize}");
                 cases.push((label, one_op(dims.clone(), binarize, op.clone())));
             }
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use onebit::ir::ops::{
     BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, PadValue,
-    Pool, Scale, WeightForm,
+    Pool, Scale, ShuffleChannels, SliceChannels, WeightForm,
 };
 use onebit::ir::{DType, Graph, NodeId, Op, OpKind as Kind, TensorType};
 use proptest::prelude::*;
@@ -284,6 +284,12 @@ fn op(kind: Kind, a: &Attrs) -> Op {
         Kind::Flatten => Op::Flatten,
         Kind::Add => Op::Add,
         Kind::Concat => Op::Concat,
+        // Small enough that a channel axis of the inputs often fits them.
+        Kind::SliceChannels => Op::SliceChannels(SliceChannels {
+            start: a.pad[0],
+            count: a.groups,
+        }),
+        Kind::ShuffleChannels => Op::ShuffleChannels(ShuffleChannels { groups: a.groups }),
         Kind::Zero => Op::Zero,
         Kind::Identity => Op::Identity,
         Kind::Choose => Op::Choose,

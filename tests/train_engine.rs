@@ -373,6 +373,14 @@ fn gradcheck_models_match_the_interpreter() {
            output z
          }",
         "model m {
+           input x: f32[6, 4, 4]
+           a = conv2d(slice_channels(x, 0, 2), 2, kernel=3, pad=1)
+           s = shuffle_channels(concat(a, slice_channels(x, 2, 4)), 3)
+           t = shuffle_channels(slice_channels(s, 1, 4), 2)
+           y = dense(flatten(batchnorm(t)), 4)
+           output y
+         }",
+        "model m {
            input x: f32[3, 5, 5]
            a = conv2d(x, 4, kernel=3, pad=1)
            b = conv2d(x, 2, kernel=1, bias=false)

@@ -121,6 +121,25 @@ fn dense_layers_and_graph_structure_match_finite_differences() {
     );
 }
 
+/// PC-DARTS's partial channel connection: a slice through an op, the rest
+/// bypassing it, then a channel shuffle.
+#[test]
+fn channel_slices_and_shuffles_match_finite_differences() {
+    check_real(
+        "model m {
+           input x: f32[6, 4, 4]
+           a = conv2d(slice_channels(x, 0, 2), 2, kernel=3, pad=1)
+           b = slice_channels(x, 2, 4)
+           s = shuffle_channels(concat(a, b), 3)
+           t = shuffle_channels(slice_channels(s, 1, 4), 2)
+           y = dense(flatten(batchnorm(t)), 4)
+           output y
+         }",
+        11,
+        3,
+    );
+}
+
 #[test]
 fn batchnorm_on_images_and_concat_of_feature_maps() {
     check_real(

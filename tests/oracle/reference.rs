@@ -684,6 +684,40 @@ pub fn concat(args: &[&Value]) -> Value {
     Value { shape, v, m }
 }
 
+/// The channels `start .. start + count` of every sample.
+pub fn slice_channels(x: &Value, start: usize, count: usize) -> Value {
+    let plane = x.sample_len() / x.shape[1];
+    let mut shape = x.shape.clone();
+    shape[1] = count;
+    let (mut v, mut m) = (Vec::new(), Vec::new());
+    for s in 0..x.batch() {
+        let r = s * x.sample_len() + start * plane..s * x.sample_len() + (start + count) * plane;
+        v.extend_from_slice(&x.v[r.clone()]);
+        m.extend_from_slice(&x.m[r]);
+    }
+    Value { shape, v, m }
+}
+
+/// ShuffleNet's channel shuffle: each sample's channels as a `[g, C/g]`
+/// matrix, transposed; input channel `b·(C/g) + a` lands at `a·g + b`.
+pub fn shuffle_channels(x: &Value, groups: usize) -> Value {
+    let channels = x.shape[1];
+    let plane = x.sample_len() / channels;
+    let per_group = channels / groups;
+    let mut out = x.clone();
+    for s in 0..x.batch() {
+        for b in 0..groups {
+            for a in 0..per_group {
+                let from = s * x.sample_len() + (b * per_group + a) * plane;
+                let to = s * x.sample_len() + (a * groups + b) * plane;
+                out.v[to..to + plane].copy_from_slice(&x.v[from..from + plane]);
+                out.m[to..to + plane].copy_from_slice(&x.m[from..from + plane]);
+            }
+        }
+    }
+    out
+}
+
 /// `Σ softmax(α)_i · x_i`.
 pub fn choose(args: &[&Value], alpha: &Tensor) -> Value {
     let top = alpha
@@ -932,6 +966,8 @@ pub fn apply(graph: &Graph, params: &Params, id: NodeId, args: &[&Value]) -> Res
         }
         Op::Add => add(args),
         Op::Concat => concat(args),
+        Op::SliceChannels(a) => slice_channels(x()?, a.start, a.count),
+        Op::ShuffleChannels(a) => shuffle_channels(x()?, a.groups),
         Op::Zero => Value::zeros(x()?.shape.clone()),
         Op::Identity => x()?.clone(),
         Op::Choose => choose(args, p("alpha")?),
