@@ -336,10 +336,15 @@ fn main() -> ExitCode {
 }
 
 fn load_model(path: &Path) -> Result<Graph, Failure> {
+    load_model_with(path, onebit::text::LowerOptions::default())
+}
+
+fn load_model_with(path: &Path, options: onebit::text::LowerOptions) -> Result<Graph, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|e| Failure(format!("error: cannot read {}: {e}", path.display())))?;
     // A rendered diagnostic starts with its own `error:`.
-    onebit::text::parse(&path.display().to_string(), &bytes).map_err(|e| Failure(e.to_string()))
+    onebit::text::parse_with(&path.display().to_string(), &bytes, options)
+        .map_err(|e| Failure(e.to_string()))
 }
 
 fn run(command: Command) -> Result<(), Failure> {

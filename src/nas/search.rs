@@ -116,6 +116,10 @@ pub enum SearchError {
     /// Too little data.
     #[error("the search needs at least 2 training samples per half, found {0} in all")]
     TooLittleData(usize),
+    /// The full-width lowering of a partial-channel space does not have the
+    /// supernet's edges and nodes.
+    #[error("the full-width network does not have the supernet's search space: {0}")]
+    FullWidth(String),
 }
 
 impl From<TrainError> for SearchError {
@@ -175,6 +179,9 @@ pub struct Search {
     pub scores: BTreeMap<String, Vec<f32>>,
     /// One record per epoch done.
     pub history: Vec<EpochRecord>,
+    /// For a partial-channel supernet (PC-DARTS), the same space lowered at
+    /// full width: the chosen architecture is derived on it.
+    full_width: Option<Graph>,
     node_names: BTreeSet<String>,
     config: SearchConfig,
 }
@@ -213,9 +220,50 @@ impl Search {
             alive,
             scores,
             history: Vec::new(),
+            full_width: None,
             node_names: space.node_names(),
             config,
         })
+    }
+
+    /// Derives the chosen architecture on `full`, the supernet's space
+    /// lowered at full width (`LowerOptions::partial_channels = Some(1)`),
+    /// instead of on the partial-channel supernet itself: PC-DARTS searches
+    /// on a fraction of the channels but its result computes on all of them.
+    ///
+    /// # Errors
+    ///
+    /// [`SearchError::FullWidth`] if `full` does not have the same edges
+    /// (names and operations) and nodes as the supernet as given.
+    pub fn derive_on_full_width(mut self, full: Graph) -> Result<Search, SearchError> {
+        let supernet = SearchSpace::with_nodes(&self.original, &self.node_names)?;
+        let wide = SearchSpace::with_nodes(&full, &self.node_names)?;
+        let shape = |s: &SearchSpace| {
+            let edges: Vec<_> = s.edges.iter().map(|e| (e.choose.clone(), e.ops.clone())).collect();
+            let nodes: Vec<_> = s.nodes.iter().map(|n| (n.choose.clone(), n.edges.clone())).collect();
+            (edges, nodes)
+        };
+        if shape(&supernet) != shape(&wide) {
+            let (a, b) = (shape(&supernet), shape(&wide));
+            let first = a
+                .0
+                .iter()
+                .zip(&b.0)
+                .find(|(x, y)| x != y)
+                .map(|(x, y)| format!("edge `{}` {:?} vs `{}` {:?}", x.0, x.1, y.0, y.1))
+                .unwrap_or_else(|| {
+                    format!(
+                        "{} edges and {} nodes vs {} edges and {} nodes",
+                        a.0.len(),
+                        a.1.len(),
+                        b.0.len(),
+                        b.1.len()
+                    )
+                });
+            return Err(SearchError::FullWidth(first));
+        }
+        self.full_width = Some(full);
+        Ok(self)
     }
 
     /// The configuration.
@@ -237,9 +285,21 @@ impl Search {
     /// The chosen architecture: the current supernet discretised to its
     /// genotype, and the parameters of what is left (retrain them from
     /// scratch; DARTS does).
+    ///
+    /// A partial-channel search ([`derive_on_full_width`](Self::derive_on_full_width))
+    /// discretises the full-width network, restricted to the operations
+    /// left, with freshly initialised parameters (the supernet's are
+    /// narrower).
     pub fn chosen(&self) -> Result<(Graph, Params, Genotype), SearchError> {
         let genotype = self.genotype()?;
-        let (g, p) = discretize(&self.graph, &self.params, &genotype)?;
+        let (g, p) = match &self.full_width {
+            None => discretize(&self.graph, &self.params, &genotype)?,
+            Some(full) => {
+                let init = Params::init(full, self.config.seed);
+                let (reduced, p) = restrict(full, &init, &self.alive)?;
+                discretize(&reduced, &p, &genotype)?
+            }
+        };
         Ok((g, p, genotype))
     }
 

@@ -9,11 +9,34 @@
 //! `NAME.alpha` holds the operation weights α. An edge may stand alone (no
 //! searched node reads it): then the model sums or uses it as written, and
 //! only its operation is searched. See `ir-spec/search.md`.
+//!
+//! A partial-channel edge (a cell with `partial(x, c, K)`, PC-DARTS) reaches
+//! its node as `shuffle_channels(concat(EDGE, bypass))`; the wrapper is seen
+//! through, so the edges and nodes are those of the full-width lowering.
 
 use std::collections::BTreeSet;
 
-use crate::ir::graph::Graph;
+use crate::ir::graph::{Graph, NodeId};
 use crate::ir::ops::Op;
+
+/// The edge `choose` that the value `id` carries: `id` itself if it is a
+/// `choose`, or the `choose` inside a partial-channel wrapper
+/// (`shuffle_channels(concat(choose, bypass))`).
+fn edge_choose(graph: &Graph, id: NodeId) -> Option<NodeId> {
+    let is_choose = |id| graph.node(id).op == Op::Choose;
+    if is_choose(id) {
+        return Some(id);
+    }
+    let Op::ShuffleChannels(_) = graph.node(id).op else {
+        return None;
+    };
+    let joined = *graph.operands(id).first()?;
+    if graph.node(joined).op != Op::Concat {
+        return None;
+    }
+    let inner = *graph.operands(joined).first()?;
+    is_choose(inner).then_some(inner)
+}
 
 /// One searchable edge: a `choose` over operations.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +96,8 @@ impl SearchSpace {
             .filter(|&id| {
                 is_choose(id) && {
                     let operands = graph.operands(id);
-                    !operands.is_empty() && operands.iter().all(|&o| is_choose(o))
+                    !operands.is_empty()
+                        && operands.iter().all(|&o| edge_choose(graph, o).is_some())
                 }
             })
             .map(|id| graph.node(id).name.clone())
@@ -127,7 +151,7 @@ impl SearchSpace {
             for (k, o) in graph.operands(id).into_iter().enumerate() {
                 // A node of nodes (a `choose` of searched nodes) is not a
                 // PC-DARTS node; its operands are left as they are.
-                let Some(&e) = edge_index.get(&o) else {
+                let Some(&e) = edge_choose(graph, o).and_then(|c| edge_index.get(&c)) else {
                     continue;
                 };
                 if edges[e].node.is_none() {

@@ -66,10 +66,28 @@ pub struct Cell {
     pub name: Ident,
     /// Parameter names (tensors or numbers, decided by the caller's arguments).
     pub params: Vec<Ident>,
+    /// `partial(x, c, K)`: PC-DARTS's partial channel connection.
+    pub partial: Option<Partial>,
     /// Bindings in source order.
     pub body: Vec<Binding>,
     /// The result.
     pub ret: Expr,
+}
+
+/// `partial(x, c, K)` after a cell's parameters: an instance computes its body
+/// on the first `c/K` channels of its tensor parameter `x` (and `c/K` in place
+/// of `c`); the other channels bypass it, and the joined channels are
+/// shuffled in `K` groups (language.md §5.1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Partial {
+    /// The tensor parameter whose channels are split.
+    pub input: Ident,
+    /// The integer parameter that is its channel count.
+    pub channels: Ident,
+    /// The ratio `K`, with its span.
+    pub ratio: (i64, Span),
+    /// The whole clause.
+    pub span: Span,
 }
 
 /// A statement of a model body.

@@ -49,8 +49,24 @@ pub const MAX_EVAL_DEPTH: usize = 128;
 /// in well under a second.
 pub const MAX_STEPS: usize = 100_000;
 
+mod partial;
+
+/// Choices that change how a file lowers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LowerOptions {
+    /// The ratio `K` of every cell with a `partial(x, c, K)` clause, in place
+    /// of the `K` it declares; `Some(1)` lowers them at full width (the
+    /// network an architecture search derives).
+    pub partial_channels: Option<usize>,
+}
+
 /// Lowers a parsed file to a graph. The graph is well-typed by construction.
 pub fn lower(file: &ast::File) -> Result<Graph, Diagnostic> {
+    lower_with(file, LowerOptions::default())
+}
+
+/// [`lower`] with `options`.
+pub fn lower_with(file: &ast::File, options: LowerOptions) -> Result<Graph, Diagnostic> {
     let mut model = None;
     let mut cells: HashMap<&str, &ast::Cell> = HashMap::new();
     for item in &file.items {
@@ -103,6 +119,7 @@ pub fn lower(file: &ast::File) -> Result<Graph, Diagnostic> {
         cell_stack: Vec::new(),
         depth: 0,
         steps: 0,
+        options,
     };
     lowerer.model(model)?;
     Ok(lowerer.graph)
@@ -165,6 +182,7 @@ struct Lowerer<'a> {
     depth: usize,
     /// How many expressions have been evaluated.
     steps: usize,
+    options: LowerOptions,
 }
 
 /// The arguments of one call, consumed parameter by parameter.
@@ -1153,7 +1171,8 @@ impl<'a> Lowerer<'a> {
         if self.cell_stack.len() >= MAX_CELL_DEPTH {
             return Err(cells_too_deep(callee));
         }
-        let params = self.cell_arguments(caller, cell, callee, args, name)?;
+        let mut params = self.cell_arguments(caller, cell, callee, args, name)?;
+        let split = self.partial_split(cell, &mut params, name)?;
         let mut scope = cell_scope(cell, params, name)?;
         self.cell_stack.push((&cell.name.name, call_span));
         let body: Vec<&ast::Binding> = cell.body.iter().collect();
@@ -1164,7 +1183,10 @@ impl<'a> Lowerer<'a> {
         let ret_name = child_names(name, &[&cell.ret]).remove(0);
         let value = self.eval(&mut scope, &cell.ret, &ret_name, None);
         self.cell_stack.pop();
-        value
+        match split {
+            Some(split) => self.partial_join(split, value?, name),
+            None => value,
+        }
     }
 
     #[cold]

@@ -11,6 +11,7 @@ pub mod parser;
 pub mod print;
 
 pub use diagnostic::{Diagnostic, SourceError};
+pub use lower::LowerOptions;
 pub use print::print;
 
 use crate::ir::graph::Graph;
@@ -19,6 +20,11 @@ use ast::Span;
 
 /// Parses, lowers and verifies a model file. `file` names it in diagnostics.
 pub fn parse(file: &str, bytes: &[u8]) -> Result<Graph, SourceError> {
+    parse_with(file, bytes, LowerOptions::default())
+}
+
+/// [`parse`] with lowering `options` (e.g. a search space at full width).
+pub fn parse_with(file: &str, bytes: &[u8], options: LowerOptions) -> Result<Graph, SourceError> {
     let error = |source: String, diagnostic: Diagnostic| SourceError {
         file: file.to_string(),
         source,
@@ -61,7 +67,7 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<Graph, SourceError> {
         }
         error(source.to_string(), d)
     })?;
-    let graph = lower::lower(&ast).map_err(|d| error(source.to_string(), d))?;
+    let graph = lower::lower_with(&ast, options).map_err(|d| error(source.to_string(), d))?;
     // Lowering builds a well-typed graph, so this is a consistency check.
     if let Err(e) = verify(&graph) {
         return Err(error(

@@ -471,7 +471,7 @@ impl Parser<'_> {
         Ok((i, Binding { name, value }))
     }
 
-    /// cell = "cell" IDENT "(" [ IDENT { "," IDENT } [","] ] ")"
+    /// cell = "cell" IDENT "(" [ IDENT { "," IDENT } [","] ] ")" [ partial ]
     ///        "{" { binding [";"] } "return" expr [";"] "}"
     fn cell<'a>(&self, i: &'a str) -> PResult<'a, Cell> {
         let (i, _) = self.expect(i, "cell")?;
@@ -481,6 +481,12 @@ impl Parser<'_> {
         let (i, params) = self.list(i, open, ")", None, |i| {
             self.ident(i, "a parameter name or `)`")
         })?;
+        let (i, partial) = if self.peek(i, "partial") {
+            let (i, p) = self.partial(i)?;
+            (i, Some(p))
+        } else {
+            (i, None)
+        };
         let open = self.pos(skip(i));
         let (mut i, _) = self.expect(i, "{")?;
         let mut body = Vec::new();
@@ -499,6 +505,7 @@ impl Parser<'_> {
                     Cell {
                         name,
                         params,
+                        partial,
                         body,
                         ret,
                     },
@@ -514,6 +521,34 @@ impl Parser<'_> {
             body.push(b);
             i = self.accept(rest, ";").0;
         }
+    }
+
+    /// partial = "partial" "(" IDENT "," IDENT "," INT ")"
+    fn partial<'a>(&self, i: &'a str) -> PResult<'a, Partial> {
+        let start = skip(i);
+        let (i, _) = self.expect(i, "partial")?;
+        let (i, _) = self.expect(i, "(")?;
+        let (i, input) = self.ident(i, "the tensor parameter whose channels are split")?;
+        let (i, _) = self.expect(i, ",")?;
+        let (i, channels) = self.ident(i, "the parameter that is its channel count")?;
+        let (i, _) = self.expect(i, ",")?;
+        const RATIO: &str = "the ratio K (a positive integer)";
+        let ratio_start = skip(i);
+        let (i, lit) = self.literal(i, RATIO)?;
+        let Literal::Int(k) = lit else {
+            return self.fail(ratio_start, RATIO);
+        };
+        let ratio = (k, self.span(ratio_start, i));
+        let (i, _) = self.expect(i, ")")?;
+        Ok((
+            i,
+            Partial {
+                input,
+                channels,
+                ratio,
+                span: self.span(start, i),
+            },
+        ))
     }
 
     /// A number literal; `what` names it in errors.

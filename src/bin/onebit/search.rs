@@ -15,6 +15,7 @@ use onebit::nas::search::{EpochRecord, Mode, Search, SearchConfig, record_json, 
 use onebit::nas::space::SearchSpace;
 use onebit::train::checkpoint;
 use onebit::train::schedule::{LrSchedule, Schedule};
+use onebit::text::LowerOptions;
 use onebit::train::trainer::StepRunner;
 
 use super::Failure;
@@ -94,6 +95,11 @@ pub struct SearchArgs {
     /// BNAS: weight batches of fine-tuning per sampled network.
     #[arg(long, default_value_t = 4)]
     pub finetune_batches: usize,
+    /// PC-DARTS's partial channels: the ratio K of every cell declared
+    /// `partial(x, c, K)`, in place of the K it declares (1: search at full
+    /// width). The chosen architecture is always derived at full width.
+    #[arg(long, value_parser = super::args::positive)]
+    pub partial_channels: Option<usize>,
     /// Seed of the initialisation, the split, the batch order and sampling.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -183,14 +189,22 @@ pub fn search(args: SearchArgs) -> Result<(), Failure> {
             )));
         }
     }
-    let model = super::load_model(&args.model)?;
+    let lowered = |partial_channels| {
+        super::load_model_with(&args.model, LowerOptions { partial_channels })
+    };
+    let model = lowered(args.partial_channels)?;
     super::check_limits(&model, args.batch.saturating_mul(3), &args.limits)?;
     let space = SearchSpace::of(&model).map_err(|e| fail(&e))?;
     let params = Params::init(&model, args.seed);
+    // Cells with `partial(x, c, K)`: the search runs on the narrow supernet,
+    // the architecture is derived on the full-width one.
+    let full_width = lowered(Some(1))?;
+    let partial = onebit::text::print(&full_width) != onebit::text::print(&model);
 
     if args.mode == ModeArg::Random {
         let genotype = Genotype::random(&space, args.seed);
-        let (chosen, _) = discretize(&model, &params, &genotype).map_err(|e| fail(&e))?;
+        let init = Params::init(&full_width, args.seed);
+        let (chosen, _) = discretize(&full_width, &init, &genotype).map_err(|e| fail(&e))?;
         eprintln!("random architecture (seed {}):", args.seed);
         for line in genotype.lines_with(&onebit::nas::genotype::node_edges(&space)) {
             eprintln!("  {line}");
@@ -253,6 +267,11 @@ pub fn search(args: SearchArgs) -> Result<(), Failure> {
         },
     };
     let mut search = Search::new(&model, params, config).map_err(|e| fail(&e))?;
+    if partial {
+        search = search
+            .derive_on_full_width(full_width)
+            .map_err(|e| fail(&e))?;
+    }
     if let Some(path) = &args.resume {
         let c = checkpoint::load(path).map_err(|e| fail(&e))?;
         if c.seed != args.seed {

@@ -1,0 +1,231 @@
+//! PC-DARTS's partial channel connections (Xu et al. 2020), as a way to
+//! instantiate a cell: `cell op(x, c) partial(x, c, K) { ... }`.
+//!
+//! An instance of such a cell with ratio `K > 1` computes its body on the
+//! first `C/K` channels of `x` (and with `c/K` in place of `c`, so every
+//! operation inside is `K` times narrower); the other `C − C/K` channels
+//! bypass it, max-pooled 2×2 with stride 2 when the body halves the
+//! resolution (a reduction edge, as PC-DARTS does); the two are concatenated
+//! and shuffled in `K` groups, so that the next edge's slice sees channels of
+//! both. With `K = 1` (or [`LowerOptions::partial_channels`] `Some(1)`) the
+//! cell is an ordinary one: that is the full-width network a search derives
+//! its architecture on. The body's nodes are named as in an ordinary
+//! instance, so the two lowerings share every `choose` name.
+
+use super::*;
+
+/// The split of one partial instance, waiting for the body's value.
+pub(super) struct Split {
+    /// The channels that bypass the body.
+    bypass: NodeId,
+    /// `K`.
+    ratio: usize,
+    /// `C/K`, the channels the body computes on and must return.
+    narrow: usize,
+    /// The `partial(...)` clause, where errors point.
+    clause: Span,
+}
+
+fn clause_ident(op: &str, clause: Span) -> Ident {
+    Ident {
+        name: op.to_string(),
+        span: clause,
+    }
+}
+
+impl<'a> Lowerer<'a> {
+    /// Applies `cell`'s `partial` clause to an instance's arguments `params`:
+    /// the tensor parameter becomes its first `C/K` channels and the channel
+    /// count `C/K`. `None` when the cell has no clause or its ratio is 1.
+    pub(super) fn partial_split(
+        &mut self,
+        cell: &'a ast::Cell,
+        params: &mut [(&'a Ident, Value)],
+        name: &str,
+    ) -> Result<Option<Split>, Diagnostic> {
+        let Some(p) = &cell.partial else {
+            return Ok(None);
+        };
+        let (k, k_span) = p.ratio;
+        let ratio = match self.options.partial_channels {
+            Some(k) => k,
+            None if k >= 1 && k <= u32::MAX as i64 => k as usize,
+            None => {
+                return Err(Diagnostic::at(
+                    k_span,
+                    format!("the ratio of `partial` must be a positive integer, found {k}"),
+                    "expected K ≥ 1",
+                ));
+            }
+        };
+        let position = |param: &Ident| {
+            params.iter().position(|(q, _)| q.name == param.name).ok_or_else(|| {
+                Diagnostic::at(
+                    param.span,
+                    format!(
+                        "`partial` names `{}`, which is not a parameter of cell `{}`",
+                        param.name, cell.name.name
+                    ),
+                    "not a parameter",
+                )
+            })
+        };
+        let (xi, ci) = (position(&p.input)?, position(&p.channels)?);
+        if ratio == 1 {
+            return Ok(None);
+        }
+        let Value::Tensor(x) = params[xi].1 else {
+            return Err(Diagnostic::at(
+                p.input.span,
+                format!(
+                    "`partial` splits the channels of `{}`, which is {} in this instance",
+                    p.input.name,
+                    params[xi].1.describe(&self.graph)
+                ),
+                "expected a tensor parameter",
+            ));
+        };
+        let Value::Int(c) = params[ci].1 else {
+            return Err(Diagnostic::at(
+                p.channels.span,
+                format!(
+                    "`partial` divides the channel count `{}`, which is {} in this instance",
+                    p.channels.name,
+                    params[ci].1.describe(&self.graph)
+                ),
+                "expected an integer parameter",
+            ));
+        };
+        let ty = self.graph.node(x).ty.clone();
+        let channels = ty.dims().first().copied().unwrap_or(0);
+        if ty.dims().len() != 3 || c != channels as i64 || channels % ratio != 0 {
+            return Err(Diagnostic::at(
+                p.span,
+                format!(
+                    "`partial` with K = {ratio} needs `{}` to be a [C, H, W] tensor of `{}` = C \
+                     channels, C a multiple of K; here `{}` is {ty} and `{}` is {c}",
+                    p.input.name, p.channels.name, p.input.name, p.channels.name
+                ),
+                "in this instance",
+            ));
+        }
+        let narrow = channels / ratio;
+        let slice = |start, count| {
+            Op::SliceChannels(SliceChannels { start, count })
+        };
+        let callee = clause_ident("slice_channels", p.span);
+        let operand = [(x, p.span)];
+        let Value::Tensor(through) = self.add_node(
+            &format!("{name}.partial_in"),
+            None,
+            slice(0, narrow),
+            &operand,
+            &callee,
+        )?
+        else {
+            unreachable!("add_node makes a tensor")
+        };
+        let Value::Tensor(bypass) = self.add_node(
+            &format!("{name}.partial_bypass"),
+            None,
+            slice(narrow, channels - narrow),
+            &operand,
+            &callee,
+        )?
+        else {
+            unreachable!("add_node makes a tensor")
+        };
+        params[xi].1 = Value::Tensor(through);
+        params[ci].1 = Value::Int(narrow as i64);
+        Ok(Some(Split {
+            bypass,
+            ratio,
+            narrow,
+            clause: p.span,
+        }))
+    }
+
+    /// Joins the body's value `y` to the channels that bypassed it, then
+    /// shuffles them: the instance's value.
+    pub(super) fn partial_join(
+        &mut self,
+        split: Split,
+        y: Value,
+        name: &str,
+    ) -> Result<Value, Diagnostic> {
+        let Value::Tensor(y) = y else {
+            return Err(Diagnostic::at(
+                split.clause,
+                format!(
+                    "a `partial` cell must return a tensor, found {}",
+                    y.describe(&self.graph)
+                ),
+                "this clause",
+            ));
+        };
+        let (y_ty, b_ty) = (
+            self.graph.node(y).ty.clone(),
+            self.graph.node(split.bypass).ty.clone(),
+        );
+        let halved = |d: usize| d / 2;
+        let shape_ok = y_ty.dims().len() == 3 && y_ty.dims()[0] == split.narrow;
+        let same = shape_ok && y_ty.dims()[1..] == b_ty.dims()[1..];
+        let reduced = shape_ok
+            && b_ty.dims()[1] % 2 == 0
+            && b_ty.dims()[2] % 2 == 0
+            && y_ty.dims()[1..] == [halved(b_ty.dims()[1]), halved(b_ty.dims()[2])];
+        if !same && !reduced {
+            return Err(Diagnostic::at(
+                split.clause,
+                format!(
+                    "a `partial` cell's body must return its input's C/K = {} channels at the \
+                     input's resolution or at half of it (even sizes), found {y_ty} for the \
+                     bypassed {b_ty}",
+                    split.narrow
+                ),
+                "in this instance",
+            ));
+        }
+        let mut bypass = split.bypass;
+        if reduced {
+            let pool = Op::MaxPool(Pool {
+                kernel: [2, 2],
+                stride: [2, 2],
+                pad: [0, 0],
+            });
+            let callee = clause_ident("maxpool", split.clause);
+            let Value::Tensor(b) = self.add_node(
+                &format!("{name}.partial_pool"),
+                None,
+                pool,
+                &[(bypass, split.clause)],
+                &callee,
+            )?
+            else {
+                unreachable!("add_node makes a tensor")
+            };
+            bypass = b;
+        }
+        let callee = clause_ident("concat", split.clause);
+        let Value::Tensor(joined) = self.add_node(
+            &format!("{name}.partial_concat"),
+            None,
+            Op::Concat,
+            &[(y, split.clause), (bypass, split.clause)],
+            &callee,
+        )?
+        else {
+            unreachable!("add_node makes a tensor")
+        };
+        let callee = clause_ident("shuffle_channels", split.clause);
+        self.add_node(
+            &format!("{name}.partial"),
+            None,
+            Op::ShuffleChannels(ShuffleChannels {
+                groups: split.ratio,
+            }),
+            &[(joined, split.clause)],
+            &callee,
+        )
+    }
+}
