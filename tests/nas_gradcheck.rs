@@ -44,8 +44,23 @@ model grad_cell {
 }
 ";
 
+/// [`SPACE`] with PC-DARTS's partial channels on every edge: 2 of 4
+/// channels through the mixed operation, the rest bypassing it, then a
+/// channel shuffle.
+fn partial_space() -> String {
+    SPACE
+        .replace("cell op(x, c) {", "cell op(x, c) partial(x, c, 2) {")
+        .replace("(stem), 3,", "(stem), 4,")
+        .replace("(x, 3, kernel=3", "(x, 4, kernel=3")
+        .replace(", 3)", ", 4)")
+}
+
 fn setup() -> (TrainingGraph, Params, Vec<Tensor>, Vec<String>) {
-    let model = onebit::parse(SPACE).unwrap();
+    setup_space(SPACE)
+}
+
+fn setup_space(source: &str) -> (TrainingGraph, Params, Vec<Tensor>, Vec<String>) {
+    let model = onebit::parse(source).unwrap();
     let space = SearchSpace::of(&model).unwrap();
     assert_eq!((space.edges.len(), space.nodes.len()), (5, 2));
     let arch: Vec<String> = space.arch_params().into_iter().collect();
@@ -115,6 +130,30 @@ fn alpha_and_beta_gradients_match_finite_differences_on_the_interpreter() {
         .flat_map(|n| analytic(n))
         .fold(0.0f32, |m, g| m.max(g.abs()));
     assert!(largest > 1e-3, "largest |gradient| {largest}");
+}
+
+#[test]
+fn partial_channel_gradients_match_finite_differences() {
+    let source = partial_space();
+    assert!(source.contains("conv2d(x, 4, kernel=3, pad=1)"), "{source}");
+    assert!(source.contains("maxpool(x, 3, stride=1, pad=1)"), "{source}");
+    let (train, params, inputs, arch) = setup_space(&source);
+    let text = onebit::text::print(&train.graph);
+    assert!(text.contains("shuffle_channels") && text.contains("slice_channels"));
+    for threads in [0, 2] {
+        let outputs = if threads == 0 {
+            interp::run(&train.graph, &params, &inputs).unwrap()
+        } else {
+            let mut engine = StepEngine::new(&train.graph, &EngineOptions { threads }).unwrap();
+            engine.run(&params, &inputs).unwrap()
+        };
+        let first = outputs.len() - train.gradients.len() - train.running.len();
+        let analytic = |name: &str| outputs[first + index_of(&train, name)].data.clone();
+        let mut loss =
+            |p: &Params| interp::run(&train.graph, p, &inputs).unwrap()[0].data[0] as f64;
+        let what = if threads == 0 { "interpreter" } else { "engine" };
+        check(what, &params, &arch, &analytic, &mut loss, 1e-3, 1e-3);
+    }
 }
 
 #[test]

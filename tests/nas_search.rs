@@ -285,6 +285,102 @@ fn a_random_genotype_discretises_to_a_plain_model() {
     p.check(&reparsed).unwrap();
 }
 
+/// Two-channel 2×2 images, labelled by the position of channel 0's largest
+/// pixel; channel 1 is noise.
+fn argmax_of_channel_0(n: usize, seed: u64) -> Dataset {
+    let mut rng = Rng::new(seed);
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for _ in 0..n {
+        let v: Vec<f32> = (0..8).map(|_| rng.normal()).collect();
+        let best = (0..4).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+        images.extend_from_slice(&v);
+        labels.push(best as u32);
+    }
+    Dataset {
+        name: "argmax0".into(),
+        sample_shape: vec![2, 2, 2],
+        images,
+        labels,
+        classes: 4,
+    }
+}
+
+/// `tiny_pick` with partial channels: each edge computes on channel 0 (the
+/// informative one) and lets channel 1 bypass it.
+const PARTIAL_PICK: &str = "
+cell edge(x, c) partial(x, c, 2) {
+  return choose { zero(x), maxpool(x, 3, stride=1, pad=1), avgpool(x, 3, stride=1, pad=1), x }
+}
+model partial_pick {
+  input x: f32[2, 2, 2]
+  n = choose { edge(x, 2), edge(x, 2) }
+  y = dense(flatten(n), 4)
+  output y
+}
+";
+
+#[test]
+fn a_partial_channel_search_picks_the_informative_operation_and_derives_at_full_width() {
+    let lower = |k| {
+        onebit::text::parse_with(
+            "partial_pick",
+            PARTIAL_PICK.as_bytes(),
+            onebit::text::LowerOptions {
+                partial_channels: k,
+            },
+        )
+        .unwrap()
+    };
+    let (narrow, full) = (lower(None), lower(Some(1)));
+    // The edge computes on one channel of two; the full-width network has
+    // no slice left.
+    let narrow_text = onebit::text::print(&narrow);
+    assert!(
+        narrow_text.contains("n.0.partial_in = slice_channels(x, 0, 1)  # f32[1, 2, 2]"),
+        "{narrow_text}"
+    );
+    assert!(narrow_text.contains("n.0.partial = shuffle_channels(n.0.partial_concat, 2)"));
+    assert!(!onebit::text::print(&full).contains("slice_channels"));
+    // Both lowerings have the same edges and nodes.
+    let (a, b) = (
+        SearchSpace::of(&narrow).unwrap(),
+        SearchSpace::of(&full).unwrap(),
+    );
+    assert_eq!((a.edges.len(), a.nodes.len()), (2, 1));
+    assert_eq!(a, b);
+
+    let data = argmax_of_channel_0(400, 3);
+    let epochs = 10;
+    let mut search = Search::new(&narrow, Params::init(&narrow, 1), config(Mode::Darts, epochs))
+        .unwrap()
+        .derive_on_full_width(full.clone())
+        .unwrap();
+    let (w, h) = search.split(&data).unwrap();
+    for _ in 0..epochs {
+        search.run_epoch(&w, &h, |_| {}).unwrap();
+    }
+    let genotype = search.genotype().unwrap();
+    for (edge, _, label) in &genotype.ops {
+        assert_eq!(label, "skip", "{edge} chose {label}; {:#?}", search.history);
+    }
+    let (chosen, params, _) = search.chosen().unwrap();
+    let text = onebit::text::print(&chosen);
+    assert_eq!(
+        text.lines().nth(2).unwrap().trim(),
+        "n = add(x, x)  # f32[2, 2, 2]",
+        "{text}"
+    );
+    let mut params = params;
+    params.check(&chosen).unwrap();
+    // A full-width graph of another space is refused.
+    let other = parse("tiny_cell");
+    let refused = Search::new(&narrow, Params::init(&narrow, 1), config(Mode::Darts, 1))
+        .unwrap()
+        .derive_on_full_width(other);
+    assert!(refused.is_err());
+}
+
 /// A reduction cell's edge from one of its inputs (stride 2).
 fn is_reduce(e: &onebit::nas::space::Edge) -> bool {
     e.node

@@ -1172,7 +1172,7 @@ impl<'a> Lowerer<'a> {
             return Err(cells_too_deep(callee));
         }
         let mut params = self.cell_arguments(caller, cell, callee, args, name)?;
-        let split = self.partial_split(cell, &mut params, name)?;
+        let split = self.partial_split(cell, &mut params, name, call_span)?;
         let mut scope = cell_scope(cell, params, name)?;
         self.cell_stack.push((&cell.name.name, call_span));
         let body: Vec<&ast::Binding> = cell.body.iter().collect();

@@ -24,6 +24,8 @@ pub(super) struct Split {
     narrow: usize,
     /// The `partial(...)` clause, where errors point.
     clause: Span,
+    /// The call that instantiates the cell.
+    call: Span,
 }
 
 fn clause_ident(op: &str, clause: Span) -> Ident {
@@ -42,6 +44,7 @@ impl<'a> Lowerer<'a> {
         cell: &'a ast::Cell,
         params: &mut [(&'a Ident, Value)],
         name: &str,
+        call: Span,
     ) -> Result<Option<Split>, Diagnostic> {
         let Some(p) = &cell.partial else {
             return Ok(None);
@@ -83,7 +86,8 @@ impl<'a> Lowerer<'a> {
                     params[xi].1.describe(&self.graph)
                 ),
                 "expected a tensor parameter",
-            ));
+            )
+            .with_secondary(call, "in this instance"));
         };
         let Value::Int(c) = params[ci].1 else {
             return Err(Diagnostic::at(
@@ -94,7 +98,8 @@ impl<'a> Lowerer<'a> {
                     params[ci].1.describe(&self.graph)
                 ),
                 "expected an integer parameter",
-            ));
+            )
+            .with_secondary(call, "in this instance"));
         };
         let ty = self.graph.node(x).ty.clone();
         let channels = ty.dims().first().copied().unwrap_or(0);
@@ -106,8 +111,9 @@ impl<'a> Lowerer<'a> {
                      channels, C a multiple of K; here `{}` is {ty} and `{}` is {c}",
                     p.input.name, p.channels.name, p.input.name, p.channels.name
                 ),
-                "in this instance",
-            ));
+                "the clause",
+            )
+            .with_secondary(call, "in this instance"));
         }
         let narrow = channels / ratio;
         let slice = |start, count| {
@@ -142,6 +148,7 @@ impl<'a> Lowerer<'a> {
             ratio,
             narrow,
             clause: p.span,
+            call,
         }))
     }
 
@@ -161,7 +168,8 @@ impl<'a> Lowerer<'a> {
                     y.describe(&self.graph)
                 ),
                 "this clause",
-            ));
+            )
+            .with_secondary(split.call, "in this instance"));
         };
         let (y_ty, b_ty) = (
             self.graph.node(y).ty.clone(),
@@ -183,8 +191,9 @@ impl<'a> Lowerer<'a> {
                      bypassed {b_ty}",
                     split.narrow
                 ),
-                "in this instance",
-            ));
+                "the clause",
+            )
+            .with_secondary(split.call, "in this instance"));
         }
         let mut bypass = split.bypass;
         if reduced {
