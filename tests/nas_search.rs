@@ -254,8 +254,17 @@ fn a_seeded_one_thread_search_is_reproducible_bit_for_bit() {
 
 #[test]
 fn a_random_genotype_discretises_to_a_plain_model() {
-    let model = parse("darts_cell");
+    // The shipped space searches on half the channels (PC-DARTS); at full
+    // width it has the same edges and nodes.
+    let supernet = parse("darts_cell");
+    assert!(onebit::text::print(&supernet).contains("shuffle_channels"));
+    let source = std::fs::read(space_file("darts_cell")).unwrap();
+    let full = onebit::text::LowerOptions {
+        partial_channels: Some(1),
+    };
+    let model = onebit::text::parse_with("darts_cell", &source, full).unwrap();
     let space = SearchSpace::of(&model).unwrap();
+    assert_eq!(space, SearchSpace::of(&supernet).unwrap());
     assert_eq!(space.edges.len(), 42);
     assert_eq!(space.nodes.len(), 12);
     for e in &space.edges {
@@ -277,6 +286,7 @@ fn a_random_genotype_discretises_to_a_plain_model() {
     let (g, p) = onebit::nas::genotype::discretize(&model, &params, &genotype).unwrap();
     let text = onebit::text::print(&g);
     assert!(!text.contains("= choose {"), "{text}");
+    assert!(!text.contains("slice_channels"), "{text}");
     // 2 kept edges per node, 4 nodes per cell, 3 cells: 24 edges, so 12 adds.
     assert_eq!(text.matches(" = add(").count(), 12, "{text}");
     let reparsed = onebit::parse(&text).unwrap();
@@ -451,6 +461,9 @@ fn the_chosen_model_reparses_trains_and_compiles() {
     assert!(stderr.contains("cell0.n1 = "), "{stderr}");
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(!text.contains("= choose {"), "{text}");
+    // The space searches on half the channels; the architecture is full width.
+    assert!(!text.contains("slice_channels"), "{text}");
+    assert!(text.contains("cell0.p0 = batchnorm(cell0.p0.conv2d)  # f32[4, 8, 8]"), "{text}");
     let graph = onebit::parse(&text).unwrap();
     onebit::ir::verify::verify(&graph).unwrap();
     assert_eq!(onebit::text::print(&graph), text);
