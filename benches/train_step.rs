@@ -13,8 +13,15 @@
 //! dense and convolution layers (6·MACs per sample in all). A last profiled
 //! pass prints where the engine's time goes per kind of step.
 //!
+//! The architecture-search case runs the supernet of
+//! `examples/search/darts_cell.bnn` with its partial channels (K = 2), the
+//! same supernet at full width, and a discretised network of the space (a
+//! seeded random genotype, at full width), all at batch 64 on 2 threads:
+//! the overhead of searching is the supernet's step over the discretised
+//! one's.
+//!
 //! `cargo bench --bench train_step` (env: `BENCH_ROUNDS`, default 11;
-//! `BENCH_ONLY=digits|mlp`). On a shared machine the median includes other
+//! `BENCH_ONLY=digits|mlp|supernet`). On a shared machine the median includes other
 //! processes' load; the best round, and the CPU time of the single-threaded
 //! engine per step, show what the code reaches unhindered.
 
@@ -179,32 +186,105 @@ fn bench(name: &str, source: &str, batch: usize, rounds: usize) {
         median_ratio(&ti[0], &ti[1])
     );
 
-    for (label, engine) in [("1 thread", &mut one), ("2 threads", &mut two)] {
-        engine.set_profiling(true);
-        let runs = 50;
-        for _ in 0..runs {
-            engine.run(&params, &x).unwrap();
-        }
-        let mut prof = engine.profile();
-        prof.sort_by(|a, b| b.best_seconds.total_cmp(&a.best_seconds));
-        let total: f64 = prof.iter().map(|p| p.seconds).sum();
-        let best: f64 = prof.iter().map(|p| p.best_seconds).sum();
-        println!(
-            "  where the time goes ({label}; mean {:.3} ms/step in steps, sum of each step's best {:.3} ms):",
-            total / runs as f64 * 1e3,
-            best * 1e3
-        );
-        for p in prof.iter().take(14) {
-            println!(
-                "    {:32} best {:8.1} µs/step {:5.1}%   mean {:8.1} µs/step",
-                p.kind,
-                p.best_seconds * 1e6,
-                100.0 * p.best_seconds / best,
-                p.seconds / runs as f64 * 1e6,
-            );
-        }
-        engine.set_profiling(false);
+    print_profile("1 thread", &mut one, &params, &x, 14);
+    print_profile("2 threads", &mut two, &params, &x, 14);
+}
+
+/// Prints where a profiled engine's time goes, per kind of step.
+fn print_profile(label: &str, engine: &mut StepEngine, params: &Params, x: &[Tensor], rows: usize) {
+    engine.set_profiling(true);
+    let runs = 30;
+    for _ in 0..runs {
+        engine.run(params, x).unwrap();
     }
+    let mut prof = engine.profile();
+    prof.sort_by(|a, b| b.best_seconds.total_cmp(&a.best_seconds));
+    let total: f64 = prof.iter().map(|p| p.seconds).sum();
+    let best: f64 = prof.iter().map(|p| p.best_seconds).sum();
+    println!(
+        "  where the time goes ({label}; mean {:.3} ms/step in steps, sum of each step's best {:.3} ms):",
+        total / runs as f64 * 1e3,
+        best * 1e3
+    );
+    for p in prof.iter().take(rows) {
+        println!(
+            "    {:32} best {:8.1} µs/step {:5.1}%   mean {:8.1} µs/step",
+            p.kind,
+            p.best_seconds * 1e6,
+            100.0 * p.best_seconds / best,
+            p.seconds / runs as f64 * 1e6,
+        );
+    }
+    engine.set_profiling(false);
+}
+
+fn bench_supernet(rounds: usize) {
+    use onebit::nas::genotype::{Genotype, discretize};
+    use onebit::nas::space::SearchSpace;
+    use onebit::text::{LowerOptions, parse_with};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/search/darts_cell.bnn"
+    );
+    let source = std::fs::read(path).expect("example exists");
+    let lower = |partial_channels| {
+        parse_with(path, &source, LowerOptions { partial_channels }).expect("space parses")
+    };
+    let (narrow, full) = (lower(None), lower(Some(1)));
+    let space = SearchSpace::of(&full).expect("a search space");
+    let (chosen, _) = discretize(&full, &Params::init(&full, 1), &Genotype::random(&space, 1))
+        .expect("discretises");
+    let batch = 64;
+    let setups: Vec<_> = [&narrow, &full, &chosen]
+        .into_iter()
+        .map(|model| {
+            let train = differentiate(model, &LossSpec::default()).expect("differentiates");
+            let params = Params::init(model, 1);
+            let x = inputs(&train.graph, batch, 2);
+            let engine = StepEngine::new(&train.graph, &EngineOptions { threads: 2 }).unwrap();
+            (engine, params, x, macs_per_sample(model))
+        })
+        .collect();
+    let mut setups = setups;
+    let t = {
+        let mut cases: Vec<_> = setups
+            .iter_mut()
+            .map(|(engine, params, x, _)| {
+                case(move || {
+                    engine.run(params, x).unwrap();
+                })
+            })
+            .collect();
+        measure(&mut cases, rounds, 0.05, 0.3, 1)
+    };
+    println!(
+        "
+search: darts_cell.bnn at batch {batch}, 2 threads, one training step each"
+    );
+    let labels = [
+        "supernet, partial channels K = 2",
+        "supernet, full width (K = 1)    ",
+        "discretised network (random)    ",
+    ];
+    for (k, label) in labels.iter().enumerate() {
+        let m = median(&t[k]);
+        println!(
+            "  {label}  {:8.2} ms/step  {:7.0} samples/s  {:6.1} MMAC/sample forward",
+            m * 1e3,
+            batch as f64 / m,
+            setups[k].3 as f64 / 1e6
+        );
+    }
+    println!(
+        "  overhead of searching (supernet / discretised): K = 2 {:.1}x, full width {:.1}x; K = 2 is {:.2}x faster than full width",
+        median_ratio(&t[0], &t[2]),
+        median_ratio(&t[1], &t[2]),
+        median_ratio(&t[1], &t[0])
+    );
+    let (engine, params, x, _) = &mut setups[0];
+    print_profile("supernet, K = 2", engine, params, x, 12);
+    let (engine, params, x, _) = &mut setups[1];
+    print_profile("supernet, full width", engine, params, x, 12);
 }
 
 fn main() {
@@ -223,5 +303,8 @@ fn main() {
     }
     if only.is_empty() || only == "mlp" {
         bench("fashion MLP 784-256-256-10", MLP, 100, rounds);
+    }
+    if only.is_empty() || only == "supernet" {
+        bench_supernet(rounds);
     }
 }

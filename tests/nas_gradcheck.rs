@@ -136,7 +136,10 @@ fn alpha_and_beta_gradients_match_finite_differences_on_the_interpreter() {
 fn partial_channel_gradients_match_finite_differences() {
     let source = partial_space();
     assert!(source.contains("conv2d(x, 4, kernel=3, pad=1)"), "{source}");
-    assert!(source.contains("maxpool(x, 3, stride=1, pad=1)"), "{source}");
+    assert!(
+        source.contains("maxpool(x, 3, stride=1, pad=1)"),
+        "{source}"
+    );
     let (train, params, inputs, arch) = setup_space(&source);
     let text = onebit::text::print(&train.graph);
     assert!(text.contains("shuffle_channels") && text.contains("slice_channels"));
@@ -151,7 +154,11 @@ fn partial_channel_gradients_match_finite_differences() {
         let analytic = |name: &str| outputs[first + index_of(&train, name)].data.clone();
         let mut loss =
             |p: &Params| interp::run(&train.graph, p, &inputs).unwrap()[0].data[0] as f64;
-        let what = if threads == 0 { "interpreter" } else { "engine" };
+        let what = if threads == 0 {
+            "interpreter"
+        } else {
+            "engine"
+        };
         check(what, &params, &arch, &analytic, &mut loss, 1e-3, 1e-3);
     }
 }

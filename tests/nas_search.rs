@@ -362,10 +362,14 @@ fn a_partial_channel_search_picks_the_informative_operation_and_derives_at_full_
 
     let data = argmax_of_channel_0(400, 3);
     let epochs = 10;
-    let mut search = Search::new(&narrow, Params::init(&narrow, 1), config(Mode::Darts, epochs))
-        .unwrap()
-        .derive_on_full_width(full.clone())
-        .unwrap();
+    let mut search = Search::new(
+        &narrow,
+        Params::init(&narrow, 1),
+        config(Mode::Darts, epochs),
+    )
+    .unwrap()
+    .derive_on_full_width(full.clone())
+    .unwrap();
     let (w, h) = search.split(&data).unwrap();
     for _ in 0..epochs {
         search.run_epoch(&w, &h, |_| {}).unwrap();
@@ -463,7 +467,10 @@ fn the_chosen_model_reparses_trains_and_compiles() {
     assert!(!text.contains("= choose {"), "{text}");
     // The space searches on half the channels; the architecture is full width.
     assert!(!text.contains("slice_channels"), "{text}");
-    assert!(text.contains("cell0.p0 = batchnorm(cell0.p0.conv2d)  # f32[4, 8, 8]"), "{text}");
+    assert!(
+        text.contains("cell0.p0 = batchnorm(cell0.p0.conv2d)  # f32[4, 8, 8]"),
+        "{text}"
+    );
     let graph = onebit::parse(&text).unwrap();
     onebit::ir::verify::verify(&graph).unwrap();
     assert_eq!(onebit::text::print(&graph), text);

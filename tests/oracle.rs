@@ -69,9 +69,8 @@ use std::time::{Duration, Instant};
 
 use onebit::ir::interp;
 use onebit::ir::ops::{
-    ShuffleChannels, SliceChannels,
     BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, Dense, HardTanh, PadValue,
-    Pool, Scale, WeightForm, WeightKind,
+    Pool, Scale, ShuffleChannels, SliceChannels, WeightForm, WeightKind,
 };
 use onebit::ir::{DType, Graph, NodeId, Op, Params, Tensor, TensorType};
 use onebit::util::rng::Rng;
@@ -1159,7 +1158,10 @@ fn elementwise_and_structural_ops_agree_with_the_oracle() {
     for dims in [vec![6, 2, 3], vec![6], vec![4, 5]] {
         let ops = [
             Op::SliceChannels(SliceChannels { start: 1, count: 3 }),
-            Op::SliceChannels(SliceChannels { start: 0, count: dims[0] }),
+            Op::SliceChannels(SliceChannels {
+                start: 0,
+                count: dims[0],
+            }),
             Op::ShuffleChannels(ShuffleChannels { groups: 2 }),
             Op::ShuffleChannels(ShuffleChannels { groups: dims[0] }),
         ];

@@ -1037,7 +1037,10 @@ impl<'g> Planner<'g> {
                 } else {
                     self.as_f32(operands[0])
                 };
-                let map = node.op.channel_sources(src.c).expect("the op picks channels");
+                let map = node
+                    .op
+                    .channel_sources(src.c)
+                    .expect("the op picks channels");
                 let dst = self.tensor(node.ty.dtype, &dims);
                 let s = self.push(
                     &name,

@@ -1538,7 +1538,10 @@ impl Op {
                 if a.groups == 0 || c % a.groups != 0 {
                     return Err(attribute(
                         kind,
-                        format!("{} groups do not divide the operand's {c} channels", a.groups),
+                        format!(
+                            "{} groups do not divide the operand's {c} channels",
+                            a.groups
+                        ),
                     ));
                 }
                 TensorType::new(inputs[0].dtype, inputs[0].dims().to_vec())

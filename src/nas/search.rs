@@ -239,27 +239,34 @@ impl Search {
         let supernet = SearchSpace::with_nodes(&self.original, &self.node_names)?;
         let wide = SearchSpace::with_nodes(&full, &self.node_names)?;
         let shape = |s: &SearchSpace| {
-            let edges: Vec<_> = s.edges.iter().map(|e| (e.choose.clone(), e.ops.clone())).collect();
-            let nodes: Vec<_> = s.nodes.iter().map(|n| (n.choose.clone(), n.edges.clone())).collect();
+            let edges: Vec<_> = s
+                .edges
+                .iter()
+                .map(|e| (e.choose.clone(), e.ops.clone()))
+                .collect();
+            let nodes: Vec<_> = s
+                .nodes
+                .iter()
+                .map(|n| (n.choose.clone(), n.edges.clone()))
+                .collect();
             (edges, nodes)
         };
         if shape(&supernet) != shape(&wide) {
             let (a, b) = (shape(&supernet), shape(&wide));
-            let first = a
-                .0
-                .iter()
-                .zip(&b.0)
-                .find(|(x, y)| x != y)
-                .map(|(x, y)| format!("edge `{}` {:?} vs `{}` {:?}", x.0, x.1, y.0, y.1))
-                .unwrap_or_else(|| {
-                    format!(
-                        "{} edges and {} nodes vs {} edges and {} nodes",
-                        a.0.len(),
-                        a.1.len(),
-                        b.0.len(),
-                        b.1.len()
-                    )
-                });
+            let first =
+                a.0.iter()
+                    .zip(&b.0)
+                    .find(|(x, y)| x != y)
+                    .map(|(x, y)| format!("edge `{}` {:?} vs `{}` {:?}", x.0, x.1, y.0, y.1))
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{} edges and {} nodes vs {} edges and {} nodes",
+                            a.0.len(),
+                            a.1.len(),
+                            b.0.len(),
+                            b.1.len()
+                        )
+                    });
             return Err(SearchError::FullWidth(first));
         }
         self.full_width = Some(full);

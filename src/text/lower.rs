@@ -30,9 +30,8 @@ use crate::ir::graph::{Graph, GraphError, NodeId};
 use crate::ir::ops::{
     BConv2d, BDense, BatchNorm, BinaryOutput, Conv2d, ConvGeometry, CrossEntropy, Dense,
     DistributionLoss, Grad, HardTanh, Op, OpKind, PadValue, Pair, ParamRole, Pool,
-    ShuffleChannels, SliceChannels,
-    QuantizationLoss, RunningStat, Scale, Sign, SignGrad, Statistic, Stats, TypeError, WeightForm,
-    WeightKind, Wrt,
+    QuantizationLoss, RunningStat, Scale, ShuffleChannels, Sign, SignGrad, SliceChannels,
+    Statistic, Stats, TypeError, WeightForm, WeightKind, Wrt,
 };
 use crate::ir::types::{DType, MAX_ELEMENTS, TensorType};
 use crate::util::closest;

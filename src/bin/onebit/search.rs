@@ -13,9 +13,9 @@ use onebit::nas::plot::plot_alphas;
 use onebit::nas::reduction::ReductionConfig;
 use onebit::nas::search::{EpochRecord, Mode, Search, SearchConfig, record_json, softmax_alive};
 use onebit::nas::space::SearchSpace;
+use onebit::text::LowerOptions;
 use onebit::train::checkpoint;
 use onebit::train::schedule::{LrSchedule, Schedule};
-use onebit::text::LowerOptions;
 use onebit::train::trainer::StepRunner;
 
 use super::Failure;
@@ -189,9 +189,8 @@ pub fn search(args: SearchArgs) -> Result<(), Failure> {
             )));
         }
     }
-    let lowered = |partial_channels| {
-        super::load_model_with(&args.model, LowerOptions { partial_channels })
-    };
+    let lowered =
+        |partial_channels| super::load_model_with(&args.model, LowerOptions { partial_channels });
     let model = lowered(args.partial_channels)?;
     super::check_limits(&model, args.batch.saturating_mul(3), &args.limits)?;
     let space = SearchSpace::of(&model).map_err(|e| fail(&e))?;

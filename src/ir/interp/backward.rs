@@ -323,7 +323,9 @@ pub(super) fn grad(
         (Op::SliceChannels(_) | Op::ShuffleChannels(_), Wrt::Operand(0)) => {
             let x = forward[0];
             let channels = x.shape[1];
-            let map = g.of.channel_sources(channels).expect("the op picks channels");
+            let map =
+                g.of.channel_sources(channels)
+                    .expect("the op picks channels");
             scatter_channels(x, dy, &map)
         }
         (Op::Choose, wrt) => {

@@ -62,16 +62,19 @@ impl<'a> Lowerer<'a> {
             }
         };
         let position = |param: &Ident| {
-            params.iter().position(|(q, _)| q.name == param.name).ok_or_else(|| {
-                Diagnostic::at(
-                    param.span,
-                    format!(
-                        "`partial` names `{}`, which is not a parameter of cell `{}`",
-                        param.name, cell.name.name
-                    ),
-                    "not a parameter",
-                )
-            })
+            params
+                .iter()
+                .position(|(q, _)| q.name == param.name)
+                .ok_or_else(|| {
+                    Diagnostic::at(
+                        param.span,
+                        format!(
+                            "`partial` names `{}`, which is not a parameter of cell `{}`",
+                            param.name, cell.name.name
+                        ),
+                        "not a parameter",
+                    )
+                })
         };
         let (xi, ci) = (position(&p.input)?, position(&p.channels)?);
         if ratio == 1 {
@@ -116,9 +119,7 @@ impl<'a> Lowerer<'a> {
             .with_secondary(call, "in this instance"));
         }
         let narrow = channels / ratio;
-        let slice = |start, count| {
-            Op::SliceChannels(SliceChannels { start, count })
-        };
+        let slice = |start, count| Op::SliceChannels(SliceChannels { start, count });
         let callee = clause_ident("slice_channels", p.span);
         let operand = [(x, p.span)];
         let Value::Tensor(through) = self.add_node(

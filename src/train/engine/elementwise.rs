@@ -154,7 +154,13 @@ pub(super) fn gather_channels(
 /// The gradient of a channel gather: each output channel's gradient goes
 /// back to its source channel (`map` is one-to-one, so nothing is summed);
 /// channels no output took get zero.
-pub(super) fn scatter_channels(dy: &[f32], map: &[usize], channels: usize, plane: usize, dx: &mut [f32]) {
+pub(super) fn scatter_channels(
+    dy: &[f32],
+    map: &[usize],
+    channels: usize,
+    plane: usize,
+    dx: &mut [f32],
+) {
     dx.fill(0.0);
     let row = map.len() * plane;
     for (s, d) in dy.chunks(row.max(1)).enumerate() {
