@@ -38,21 +38,22 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-/// 2×2 images of normal noise labelled by the position of their largest
-/// pixel: only the skip operation of `tiny_pick` keeps that information.
-fn argmax_images(n: usize, seed: u64) -> Dataset {
+/// 2×2 images of normal noise in `channels` channels, labelled by the
+/// position of channel 0's largest pixel: only the skip operation of
+/// `tiny_pick` keeps that information.
+fn argmax_images(n: usize, seed: u64, channels: usize) -> Dataset {
     let mut rng = Rng::new(seed);
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for _ in 0..n {
-        let v: Vec<f32> = (0..4).map(|_| rng.normal()).collect();
+        let v: Vec<f32> = (0..4 * channels).map(|_| rng.normal()).collect();
         let best = (0..4).fold(0, |b, i| if v[i] > v[b] { i } else { b });
         images.extend_from_slice(&v);
         labels.push(best as u32);
     }
     Dataset {
         name: "argmax".into(),
-        sample_shape: vec![1, 2, 2],
+        sample_shape: vec![channels, 2, 2],
         images,
         labels,
         classes: 4,
@@ -124,7 +125,7 @@ fn run(model: &onebit::ir::Graph, data: &Dataset, config: SearchConfig) -> Searc
 #[test]
 fn both_searches_pick_the_only_informative_operation() {
     let model = parse("tiny_pick");
-    let data = argmax_images(400, 3);
+    let data = argmax_images(400, 3, 1);
     for mode in [Mode::Darts, Mode::Bnas] {
         let search = run(&model, &data, config(mode, 10));
         // The warm-up's weight steps leave α and β alone (3 of 10 epochs);
@@ -295,27 +296,6 @@ fn a_random_genotype_discretises_to_a_plain_model() {
     p.check(&reparsed).unwrap();
 }
 
-/// Two-channel 2×2 images, labelled by the position of channel 0's largest
-/// pixel; channel 1 is noise.
-fn argmax_of_channel_0(n: usize, seed: u64) -> Dataset {
-    let mut rng = Rng::new(seed);
-    let mut images = Vec::new();
-    let mut labels = Vec::new();
-    for _ in 0..n {
-        let v: Vec<f32> = (0..8).map(|_| rng.normal()).collect();
-        let best = (0..4).fold(0, |b, i| if v[i] > v[b] { i } else { b });
-        images.extend_from_slice(&v);
-        labels.push(best as u32);
-    }
-    Dataset {
-        name: "argmax0".into(),
-        sample_shape: vec![2, 2, 2],
-        images,
-        labels,
-        classes: 4,
-    }
-}
-
 /// `tiny_pick` with partial channels: each edge computes on channel 0 (the
 /// informative one) and lets channel 1 bypass it.
 const PARTIAL_PICK: &str = "
@@ -360,7 +340,7 @@ fn a_partial_channel_search_picks_the_informative_operation_and_derives_at_full_
     assert_eq!((a.edges.len(), a.nodes.len()), (2, 1));
     assert_eq!(a, b);
 
-    let data = argmax_of_channel_0(400, 3);
+    let data = argmax_images(400, 3, 2);
     let epochs = 10;
     let mut search = Search::new(
         &narrow,

@@ -372,6 +372,18 @@ fn gradcheck_models_match_the_interpreter() {
            z = batchnorm(y)
            output z
          }",
+        // Depthwise convolutions (the engine's direct path): stride 1 and 2,
+        // dilation, padding, binary weights and a bias; then one with two
+        // filters per channel (groups = C < O, the GEMM path).
+        "model m {
+           input x: f32[4, 7, 6]
+           a = conv2d(x, 4, kernel=3, pad=1, groups=4)
+           b = conv2d(a, 4, kernel=(3, 5), stride=2, pad=(1, 2), groups=4, bias=false, weights=binary, scale=channel)
+           c = conv2d(relu(b), 4, kernel=3, pad=2, dilation=2, groups=4, bias=false)
+           d = conv2d(c, 8, kernel=3, pad=1, groups=4)
+           y = dense(flatten(batchnorm(d)), 4)
+           output y
+         }",
         "model m {
            input x: f32[6, 4, 4]
            a = conv2d(slice_channels(x, 0, 2), 2, kernel=3, pad=1)

@@ -17,6 +17,12 @@
 //! Gathering into blocks of `S` samples costs one copy of the activations
 //! but turns `N` thin per-sample products (`P` = 64 columns on the digits)
 //! into a few wide ones.
+//!
+//! Depthwise convolutions (`groups = C = O`, the separable and dilated
+//! convolutions of a DARTS cell) are the exception: per group the product
+//! has one output row, which no GEMM runs at speed, so they are computed
+//! directly on each padded plane, one tap at a time over whole output rows
+//! (contiguous when the stride is 1, which the compiler vectorizes).
 
 use super::gemm::{Mat, matmul};
 use super::par::Par;
@@ -89,6 +95,12 @@ impl Conv {
             ow: y[2],
             groups: g.groups.max(1),
         }
+    }
+
+    /// Whether each output channel filters its own input channel only
+    /// (`groups = C = O > 1`): the direct depthwise path.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.c && self.o == self.c
     }
 
     /// Whether any tap can fall outside the input.
@@ -210,6 +222,9 @@ impl Conv {
         y: &mut [f32],
         epilogue: &(dyn Fn(usize, &mut [f32]) + Sync),
     ) {
+        if self.is_depthwise() {
+            return self.depthwise_forward(par, x, w, pad, scratch, y, epilogue);
+        }
         let (il, ol, p) = (self.in_len(), self.out_len(), self.p());
         let work = y.len() * self.ckg();
         let (og, ckg) = (self.o / self.groups, self.ckg());
@@ -264,6 +279,9 @@ impl Conv {
         scratch: &mut [Scratch],
         dx: &mut [f32],
     ) {
+        if self.is_depthwise() {
+            return self.depthwise_input_grad(par, dy, w, scratch, dx);
+        }
         let (il, ol, p) = (self.in_len(), self.out_len(), self.p());
         let work = dy.len() * self.ckg();
         let (og, ckg) = (self.o / self.groups, self.ckg());
@@ -305,6 +323,9 @@ impl Conv {
         scratch: &mut [Scratch],
         dw: &mut [f32],
     ) {
+        if self.is_depthwise() {
+            return self.depthwise_weight_grad(par, x, dy, n, pad, scratch, dw);
+        }
         let (il, ol, p) = (self.in_len(), self.out_len(), self.p());
         let (og, ckg) = (self.o / self.groups, self.ckg());
         let wl = self.o * ckg;
@@ -334,11 +355,171 @@ impl Conv {
                 s += b;
             }
         });
-        dw.copy_from_slice(&scratch[0].part[..wl]);
-        for sc in &scratch[1..used] {
-            for (d, &v) in dw.iter_mut().zip(&sc.part[..wl]) {
-                *d += v;
+        sum_parts(&scratch[..used], dw);
+    }
+
+    /// `xpad` (`[Hp, Wp]`) = the `[H, W]` `plane` with `pad` around it.
+    fn pad_into(&self, plane: &[f32], pad: f32, xpad: &mut [f32]) {
+        let wp = self.padded().1;
+        xpad.fill(pad);
+        for r in 0..self.h {
+            xpad[(r + self.ph) * wp + self.pw..][..self.w]
+                .copy_from_slice(&plane[r * self.w..][..self.w]);
+        }
+    }
+
+    /// The padded-plane row that output row `i` reads at tap `(u, v)`, from
+    /// its first element (every `sw`-th element after it is the next column).
+    fn tap_row<'p>(&self, xpad: &'p [f32], i: usize, u: usize, v: usize) -> &'p [f32] {
+        let wp = self.padded().1;
+        &xpad[(i * self.sh + u * self.dh) * wp + v * self.dw..]
+    }
+
+    /// Depthwise forward: each output plane (`N·C` of them) from its own
+    /// padded input plane, tap by tap.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_forward(
+        &self,
+        par: Par,
+        x: &[f32],
+        w: &[f32],
+        pad: f32,
+        scratch: &mut [Scratch],
+        y: &mut [f32],
+        epilogue: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        let (hw, p, kk) = (self.h * self.w, self.p(), self.kk());
+        let (hp, wp) = self.padded();
+        par.rows_with(y, p, y.len() * kk, scratch, |first, planes, sc| {
+            let xpad = ensure(&mut sc.plane, hp * wp);
+            for (k, dst) in planes.chunks_exact_mut(p).enumerate() {
+                let plane = first + k;
+                let c = plane % self.c;
+                self.pad_into(&x[plane * hw..][..hw], pad, xpad);
+                dst.fill(0.0);
+                for u in 0..self.kh {
+                    for v in 0..self.kw {
+                        let wt = w[c * kk + u * self.kw + v];
+                        for (i, row) in dst.chunks_exact_mut(self.ow).enumerate() {
+                            let src = self.tap_row(xpad, i, u, v);
+                            if self.sw == 1 {
+                                for (d, &s) in row.iter_mut().zip(&src[..self.ow]) {
+                                    *d += wt * s;
+                                }
+                            } else {
+                                for (d, &s) in row.iter_mut().zip(src.iter().step_by(self.sw)) {
+                                    *d += wt * s;
+                                }
+                            }
+                        }
+                    }
+                }
+                epilogue(c, dst);
             }
+        });
+    }
+
+    /// Depthwise `dx`: each output-gradient plane spread back over a padded
+    /// plane through the taps, whose interior is the input gradient.
+    fn depthwise_input_grad(
+        &self,
+        par: Par,
+        dy: &[f32],
+        w: &[f32],
+        scratch: &mut [Scratch],
+        dx: &mut [f32],
+    ) {
+        let (hw, p, kk) = (self.h * self.w, self.p(), self.kk());
+        let (hp, wp) = self.padded();
+        par.rows_with(dx, hw, dy.len() * kk, scratch, |first, planes, sc| {
+            let dpad = ensure(&mut sc.plane, hp * wp);
+            for (k, dst) in planes.chunks_exact_mut(hw).enumerate() {
+                let plane = first + k;
+                let c = plane % self.c;
+                let g = &dy[plane * p..][..p];
+                dpad.fill(0.0);
+                for u in 0..self.kh {
+                    for v in 0..self.kw {
+                        let wt = w[c * kk + u * self.kw + v];
+                        for (i, grow) in g.chunks_exact(self.ow).enumerate() {
+                            let at = (i * self.sh + u * self.dh) * wp + v * self.dw;
+                            let d = &mut dpad[at..];
+                            if self.sw == 1 {
+                                for (dv, &gv) in d[..self.ow].iter_mut().zip(grow) {
+                                    *dv += wt * gv;
+                                }
+                            } else {
+                                for (dv, &gv) in d.iter_mut().step_by(self.sw).zip(grow) {
+                                    *dv += wt * gv;
+                                }
+                            }
+                        }
+                    }
+                }
+                for r in 0..self.h {
+                    dst[r * self.w..][..self.w]
+                        .copy_from_slice(&dpad[(r + self.ph) * wp + self.pw..][..self.w]);
+                }
+            }
+        });
+    }
+
+    /// Depthwise `dW[c, u, v] = Σ_samples Σ_positions dy · tap`, one partial
+    /// sum per thread over its samples.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_weight_grad(
+        &self,
+        par: Par,
+        x: &[f32],
+        dy: &[f32],
+        n: usize,
+        pad: f32,
+        scratch: &mut [Scratch],
+        dw: &mut [f32],
+    ) {
+        let (hw, p, kk) = (self.h * self.w, self.p(), self.kk());
+        let (hp, wp) = self.padded();
+        let wl = self.c * kk;
+        let used = par.ranges_with(n, dy.len() * kk, scratch, |range, sc| {
+            let part = ensure(&mut sc.part, wl);
+            part.fill(0.0);
+            let xpad = ensure(&mut sc.plane, hp * wp);
+            for s in range {
+                for c in 0..self.c {
+                    let plane = s * self.c + c;
+                    self.pad_into(&x[plane * hw..][..hw], pad, xpad);
+                    let g = &dy[plane * p..][..p];
+                    for u in 0..self.kh {
+                        for v in 0..self.kw {
+                            let mut acc = 0.0f32;
+                            for (i, grow) in g.chunks_exact(self.ow).enumerate() {
+                                let src = self.tap_row(xpad, i, u, v);
+                                acc += if self.sw == 1 {
+                                    grow.iter().zip(&src[..self.ow]).map(|(a, b)| a * b).sum::<f32>()
+                                } else {
+                                    grow.iter()
+                                        .zip(src.iter().step_by(self.sw))
+                                        .map(|(a, b)| a * b)
+                                        .sum::<f32>()
+                                };
+                            }
+                            part[c * kk + u * self.kw + v] += acc;
+                        }
+                    }
+                }
+            }
+        });
+        sum_parts(&scratch[..used], dw);
+    }
+}
+
+/// `dw` = the sum of the threads' partial weight gradients, in thread order.
+fn sum_parts(parts: &[Scratch], dw: &mut [f32]) {
+    let wl = dw.len();
+    dw.copy_from_slice(&parts[0].part[..wl]);
+    for sc in &parts[1..] {
+        for (d, &v) in dw.iter_mut().zip(&sc.part[..wl]) {
+            *d += v;
         }
     }
 }
