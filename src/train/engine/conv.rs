@@ -368,6 +368,36 @@ impl Conv {
         }
     }
 
+    /// Stride 1 both ways: the depthwise kernels then run each tap over one
+    /// contiguous span of the padded plane (see [`Conv::wide_span`]).
+    fn unit_stride(&self) -> bool {
+        self.sh == 1 && self.sw == 1
+    }
+
+    /// With stride 1, output `(i, j)` at tap `(u, v)` reads padded element
+    /// `(i + u·dh)·Wp + j + v·dw`: an output plane laid out `Wp` wide (the
+    /// columns past `OW` are garbage, or zeros for a gradient) is one
+    /// contiguous span per tap, `(OH − 1)·Wp + OW` long, long enough to
+    /// vectorize where rows of 4 or 8 are not.
+    fn wide_span(&self) -> usize {
+        (self.oh.max(1) - 1) * self.padded().1 + self.ow
+    }
+
+    /// Where tap `t = u·kw + v` starts in the padded plane (stride 1).
+    fn tap_offset(&self, t: usize) -> usize {
+        let (u, v) = (t / self.kw, t % self.kw);
+        u * self.dh * self.padded().1 + v * self.dw
+    }
+
+    /// `g` (`[OH, OW]`) laid out `Wp` wide, zeros between the rows.
+    fn widen(&self, g: &[f32], wide: &mut [f32]) {
+        let wp = self.padded().1;
+        wide.fill(0.0);
+        for (i, row) in g.chunks_exact(self.ow).enumerate() {
+            wide[i * wp..][..self.ow].copy_from_slice(row);
+        }
+    }
+
     /// The padded-plane row that output row `i` reads at tap `(u, v)`, from
     /// its first element (every `sw`-th element after it is the next column).
     fn tap_row<'p>(&self, xpad: &'p [f32], i: usize, u: usize, v: usize) -> &'p [f32] {
@@ -392,10 +422,25 @@ impl Conv {
         let (hp, wp) = self.padded();
         par.rows_with(y, p, y.len() * kk, scratch, |first, planes, sc| {
             let xpad = ensure(&mut sc.plane, hp * wp);
+            let wide = ensure(&mut sc.tmp, self.wide_span());
             for (k, dst) in planes.chunks_exact_mut(p).enumerate() {
                 let plane = first + k;
                 let c = plane % self.c;
                 self.pad_into(&x[plane * hw..][..hw], pad, xpad);
+                if self.unit_stride() {
+                    wide.fill(0.0);
+                    for (t, &wt) in w[c * kk..][..kk].iter().enumerate() {
+                        let src = &xpad[self.tap_offset(t)..][..wide.len()];
+                        for (a, &s) in wide.iter_mut().zip(src) {
+                            *a += wt * s;
+                        }
+                    }
+                    for (i, row) in dst.chunks_exact_mut(self.ow).enumerate() {
+                        row.copy_from_slice(&wide[i * wp..][..self.ow]);
+                    }
+                    epilogue(c, dst);
+                    continue;
+                }
                 dst.fill(0.0);
                 for u in 0..self.kh {
                     for v in 0..self.kw {
@@ -433,28 +478,22 @@ impl Conv {
         let (hp, wp) = self.padded();
         par.rows_with(dx, hw, dy.len() * kk, scratch, |first, planes, sc| {
             let dpad = ensure(&mut sc.plane, hp * wp);
+            let wide = ensure(&mut sc.tmp, self.wide_span());
             for (k, dst) in planes.chunks_exact_mut(hw).enumerate() {
                 let plane = first + k;
                 let c = plane % self.c;
                 let g = &dy[plane * p..][..p];
                 dpad.fill(0.0);
-                for u in 0..self.kh {
-                    for v in 0..self.kw {
-                        let wt = w[c * kk + u * self.kw + v];
-                        for (i, grow) in g.chunks_exact(self.ow).enumerate() {
-                            let at = (i * self.sh + u * self.dh) * wp + v * self.dw;
-                            let d = &mut dpad[at..];
-                            if self.sw == 1 {
-                                for (dv, &gv) in d[..self.ow].iter_mut().zip(grow) {
-                                    *dv += wt * gv;
-                                }
-                            } else {
-                                for (dv, &gv) in d.iter_mut().step_by(self.sw).zip(grow) {
-                                    *dv += wt * gv;
-                                }
-                            }
+                if self.unit_stride() {
+                    self.widen(g, wide);
+                    for (t, &wt) in w[c * kk..][..kk].iter().enumerate() {
+                        let d = &mut dpad[self.tap_offset(t)..][..wide.len()];
+                        for (dv, &gv) in d.iter_mut().zip(wide.iter()) {
+                            *dv += wt * gv;
                         }
                     }
+                } else {
+                    self.spread_strided(g, &w[c * kk..][..kk], dpad);
                 }
                 for r in 0..self.h {
                     dst[r * self.w..][..self.w]
@@ -462,6 +501,23 @@ impl Conv {
                 }
             }
         });
+    }
+
+    /// `dpad += convᵀ(g)` through the taps `wk` of one channel, for strides
+    /// other than 1.
+    fn spread_strided(&self, g: &[f32], wk: &[f32], dpad: &mut [f32]) {
+        let wp = self.padded().1;
+        for u in 0..self.kh {
+            for v in 0..self.kw {
+                let wt = wk[u * self.kw + v];
+                for (i, grow) in g.chunks_exact(self.ow).enumerate() {
+                    let at = (i * self.sh + u * self.dh) * wp + v * self.dw;
+                    for (dv, &gv) in dpad[at..].iter_mut().step_by(self.sw).zip(grow) {
+                        *dv += wt * gv;
+                    }
+                }
+            }
+        }
     }
 
     /// Depthwise `dW[c, u, v] = Σ_samples Σ_positions dy · tap`, one partial
@@ -484,11 +540,21 @@ impl Conv {
             let part = ensure(&mut sc.part, wl);
             part.fill(0.0);
             let xpad = ensure(&mut sc.plane, hp * wp);
+            let wide = ensure(&mut sc.tmp, self.wide_span());
             for s in range {
                 for c in 0..self.c {
                     let plane = s * self.c + c;
                     self.pad_into(&x[plane * hw..][..hw], pad, xpad);
                     let g = &dy[plane * p..][..p];
+                    if self.unit_stride() {
+                        self.widen(g, wide);
+                        for t in 0..kk {
+                            let src = &xpad[self.tap_offset(t)..][..wide.len()];
+                            let dot: f32 = wide.iter().zip(src).map(|(a, b)| a * b).sum();
+                            part[c * kk + t] += dot;
+                        }
+                        continue;
+                    }
                     for u in 0..self.kh {
                         for v in 0..self.kw {
                             let mut acc = 0.0f32;
