@@ -447,6 +447,15 @@ fn the_chosen_model_reparses_trains_and_compiles() {
     assert!(!text.contains("= choose {"), "{text}");
     // The space searches on half the channels; the architecture is full width.
     assert!(!text.contains("slice_channels"), "{text}");
+    let printed = |extra: &[&str]| {
+        let mut args = vec!["ir", space.as_str()];
+        args.extend_from_slice(extra);
+        let out = onebit(&args);
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(printed(&[]).contains("cell0.n0.0.partial = shuffle_channels("));
+    assert!(!printed(&["--partial-channels", "1"]).contains("slice_channels"));
     assert!(
         text.contains("cell0.p0 = batchnorm(cell0.p0.conv2d)  # f32[4, 8, 8]"),
         "{text}"

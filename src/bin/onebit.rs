@@ -90,6 +90,10 @@ enum Command {
         /// safetensors file, so that it runs from files.
         #[arg(long, value_name = "W.safetensors")]
         save_weights: Option<PathBuf>,
+        /// Lower every cell declared `partial(x, c, K)` with this K instead
+        /// (1: the full-width network a search derives).
+        #[arg(long, value_parser = args::positive)]
+        partial_channels: Option<usize>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -384,6 +388,7 @@ fn run(command: Command) -> Result<(), Failure> {
             top_k,
             train,
             save_weights,
+            partial_channels,
             limits,
         } => {
             let mut outputs = Outputs::reading(
@@ -393,7 +398,8 @@ fn run(command: Command) -> Result<(), Failure> {
             if let Some(path) = &save_weights {
                 outputs.claim(path, "--save-weights")?;
             }
-            let mut graph = load_model(&model)?;
+            let lowering = onebit::text::LowerOptions { partial_channels };
+            let mut graph = load_model_with(&model, lowering)?;
             check_limits(&graph, 1, &limits)?;
             if train {
                 graph = onebit::passes::differentiate::differentiate(&graph, &Default::default())

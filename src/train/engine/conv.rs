@@ -561,7 +561,10 @@ impl Conv {
                             for (i, grow) in g.chunks_exact(self.ow).enumerate() {
                                 let src = self.tap_row(xpad, i, u, v);
                                 acc += if self.sw == 1 {
-                                    grow.iter().zip(&src[..self.ow]).map(|(a, b)| a * b).sum::<f32>()
+                                    grow.iter()
+                                        .zip(&src[..self.ow])
+                                        .map(|(a, b)| a * b)
+                                        .sum::<f32>()
                                 } else {
                                     grow.iter()
                                         .zip(src.iter().step_by(self.sw))
