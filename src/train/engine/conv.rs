@@ -200,11 +200,7 @@ impl Conv {
                         }
                     }
                 }
-                let plane = &mut dx[(s * self.c + c) * hw..][..hw];
-                for r in 0..self.h {
-                    plane[r * self.w..][..self.w]
-                        .copy_from_slice(&dpad[(r + self.ph) * wp + self.pw..][..self.w]);
-                }
+                self.crop_into(dpad, &mut dx[(s * self.c + c) * hw..][..hw]);
             }
         }
     }
@@ -368,6 +364,16 @@ impl Conv {
         }
     }
 
+    /// `plane` (`[H, W]`) = the interior of the padded plane `dpad`, the
+    /// adjoint of [`Conv::pad_into`] (the padding's gradient is dropped).
+    fn crop_into(&self, dpad: &[f32], plane: &mut [f32]) {
+        let wp = self.padded().1;
+        for r in 0..self.h {
+            plane[r * self.w..][..self.w]
+                .copy_from_slice(&dpad[(r + self.ph) * wp + self.pw..][..self.w]);
+        }
+    }
+
     /// Stride 1 both ways: the depthwise kernels then run each tap over one
     /// contiguous span of the padded plane (see [`Conv::wide_span`]).
     fn unit_stride(&self) -> bool {
@@ -427,9 +433,10 @@ impl Conv {
                 let plane = first + k;
                 let c = plane % self.c;
                 self.pad_into(&x[plane * hw..][..hw], pad, xpad);
+                let wk = &w[c * kk..][..kk];
                 if self.unit_stride() {
                     wide.fill(0.0);
-                    for (t, &wt) in w[c * kk..][..kk].iter().enumerate() {
+                    for (t, &wt) in wk.iter().enumerate() {
                         let src = &xpad[self.tap_offset(t)..][..wide.len()];
                         for (a, &s) in wide.iter_mut().zip(src) {
                             *a += wt * s;
@@ -438,26 +445,8 @@ impl Conv {
                     for (i, row) in dst.chunks_exact_mut(self.ow).enumerate() {
                         row.copy_from_slice(&wide[i * wp..][..self.ow]);
                     }
-                    epilogue(c, dst);
-                    continue;
-                }
-                dst.fill(0.0);
-                for u in 0..self.kh {
-                    for v in 0..self.kw {
-                        let wt = w[c * kk + u * self.kw + v];
-                        for (i, row) in dst.chunks_exact_mut(self.ow).enumerate() {
-                            let src = self.tap_row(xpad, i, u, v);
-                            if self.sw == 1 {
-                                for (d, &s) in row.iter_mut().zip(&src[..self.ow]) {
-                                    *d += wt * s;
-                                }
-                            } else {
-                                for (d, &s) in row.iter_mut().zip(src.iter().step_by(self.sw)) {
-                                    *d += wt * s;
-                                }
-                            }
-                        }
-                    }
+                } else {
+                    self.taps_strided(xpad, wk, dst);
                 }
                 epilogue(c, dst);
             }
@@ -495,12 +484,41 @@ impl Conv {
                 } else {
                     self.spread_strided(g, &w[c * kk..][..kk], dpad);
                 }
-                for r in 0..self.h {
-                    dst[r * self.w..][..self.w]
-                        .copy_from_slice(&dpad[(r + self.ph) * wp + self.pw..][..self.w]);
-                }
+                self.crop_into(dpad, dst);
             }
         });
+    }
+
+    /// `dst += conv(xpad)` through the taps `wk` of one channel, output row
+    /// by output row: strides other than 1.
+    fn taps_strided(&self, xpad: &[f32], wk: &[f32], dst: &mut [f32]) {
+        dst.fill(0.0);
+        for u in 0..self.kh {
+            for v in 0..self.kw {
+                let wt = wk[u * self.kw + v];
+                for (i, row) in dst.chunks_exact_mut(self.ow).enumerate() {
+                    let src = self.tap_row(xpad, i, u, v).iter().step_by(self.sw);
+                    for (d, &s) in row.iter_mut().zip(src) {
+                        *d += wt * s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `dwk[u·kw + v] += Σ g · tap(u, v)` over the plane, row by row:
+    /// strides other than 1.
+    fn tap_dots_strided(&self, xpad: &[f32], g: &[f32], dwk: &mut [f32]) {
+        for u in 0..self.kh {
+            for v in 0..self.kw {
+                let mut acc = 0.0f32;
+                for (i, grow) in g.chunks_exact(self.ow).enumerate() {
+                    let src = self.tap_row(xpad, i, u, v).iter().step_by(self.sw);
+                    acc += grow.iter().zip(src).map(|(a, b)| a * b).sum::<f32>();
+                }
+                dwk[u * self.kw + v] += acc;
+            }
+        }
     }
 
     /// `dpad += convᵀ(g)` through the taps `wk` of one channel, for strides
@@ -546,34 +564,15 @@ impl Conv {
                     let plane = s * self.c + c;
                     self.pad_into(&x[plane * hw..][..hw], pad, xpad);
                     let g = &dy[plane * p..][..p];
+                    let dwk = &mut part[c * kk..][..kk];
                     if self.unit_stride() {
                         self.widen(g, wide);
-                        for t in 0..kk {
+                        for (t, d) in dwk.iter_mut().enumerate() {
                             let src = &xpad[self.tap_offset(t)..][..wide.len()];
-                            let dot: f32 = wide.iter().zip(src).map(|(a, b)| a * b).sum();
-                            part[c * kk + t] += dot;
+                            *d += wide.iter().zip(src).map(|(a, b)| a * b).sum::<f32>();
                         }
-                        continue;
-                    }
-                    for u in 0..self.kh {
-                        for v in 0..self.kw {
-                            let mut acc = 0.0f32;
-                            for (i, grow) in g.chunks_exact(self.ow).enumerate() {
-                                let src = self.tap_row(xpad, i, u, v);
-                                acc += if self.sw == 1 {
-                                    grow.iter()
-                                        .zip(&src[..self.ow])
-                                        .map(|(a, b)| a * b)
-                                        .sum::<f32>()
-                                } else {
-                                    grow.iter()
-                                        .zip(src.iter().step_by(self.sw))
-                                        .map(|(a, b)| a * b)
-                                        .sum::<f32>()
-                                };
-                            }
-                            part[c * kk + u * self.kw + v] += acc;
-                        }
+                    } else {
+                        self.tap_dots_strided(xpad, g, dwk);
                     }
                 }
             }
