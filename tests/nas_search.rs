@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use onebit::ir::Params;
+use onebit::nas::child_parent::ChildParentConfig;
 use onebit::nas::genotype::Genotype;
 use onebit::nas::reduction::ReductionConfig;
 use onebit::nas::search::{Mode, Search, SearchConfig};
@@ -109,6 +110,7 @@ fn config(mode: Mode, epochs: usize) -> SearchConfig {
         runner: StepRunner::Engine,
         seed: 5,
         reduction: ReductionConfig::default(),
+        child_parent: ChildParentConfig::default(),
     }
 }
 
@@ -123,10 +125,10 @@ fn run(model: &onebit::ir::Graph, data: &Dataset, config: SearchConfig) -> Searc
 }
 
 #[test]
-fn both_searches_pick_the_only_informative_operation() {
+fn every_search_picks_the_only_informative_operation() {
     let model = parse("tiny_pick");
     let data = argmax_images(400, 3, 1);
-    for mode in [Mode::Darts, Mode::Bnas] {
+    for mode in [Mode::Darts, Mode::Bnas, Mode::CpNas] {
         let search = run(&model, &data, config(mode, 10));
         // The warm-up's weight steps leave α and β alone (3 of 10 epochs);
         // the architecture steps then move them.
@@ -166,9 +168,15 @@ fn both_searches_pick_the_only_informative_operation() {
 
 #[test]
 fn each_reduction_round_drops_exactly_one_operation_per_edge() {
+    for mode in [Mode::Bnas, Mode::CpNas] {
+        reduction_rounds_drop_one_operation_per_edge(mode);
+    }
+}
+
+fn reduction_rounds_drop_one_operation_per_edge(mode: Mode) {
     let model = parse("tiny_cell");
     let data = small_digits();
-    let mut c = config(Mode::Bnas, 6);
+    let mut c = config(mode, 6);
     c.arch_optimizer = SearchConfig::darts_arch_optimizer();
     c.reduction.finetune_batches = 1;
     let search = run(&model, &data, c);
@@ -186,14 +194,20 @@ fn each_reduction_round_drops_exactly_one_operation_per_edge() {
         } else {
             previous.clone()
         };
-        assert_eq!(record.ops_left, expected, "after epoch {}", record.epoch);
+        assert_eq!(
+            record.ops_left, expected,
+            "{mode:?} after epoch {}",
+            record.epoch
+        );
+        // Only CP-NAS trains (and so validates) a full-precision parent.
+        assert_eq!(record.parent_val_accuracy.is_some(), mode == Mode::CpNas);
         assert_eq!(
             record.dropped.len(),
             previous.iter().filter(|&&n| n > 1).count() * usize::from(record.epoch >= 2)
         );
         previous = record.ops_left.clone();
     }
-    assert!(previous.iter().all(|&n| n == 1), "{previous:?}");
+    assert!(previous.iter().all(|&n| n == 1), "{mode:?}: {previous:?}");
     // The last operation of every edge is not `zero`: discretisation has one.
     let genotype = search.genotype().unwrap();
     assert!(
@@ -212,6 +226,13 @@ fn each_reduction_round_drops_exactly_one_operation_per_edge() {
         1
     );
     search.params.clone().check(&search.graph).unwrap();
+    if let Some(parent) = &search.parent {
+        // The parent shrank with the child: the same edges, one op each.
+        parent.params.clone().check(&parent.graph).unwrap();
+        let parent_space = SearchSpace::of(&parent.graph).unwrap();
+        assert!(parent_space.edges.iter().all(|e| e.ops.len() == 1));
+        assert!(!onebit::nas::parent::has_binarization(&parent.graph));
+    }
 }
 
 /// 320 of the embedded digits, normalised.
@@ -397,7 +418,7 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn search_args<'a>(space: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+fn search_args<'a>(space: &'a str, out: &'a str, mode: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "search",
         space,
@@ -414,7 +435,7 @@ fn search_args<'a>(space: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a s
         "--seed",
         "2",
         "--mode",
-        "bnas",
+        mode,
         "--finetune-batches",
         "1",
         "--schedule",
@@ -433,6 +454,7 @@ fn the_chosen_model_reparses_trains_and_compiles() {
     let stderr = ok(onebit(&search_args(
         &space,
         out.to_str().unwrap(),
+        "bnas",
         &[
             "--log",
             log.to_str().unwrap(),
@@ -503,28 +525,58 @@ fn the_chosen_model_reparses_trains_and_compiles() {
 
 #[test]
 fn a_resumed_search_ends_where_the_uninterrupted_one_does() {
-    let dir = scratch("resume");
+    for mode in ["bnas", "cp-nas"] {
+        resumed_search_ends_where_the_uninterrupted_one_does(mode);
+    }
+}
+
+fn resumed_search_ends_where_the_uninterrupted_one_does(mode: &str) {
+    let dir = scratch(&format!("resume-{mode}"));
     let space = space_file("tiny_cell");
     let whole = dir.join("whole.bnn");
     let whole_log = dir.join("whole.jsonl");
-    ok(onebit(&search_args(
+    let whole_err = ok(onebit(&search_args(
         &space,
         whole.to_str().unwrap(),
+        mode,
         &["--log", whole_log.to_str().unwrap()],
     )));
+    assert!(whole_err.contains(&format!("mode {mode}")), "{whole_err}");
+    assert_eq!(
+        whole_err.contains("(parent "),
+        mode == "cp-nas",
+        "{whole_err}"
+    );
     let part = dir.join("part.bnn");
     let part_log = dir.join("part.jsonl");
     let ckpt = dir.join("part.ckpt");
     let stopped = ok(onebit(&search_args(
         &space,
         part.to_str().unwrap(),
+        mode,
         &["--checkpoint", ckpt.to_str().unwrap(), "--stop-after", "2"],
     )));
     assert!(stopped.contains("stopped after epoch 2"), "{stopped}");
     assert!(!part.exists());
+    if mode == "cp-nas" {
+        // The parent's state is in the checkpoint; another mode refuses it.
+        let other = dir.join("other.bnn");
+        let refused = onebit(&search_args(
+            &space,
+            other.to_str().unwrap(),
+            "bnas",
+            &["--resume", ckpt.to_str().unwrap()],
+        ));
+        assert_eq!(refused.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("resume it with --mode cp-nas"),
+            "{refused:?}"
+        );
+    }
     ok(onebit(&search_args(
         &space,
         part.to_str().unwrap(),
+        mode,
         &[
             "--checkpoint",
             ckpt.to_str().unwrap(),
@@ -555,11 +607,6 @@ fn unsupported_and_bad_options_are_clear_errors() {
     let space = space_file("tiny_pick");
     let out = dir.join("o.bnn");
     let o = out.to_str().unwrap();
-    let cp = onebit(&[
-        "search", &space, "--data", "digits", "-o", o, "--mode", "cp-nas",
-    ]);
-    assert_eq!(cp.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&cp.stderr).contains("cp-nas is not yet supported"));
     let log = onebit(&[
         "search", &space, "--data", "digits", "-o", o, "--log", "a.txt",
     ]);

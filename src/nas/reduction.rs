@@ -35,8 +35,11 @@ use std::collections::BTreeMap;
 
 use super::genotype::{restrict, softmax};
 use super::search::{Search, SearchError};
+use super::space::SearchSpace;
+use crate::ir::params::Params;
 use crate::train::data::{self, Batches, Dataset, derive_seed};
-use crate::train::trainer::{Trainer, TrainerConfig, evaluate_on_engine};
+use crate::train::kernel_loss::KernelTargets;
+use crate::train::trainer::{Trainer, evaluate_on_engine};
 use crate::util::rng::Rng;
 
 /// How the reduction runs.
@@ -94,73 +97,25 @@ pub fn reduce(
         })
         .collect();
     let mut accuracy: Vec<BTreeMap<usize, Vec<f32>>> = vec![BTreeMap::new(); space.edges.len()];
-    let arch_names = space.arch_params();
-    let trainer_config = TrainerConfig {
-        runner: config.runner,
-        optimizer: config.weight_optimizer.clone(),
-        smoothing: config.smoothing,
-        quantization_loss: 0.0,
-        projection_loss: 0.0,
-        distribution_loss: 0.0,
-        clip_latent: true,
-        threads: config.threads.max(1),
-    };
-    let draws = candidates.iter().map(Vec::len).max().unwrap_or(0);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    let mut sample = 0u64;
-    for _ in 0..config.reduction.rounds.max(1) {
-        let orders: Vec<Vec<usize>> = candidates
-            .iter()
-            .map(|c| {
-                let mut c = c.clone();
-                for i in (1..c.len()).rev() {
-                    c.swap(i, rng.below(i + 1));
-                }
-                c
-            })
-            .collect();
-        for d in 0..draws {
-            let mut keep = BTreeMap::new();
-            let mut taken = Vec::new();
-            for (e, order) in orders.iter().enumerate() {
-                let edge = &space.edges[e];
-                let op = if order.is_empty() {
-                    // One operation left, or none to sample: its best.
-                    let p = softmax(alpha(&search.params, &edge.choose));
-                    (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b })
-                } else {
-                    order[d % order.len()]
-                };
-                keep.insert(edge.choose.clone(), vec![op]);
-                taken.push(op);
-            }
-            let (g, p) = restrict(&search.graph, &search.params, &keep)?;
-            let mut trainer = Trainer::new(&g, p, &trainer_config)?;
-            let state = search.weight_optimizer.state();
-            let steps = search.weight_optimizer.param_steps();
-            trainer.optimizer_mut().load_state(
-                state,
-                &steps,
-                search.weight_optimizer.step_count(),
-            )?;
-            let batches = Batches::new(
-                weight_half.len(),
-                config.batch,
-                derive_seed(config.seed, epoch, 0xF17E + sample),
-                0,
-            );
-            sample += 1;
-            for indices in batches.iter().take(config.reduction.finetune_batches) {
-                data::fill(weight_half, indices, &mut x, &mut y);
-                trainer.step_subset(&x, &y, 1.0, None, &|n| !arch_names.contains(n))?;
-            }
-            let acc = 100.0
-                * evaluate_on_engine(&g, trainer.params(), arch_half, 256, config.threads)?
-                    .accuracy() as f32;
-            for (e, &op) in taken.iter().enumerate() {
-                if candidates[e].contains(&op) {
-                    accuracy[e].entry(op).or_default().push(acc);
-                }
+    let paths = sample_paths(
+        &space,
+        &search.params,
+        &candidates,
+        config.reduction.rounds,
+        &mut rng,
+    );
+    for (sample, taken) in paths.iter().enumerate() {
+        let net = SampledNet {
+            graph: &search.graph,
+            params: &search.params,
+            optimizer: &search.weight_optimizer,
+            kernel_targets: None,
+        };
+        let keep = path_choices(&space, taken);
+        let acc = finetuned_accuracy(search, net, &keep, weight_half, arch_half, sample as u64)?.0;
+        for (e, &op) in taken.iter().enumerate() {
+            if candidates[e].contains(&op) {
+                accuracy[e].entry(op).or_default().push(acc);
             }
         }
     }
@@ -217,7 +172,108 @@ pub fn reduce(
     Ok(dropped)
 }
 
-fn alpha<'a>(params: &'a crate::ir::params::Params, choose: &str) -> &'a [f32] {
+/// The single-path networks a reduction round samples, as the operation
+/// each edge takes: `rounds` times, every edge's `pool` is shuffled, and
+/// draw `d = 0, 1, …` up to the largest pool takes `pool[d mod |pool|]` on
+/// every edge (its best α where the pool is empty). So each pooled
+/// operation is drawn once per round, without replacement.
+pub(super) fn sample_paths(
+    space: &SearchSpace,
+    params: &Params,
+    pools: &[Vec<usize>],
+    rounds: usize,
+    rng: &mut Rng,
+) -> Vec<Vec<usize>> {
+    let draws = pools.iter().map(Vec::len).max().unwrap_or(0);
+    let mut paths = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let orders: Vec<Vec<usize>> = pools
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                for i in (1..c.len()).rev() {
+                    c.swap(i, rng.below(i + 1));
+                }
+                c
+            })
+            .collect();
+        for d in 0..draws {
+            let path = orders
+                .iter()
+                .zip(&space.edges)
+                .map(|(order, edge)| {
+                    if order.is_empty() {
+                        let p = softmax(alpha(params, &edge.choose));
+                        (0..p.len()).fold(0, |b, i| if p[i] > p[b] { i } else { b })
+                    } else {
+                        order[d % order.len()]
+                    }
+                })
+                .collect();
+            paths.push(path);
+        }
+    }
+    paths
+}
+
+/// The `restrict` choices of a sampled path.
+pub(super) fn path_choices(space: &SearchSpace, path: &[usize]) -> BTreeMap<String, Vec<usize>> {
+    space
+        .edges
+        .iter()
+        .zip(path)
+        .map(|(edge, &op)| (edge.choose.clone(), vec![op]))
+        .collect()
+}
+
+/// A supernet to sample single-path networks from: its graph and
+/// parameters, the optimizer state its fine-tuning continues, and the
+/// child-parent kernel loss it fine-tunes with, if any.
+pub(super) struct SampledNet<'a> {
+    pub graph: &'a crate::ir::graph::Graph,
+    pub params: &'a crate::ir::params::Params,
+    pub optimizer: &'a crate::train::optim::Optimizer,
+    pub kernel_targets: Option<KernelTargets>,
+}
+
+/// The single-path network `keep` selects from `net`, its weights (not α
+/// or β) fine-tuned on a copy for `finetune_batches` weight batches (the
+/// batch order seeded by the epoch and `sample`), and its accuracy on the
+/// architecture half in percent; also the fine-tuned parameters.
+pub(super) fn finetuned_accuracy(
+    search: &Search,
+    net: SampledNet<'_>,
+    keep: &BTreeMap<String, Vec<usize>>,
+    weight_half: &Dataset,
+    arch_half: &Dataset,
+    sample: u64,
+) -> Result<(f32, Params), SearchError> {
+    let config = search.config();
+    let arch_names = search.space()?.arch_params();
+    let (g, p) = restrict(net.graph, net.params, keep)?;
+    let mut trainer = Trainer::new(&g, p, &search.trainer_config())?;
+    trainer.optimizer_mut().load_state(
+        net.optimizer.state(),
+        &net.optimizer.param_steps(),
+        net.optimizer.step_count(),
+    )?;
+    trainer.set_kernel_targets(net.kernel_targets);
+    let batches = Batches::new(
+        weight_half.len(),
+        config.batch,
+        derive_seed(config.seed, search.epoch as u64, 0xF17E + sample),
+        0,
+    );
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for indices in batches.iter().take(config.reduction.finetune_batches) {
+        data::fill(weight_half, indices, &mut x, &mut y);
+        trainer.step_subset(&x, &y, 1.0, None, &|n| !arch_names.contains(n))?;
+    }
+    let accuracy = evaluate_on_engine(&g, trainer.params(), arch_half, 256, config.threads)?;
+    Ok((100.0 * accuracy.accuracy() as f32, trainer.params().clone()))
+}
+
+pub(super) fn alpha<'a>(params: &'a crate::ir::params::Params, choose: &str) -> &'a [f32] {
     params
         .get(&format!("{choose}.alpha"))
         .map_or(&[][..], |t| &t.data[..])

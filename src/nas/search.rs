@@ -23,7 +23,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::child_parent::{self, ChildParentConfig};
 use super::genotype::{Genotype, discretize, node_edges, restrict, softmax};
+use super::parent::{ParentError, full_precision};
 use super::reduction::{self, ReductionConfig};
 use super::space::{SearchSpace, SpaceError};
 use crate::ir::graph::Graph;
@@ -43,6 +45,22 @@ pub enum Mode {
     Darts,
     /// DARTS plus BNAS's operation-space reduction.
     Bnas,
+    /// DARTS plus CP-NAS's child-parent reduction: a full-precision parent
+    /// supernet trains beside the binarized one, the child's weights are
+    /// pulled towards the parent's kernels, and sampled architectures are
+    /// scored by the child's accuracy and its gap to the parent.
+    CpNas,
+}
+
+impl Mode {
+    /// The name `--mode` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Darts => "darts",
+            Mode::Bnas => "bnas",
+            Mode::CpNas => "cp-nas",
+        }
+    }
 }
 
 /// How to search.
@@ -71,8 +89,10 @@ pub struct SearchConfig {
     pub runner: StepRunner,
     /// Seed of the split, the batch order and the reduction's sampling.
     pub seed: u64,
-    /// The BNAS reduction.
+    /// The reduction's schedule and sampling (BNAS and CP-NAS).
     pub reduction: ReductionConfig,
+    /// CP-NAS's scoring and kernel loss.
+    pub child_parent: ChildParentConfig,
 }
 
 impl SearchConfig {
@@ -120,6 +140,9 @@ pub enum SearchError {
     /// supernet's edges and nodes.
     #[error("the full-width network does not have the supernet's search space: {0}")]
     FullWidth(String),
+    /// The supernet has no full-precision parent.
+    #[error("{0}")]
+    Parent(#[from] ParentError),
 }
 
 impl From<TrainError> for SearchError {
@@ -145,6 +168,8 @@ pub struct EpochRecord {
     pub arch_loss: Option<f32>,
     /// The supernet's accuracy on the architecture half.
     pub val_accuracy: f32,
+    /// CP-NAS: the parent supernet's accuracy on the architecture half.
+    pub parent_val_accuracy: Option<f32>,
     /// α of every edge and β of every node after the epoch, by `choose`, in
     /// the **original** supernet's indexing (dropped operations are absent:
     /// NaN).
@@ -156,6 +181,18 @@ pub struct EpochRecord {
     /// The edges' operations dropped by a reduction after this epoch, as
     /// `(edge, label)`.
     pub dropped: Vec<(String, String)>,
+}
+
+/// CP-NAS's full-precision parent supernet ([`super::parent`]): the
+/// current supernet with binarization off, its weights (trained on the same
+/// weight batches, with the child's α and β) and their optimizer.
+pub struct Parent {
+    /// The parent of the current supernet.
+    pub graph: Graph,
+    /// Its parameters (α and β copied from the child's).
+    pub params: Params,
+    /// Its weights' optimizer.
+    pub optimizer: Optimizer,
 }
 
 /// The state of a search: the current supernet (smaller after reductions),
@@ -175,8 +212,11 @@ pub struct Search {
     pub epoch: usize,
     /// Per edge `choose`, the original indices of the alternatives left.
     pub alive: BTreeMap<String, Vec<usize>>,
-    /// BNAS's running selection likelihood S per edge, by original index.
+    /// The reduction's scores per edge, by original index: BNAS's running
+    /// selection likelihood S, or CP-NAS's last evaluation `e`.
     pub scores: BTreeMap<String, Vec<f32>>,
+    /// CP-NAS's full-precision parent of the current supernet.
+    pub parent: Option<Parent>,
     /// One record per epoch done.
     pub history: Vec<EpochRecord>,
     /// For a partial-channel supernet (PC-DARTS), the same space lowered at
@@ -210,6 +250,19 @@ impl Search {
         let mut arch_optimizer = Optimizer::new(config.arch_optimizer.clone())?;
         arch_optimizer.threads = config.threads.max(1);
         arch_optimizer.clip_latent = false;
+        let parent = match config.mode {
+            Mode::CpNas => {
+                let (graph, params) = full_precision(model, &params)?;
+                let mut optimizer = Optimizer::new(config.weight_optimizer.clone())?;
+                optimizer.threads = config.threads.max(1);
+                Some(Parent {
+                    graph,
+                    params,
+                    optimizer,
+                })
+            }
+            Mode::Darts | Mode::Bnas => None,
+        };
         Ok(Search {
             original: model.clone(),
             graph: model.clone(),
@@ -219,6 +272,7 @@ impl Search {
             epoch: 0,
             alive,
             scores,
+            parent,
             history: Vec::new(),
             full_width: None,
             node_names: space.node_names(),
@@ -325,8 +379,10 @@ impl Search {
         Ok((w, a))
     }
 
-    fn trainer(&self) -> Result<Trainer, SearchError> {
-        let config = TrainerConfig {
+    /// How the weight steps train (of the supernet, its parent and the
+    /// networks a reduction samples).
+    pub(super) fn trainer_config(&self) -> TrainerConfig {
+        TrainerConfig {
             runner: self.config.runner,
             optimizer: self.config.weight_optimizer.clone(),
             smoothing: self.config.smoothing,
@@ -335,8 +391,7 @@ impl Search {
             distribution_loss: 0.0,
             clip_latent: true,
             threads: self.config.threads.max(1),
-        };
-        Ok(Trainer::new(&self.graph, self.params.clone(), &config)?)
+        }
     }
 
     /// Runs one epoch on the two halves (and, in BNAS mode, the reduction
@@ -354,8 +409,18 @@ impl Search {
         let epoch = self.epoch;
         let arch_names = self.space()?.arch_params();
         let is_arch = |name: &str| arch_names.contains(name);
-        let mut trainer = self.trainer()?;
+        let trainer_config = self.trainer_config();
+        let mut trainer = Trainer::new(&self.graph, self.params.clone(), &trainer_config)?;
         std::mem::swap(trainer.optimizer_mut(), &mut self.weight_optimizer);
+        let mut parent_trainer = match &mut self.parent {
+            Some(parent) => {
+                let mut t = Trainer::new(&parent.graph, parent.params.clone(), &trainer_config)?;
+                std::mem::swap(t.optimizer_mut(), &mut parent.optimizer);
+                Some(t)
+            }
+            None => None,
+        };
+        let kernel_loss = self.config.child_parent.kernel_loss;
         let lr_scale = self.config.schedule.factor(epoch);
         let train_arch = epoch >= self.config.warmup_epochs();
         let seed = self.config.seed;
@@ -372,6 +437,23 @@ impl Search {
         let result = (|| -> Result<(), SearchError> {
             for (b, indices) in weight_batches.iter().enumerate() {
                 data::fill(weight_half, indices, &mut x, &mut y);
+                if let Some(parent) = &mut parent_trainer {
+                    // The parent trains on the same batch with the child's
+                    // α and β, and the child is pulled towards its kernels.
+                    for name in &arch_names {
+                        if let (Some(from), Some(to)) = (
+                            trainer.params().get(name),
+                            parent.params_mut().tensors.get_mut(name),
+                        ) {
+                            to.data.clone_from(&from.data);
+                        }
+                    }
+                    parent.step_subset(&x, &y, lr_scale, None, &|n| !is_arch(n))?;
+                    trainer.set_kernel_targets(child_parent::kernel_targets(
+                        parent.params(),
+                        kernel_loss,
+                    ));
+                }
                 let m = trainer.step_subset(&x, &y, lr_scale, None, &|n| !is_arch(n))?;
                 wsum += f64::from(m.loss);
                 wn += 1;
@@ -394,8 +476,32 @@ impl Search {
         })();
         std::mem::swap(trainer.optimizer_mut(), &mut self.weight_optimizer);
         self.params = trainer.params().clone();
+        if let (Some(parent), Some(mut t)) = (&mut self.parent, parent_trainer) {
+            std::mem::swap(t.optimizer_mut(), &mut parent.optimizer);
+            parent.params = t.params().clone();
+            for name in &arch_names {
+                if let (Some(from), Some(to)) =
+                    (self.params.get(name), parent.params.tensors.get_mut(name))
+                {
+                    to.data.clone_from(&from.data);
+                }
+            }
+        }
         result?;
         drop(trainer);
+        let parent_val = match &self.parent {
+            Some(parent) => Some(
+                evaluate_on_engine(
+                    &parent.graph,
+                    &parent.params,
+                    arch_half,
+                    256,
+                    self.config.threads,
+                )?
+                .accuracy() as f32,
+            ),
+            None => None,
+        };
         let val = evaluate_on_engine(
             &self.graph,
             &self.params,
@@ -406,13 +512,17 @@ impl Search {
         self.epoch += 1;
         let mut dropped = Vec::new();
         if self.reduction_due() {
-            dropped = reduction::reduce(self, weight_half, arch_half)?;
+            dropped = match self.config.mode {
+                Mode::CpNas => child_parent::reduce(self, weight_half, arch_half)?,
+                Mode::Darts | Mode::Bnas => reduction::reduce(self, weight_half, arch_half)?,
+            };
         }
         let record = EpochRecord {
             epoch: self.epoch,
             weight_loss: (wsum / wn.max(1) as f64) as f32,
             arch_loss: (an > 0).then(|| (asum / an as f64) as f32),
             val_accuracy: val.accuracy() as f32,
+            parent_val_accuracy: parent_val,
             alphas: self.alphas_in_original_indexing()?,
             ops_left: self.space()?.edges.iter().map(|e| e.ops.len()).collect(),
             genotype: self.genotype_lines()?,
@@ -426,7 +536,7 @@ impl Search {
     fn reduction_due(&self) -> bool {
         let warm = self.config.warmup_epochs();
         let every = self.config.reduction.every.max(1);
-        self.config.mode == Mode::Bnas
+        self.config.mode != Mode::Darts
             && self.epoch > warm
             && (self.epoch - warm).is_multiple_of(every)
             && self.alive.values().any(|a| a.len() > 1)
@@ -472,6 +582,9 @@ impl Search {
             }
         }
         let (g, p) = restrict(&self.graph, &self.params, &keep)?;
+        if let Some(parent) = &mut self.parent {
+            (parent.graph, parent.params) = restrict(&parent.graph, &parent.params, &keep)?;
+        }
         // α's Adam moments shrink with α.
         let mut state = self.arch_optimizer.state();
         for (name, _, data) in &mut state {
@@ -511,8 +624,10 @@ impl Search {
 
     /// The search's state as a checkpoint: the parameters of the current
     /// supernet, the weight optimizer's state as `optim/…`, the
-    /// architecture optimizer's as `optim/arch:…`, and in `extra` the
-    /// alternatives left, the scores and the history (JSON).
+    /// architecture optimizer's as `optim/arch:…`, a CP-NAS parent's
+    /// parameters as `parent:…` and its optimizer's state as
+    /// `optim/parent:…`, and in `extra` the alternatives left, the scores
+    /// and the history (JSON).
     pub fn checkpoint(&self) -> Checkpoint {
         let mut optim = self.weight_optimizer.state();
         optim.extend(
@@ -528,7 +643,33 @@ impl Search {
                 .into_iter()
                 .map(|(n, s)| (format!("arch:{n}"), s)),
         );
+        let mut params = self.params.clone();
         let mut extra = BTreeMap::new();
+        if let Some(parent) = &self.parent {
+            for (name, t) in &parent.params.tensors {
+                params
+                    .tensors
+                    .insert(format!("{PARENT_PREFIX}{name}"), t.clone());
+            }
+            optim.extend(
+                parent
+                    .optimizer
+                    .state()
+                    .into_iter()
+                    .map(|(n, s, d)| (format!("{PARENT_PREFIX}{n}"), s, d)),
+            );
+            optim_steps.extend(
+                parent
+                    .optimizer
+                    .param_steps()
+                    .into_iter()
+                    .map(|(n, s)| (format!("{PARENT_PREFIX}{n}"), s)),
+            );
+            extra.insert(
+                "nas.parent_steps".into(),
+                parent.optimizer.step_count().to_string(),
+            );
+        }
         extra.insert("nas.alive".into(), json_string(&self.alive));
         extra.insert(
             "nas.scores".into(),
@@ -543,7 +684,7 @@ impl Search {
             self.arch_optimizer.step_count().to_string(),
         );
         Checkpoint {
-            params: self.params.clone(),
+            params,
             optim,
             optim_steps,
             epoch: self.epoch,
@@ -590,22 +731,55 @@ impl Search {
         let init = Params::init(&self.original, 0);
         let (graph, _) = restrict(&self.original, &init, &alive)?;
         let mut params = c.params.clone();
+        let mut parent_params = Params::default();
+        parent_params.tensors = params
+            .tensors
+            .extract_if(.., |name, _| name.starts_with(PARENT_PREFIX))
+            .map(|(name, t)| (name[PARENT_PREFIX.len()..].to_string(), t))
+            .collect();
         params
             .check(&graph)
             .map_err(|e| SearchError::Checkpoint(e.to_string()))?;
-        let (mut w, mut a) = (Vec::new(), Vec::new());
+        let (mut w, mut a, mut p) = (Vec::new(), Vec::new(), Vec::new());
         for (n, s, d) in c.optim.iter().cloned() {
-            match n.strip_prefix("arch:") {
-                Some(rest) => a.push((rest.to_string(), s, d)),
-                None => w.push((n, s, d)),
+            if let Some(rest) = n.strip_prefix("arch:") {
+                a.push((rest.to_string(), s, d));
+            } else if let Some(rest) = n.strip_prefix(PARENT_PREFIX) {
+                p.push((rest.to_string(), s, d));
+            } else {
+                w.push((n, s, d));
             }
         }
-        let (mut ws, mut as_) = (Vec::new(), Vec::new());
+        let (mut ws, mut as_, mut ps) = (Vec::new(), Vec::new(), Vec::new());
         for (n, s) in c.optim_steps.iter().cloned() {
-            match n.strip_prefix("arch:") {
-                Some(rest) => as_.push((rest.to_string(), s)),
-                None => ws.push((n, s)),
+            if let Some(rest) = n.strip_prefix("arch:") {
+                as_.push((rest.to_string(), s));
+            } else if let Some(rest) = n.strip_prefix(PARENT_PREFIX) {
+                ps.push((rest.to_string(), s));
+            } else {
+                ws.push((n, s));
             }
+        }
+        if let Some(parent) = &mut self.parent {
+            let steps: u64 = c
+                .extra
+                .get("nas.parent_steps")
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| {
+                    bad("no readable `nas.parent_steps` (was it written by a cp-nas search?)")
+                })?;
+            let (full, full_init) = full_precision(&self.original, &init)?;
+            let (parent_graph, _) = restrict(&full, &full_init, &alive)?;
+            parent_params
+                .check(&parent_graph)
+                .map_err(|e| SearchError::Checkpoint(format!("the parent's parameters: {e}")))?;
+            parent.optimizer.load_state(p, &ps, steps)?;
+            parent.graph = parent_graph;
+            parent.params = parent_params;
+        } else if !parent_params.tensors.is_empty() {
+            return Err(bad(
+                "it holds a CP-NAS parent; resume it with --mode cp-nas",
+            ));
         }
         self.weight_optimizer.load_state(w, &ws, c.step)?;
         self.arch_optimizer.load_state(a, &as_, arch_steps)?;
@@ -622,6 +796,10 @@ impl Search {
         Ok(())
     }
 }
+
+/// The prefix of a CP-NAS parent's parameters and optimizer state in a
+/// checkpoint.
+const PARENT_PREFIX: &str = "parent:";
 
 fn json_string(alive: &BTreeMap<String, Vec<usize>>) -> String {
     serde_json::to_string(alive).unwrap_or_default()
@@ -651,6 +829,7 @@ pub fn record_json(r: &EpochRecord) -> serde_json::Value {
         "weight_loss": r.weight_loss,
         "arch_loss": r.arch_loss,
         "val_accuracy": r.val_accuracy,
+        "parent_val_accuracy": r.parent_val_accuracy,
         "ops_left": r.ops_left,
         "genotype": r.genotype,
         "dropped": r.dropped,
@@ -678,6 +857,7 @@ fn record_from_json(v: &serde_json::Value) -> Option<EpochRecord> {
         weight_loss: f("weight_loss")?,
         arch_loss: f("arch_loss"),
         val_accuracy: f("val_accuracy")?,
+        parent_val_accuracy: f("parent_val_accuracy"),
         alphas,
         ops_left: serde_json::from_value(v.get("ops_left")?.clone()).ok()?,
         genotype: serde_json::from_value(v.get("genotype")?.clone()).ok()?,

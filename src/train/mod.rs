@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod engine;
+pub mod kernel_loss;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;

@@ -43,6 +43,7 @@ use std::collections::HashMap;
 
 use super::data::Dataset;
 use super::engine::{EngineError, EngineOptions, StepEngine};
+use super::kernel_loss::{KernelTargets, add_kernel_loss};
 use super::optim::{OptimError, Optimizer, OptimizerConfig, ParamKind, ParamSlot};
 use crate::ir::interp::{self, InterpError};
 use crate::ir::params::graph_params;
@@ -183,6 +184,8 @@ pub struct Trainer {
     /// The step's inputs and outputs, kept so their buffers are reused.
     inputs: Vec<Tensor>,
     outputs: Vec<Tensor>,
+    /// CP-NAS's child-parent kernel loss, when set.
+    kernel_targets: Option<KernelTargets>,
 }
 
 impl Trainer {
@@ -253,6 +256,7 @@ impl Trainer {
             steps: 0,
             inputs: Vec::new(),
             outputs: Vec::new(),
+            kernel_targets: None,
         })
     }
 
@@ -307,9 +311,13 @@ impl Trainer {
             Some(engine) => engine.run_into(&self.params, &self.inputs, &mut self.outputs)?,
             None => self.outputs = interp::run(g, &self.params, &self.inputs)?,
         }
-        let outputs = &self.outputs;
         self.steps += 1;
-        let loss = outputs[0].data[0];
+        let mut loss = self.outputs[0].data[0];
+        if let Some(targets) = self.kernel_targets.take() {
+            loss += self.kernel_loss_into_gradients(&targets, update);
+            self.kernel_targets = Some(targets);
+        }
+        let outputs = &self.outputs;
         if !loss.is_finite() {
             return Err(TrainError::Diverged(loss, self.steps));
         }
@@ -375,9 +383,45 @@ impl Trainer {
         })
     }
 
+    /// Adds CP-NAS's child-parent kernel loss ([`super::kernel_loss`]) to
+    /// every later step: each latent binary weight that `targets` has a
+    /// kernel of the same size for is pulled towards it. `None` removes it.
+    pub fn set_kernel_targets(&mut self, targets: Option<KernelTargets>) {
+        self.kernel_targets = targets;
+    }
+
+    /// The kernel loss of the step just run, added to the gradients of the
+    /// latent binary weights `update` accepts.
+    fn kernel_loss_into_gradients(
+        &mut self,
+        targets: &KernelTargets,
+        update: &dyn Fn(&str) -> bool,
+    ) -> f32 {
+        let mut loss = 0.0;
+        let gradients = &mut self.outputs[self.first_gradient..][..self.train.gradients.len()];
+        for ((name, _), grad) in self.train.gradients.iter().zip(gradients) {
+            let binary = self.kinds.get(name.as_str()) == Some(&ParamKind::LatentBinary);
+            let (Some(latent), Some(target)) = (self.params.get(name), targets.kernels.get(name))
+            else {
+                continue;
+            };
+            if binary && update(name) && target.len() == latent.data.len() {
+                let rows = latent.shape.first().copied().unwrap_or(1);
+                loss += add_kernel_loss(&latent.data, target, rows, targets.weight, &mut grad.data);
+            }
+        }
+        loss
+    }
+
     /// The current parameters: inference weights, running statistics included.
     pub fn params(&self) -> &Params {
         &self.params
+    }
+
+    /// The parameters, to change some between steps (checked by the next
+    /// step).
+    pub fn params_mut(&mut self) -> &mut Params {
+        &mut self.params
     }
 
     /// Replaces the parameters (a resumed run), checked by the next step.

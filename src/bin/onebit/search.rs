@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use onebit::ir::Params;
+use onebit::nas::child_parent::ChildParentConfig;
 use onebit::nas::genotype::{Genotype, discretize};
 use onebit::nas::plot::plot_alphas;
 use onebit::nas::reduction::ReductionConfig;
@@ -30,7 +31,8 @@ pub enum ModeArg {
     Darts,
     /// DARTS with BNAS's operation-space reduction.
     Bnas,
-    /// CP-NAS's child-parent search (not yet supported).
+    /// DARTS with CP-NAS's child-parent reduction: a full-precision parent
+    /// beside the binarized supernet.
     CpNas,
     /// No search: a uniformly random architecture of the space (seeded by
     /// --seed), the baseline a search must beat.
@@ -92,9 +94,17 @@ pub struct SearchArgs {
     /// BNAS: sampling rounds (T) per reduction.
     #[arg(long, default_value_t = 1, value_parser = super::args::positive)]
     pub rounds: usize,
-    /// BNAS: weight batches of fine-tuning per sampled network.
+    /// BNAS and CP-NAS: weight batches of fine-tuning per sampled network.
     #[arg(long, default_value_t = 4)]
     pub finetune_batches: usize,
+    /// CP-NAS: β_P of the indicator z = A_C + β_P·(A_P − A_C); negative
+    /// penalises the child's shortfall against its full-precision parent.
+    #[arg(long, default_value_t = -1.0, allow_hyphen_values = true)]
+    pub gap_weight: f32,
+    /// CP-NAS: λ of the child-parent kernel loss pulling the binarized
+    /// kernels towards the parent's (0: none).
+    #[arg(long, default_value_t = 1e-3)]
+    pub kernel_loss: f32,
     /// PC-DARTS's partial channels: the ratio K of every cell declared
     /// `partial(x, c, K)`, in place of the K it declares (1: search at full
     /// width). The chosen architecture is always derived at full width.
@@ -140,12 +150,7 @@ pub fn search(args: SearchArgs) -> Result<(), Failure> {
     let mode = match args.mode {
         ModeArg::Darts => Mode::Darts,
         ModeArg::Bnas => Mode::Bnas,
-        ModeArg::CpNas => {
-            return Err(Failure(
-                "error: --mode cp-nas is not yet supported (the full-precision parent and the child-parent loss are not built); use darts or bnas"
-                    .into(),
-            ));
-        }
+        ModeArg::CpNas => Mode::CpNas,
         ModeArg::Random => Mode::Darts,
     };
     let checkpoint_path = args
@@ -264,6 +269,10 @@ pub fn search(args: SearchArgs) -> Result<(), Failure> {
             rounds: args.rounds,
             finetune_batches: args.finetune_batches,
         },
+        child_parent: ChildParentConfig {
+            gap_weight: args.gap_weight,
+            kernel_loss: args.kernel_loss,
+        },
     };
     let mut search = Search::new(&model, params, config).map_err(|e| fail(&e))?;
     if partial {
@@ -295,10 +304,7 @@ pub fn search(args: SearchArgs) -> Result<(), Failure> {
         arch_half.len(),
         args.epochs,
         search.config().warmup_epochs(),
-        match mode {
-            Mode::Darts => "darts",
-            Mode::Bnas => "bnas",
-        }
+        mode.name()
     );
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -388,13 +394,15 @@ fn report_epoch(r: &EpochRecord, epochs: usize, seconds: f32) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
-        "epoch {}/{}  weight loss {:.4}  arch loss {}  val accuracy {:.2}%  ops left per edge {}  {:.1} s",
+        "epoch {}/{}  weight loss {:.4}  arch loss {}  val accuracy {:.2}%{}  ops left per edge {}  {:.1} s",
         r.epoch,
         epochs,
         r.weight_loss,
         r.arch_loss
             .map_or_else(|| "-".to_string(), |l| format!("{l:.4}")),
         100.0 * r.val_accuracy,
+        r.parent_val_accuracy
+            .map_or_else(String::new, |a| format!(" (parent {:.2}%)", 100.0 * a)),
         left.join(" "),
         seconds
     );
