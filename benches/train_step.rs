@@ -235,7 +235,7 @@ fn bench_supernet(rounds: usize) {
     let (chosen, _) = discretize(&full, &Params::init(&full, 1), &Genotype::random(&space, 1))
         .expect("discretises");
     let batch = 64;
-    let setups: Vec<_> = [&narrow, &full, &chosen]
+    let mut setups: Vec<_> = [&narrow, &full, &chosen]
         .into_iter()
         .map(|model| {
             let train = differentiate(model, &LossSpec::default()).expect("differentiates");
@@ -245,7 +245,6 @@ fn bench_supernet(rounds: usize) {
             (engine, params, x, macs_per_sample(model))
         })
         .collect();
-    let mut setups = setups;
     let t = {
         let mut cases: Vec<_> = setups
             .iter_mut()

@@ -28,14 +28,28 @@ pub(super) struct Split {
     call: Span,
 }
 
-fn clause_ident(op: &str, clause: Span) -> Ident {
-    Ident {
-        name: op.to_string(),
-        span: clause,
-    }
-}
-
 impl<'a> Lowerer<'a> {
+    /// A node the `partial` clause at `clause` adds (errors point at the
+    /// clause, as if it had been written `op(...)` there).
+    fn clause_node(
+        &mut self,
+        name: String,
+        op: Op,
+        word: &str,
+        operands: &[NodeId],
+        clause: Span,
+    ) -> Result<NodeId, Diagnostic> {
+        let callee = Ident {
+            name: word.to_string(),
+            span: clause,
+        };
+        let operands: Vec<(NodeId, Span)> = operands.iter().map(|&id| (id, clause)).collect();
+        match self.add_node(&name, None, op, &operands, &callee)? {
+            Value::Tensor(id) => Ok(id),
+            _ => unreachable!("add_node makes a tensor"),
+        }
+    }
+
     /// Applies `cell`'s `partial` clause to an instance's arguments `params`:
     /// the tensor parameter becomes its first `C/K` channels and the channel
     /// count `C/K`. `None` when the cell has no clause or its ratio is 1.
@@ -80,29 +94,35 @@ impl<'a> Lowerer<'a> {
         if ratio == 1 {
             return Ok(None);
         }
-        let Value::Tensor(x) = params[xi].1 else {
-            return Err(Diagnostic::at(
-                p.input.span,
+        let wrong_kind = |param: &Ident, i: usize, role: &str, expected: &str| {
+            Diagnostic::at(
+                param.span,
                 format!(
-                    "`partial` splits the channels of `{}`, which is {} in this instance",
-                    p.input.name,
-                    params[xi].1.describe(&self.graph)
+                    "`partial` {role} `{}`, which is {} in this instance",
+                    param.name,
+                    params[i].1.describe(&self.graph)
                 ),
-                "expected a tensor parameter",
+                expected,
             )
-            .with_secondary(call, "in this instance"));
+            .with_secondary(call, "in this instance")
+        };
+        let Value::Tensor(x) = params[xi].1 else {
+            let role = "splits the channels of";
+            return Err(wrong_kind(
+                &p.input,
+                xi,
+                role,
+                "expected a tensor parameter",
+            ));
         };
         let Value::Int(c) = params[ci].1 else {
-            return Err(Diagnostic::at(
-                p.channels.span,
-                format!(
-                    "`partial` divides the channel count `{}`, which is {} in this instance",
-                    p.channels.name,
-                    params[ci].1.describe(&self.graph)
-                ),
+            let role = "divides the channel count";
+            return Err(wrong_kind(
+                &p.channels,
+                ci,
+                role,
                 "expected an integer parameter",
-            )
-            .with_secondary(call, "in this instance"));
+            ));
         };
         let ty = self.graph.node(x).ty.clone();
         let channels = ty.dims().first().copied().unwrap_or(0);
@@ -120,28 +140,20 @@ impl<'a> Lowerer<'a> {
         }
         let narrow = channels / ratio;
         let slice = |start, count| Op::SliceChannels(SliceChannels { start, count });
-        let callee = clause_ident("slice_channels", p.span);
-        let operand = [(x, p.span)];
-        let Value::Tensor(through) = self.add_node(
-            &format!("{name}.partial_in"),
-            None,
+        let through = self.clause_node(
+            format!("{name}.partial_in"),
             slice(0, narrow),
-            &operand,
-            &callee,
-        )?
-        else {
-            unreachable!("add_node makes a tensor")
-        };
-        let Value::Tensor(bypass) = self.add_node(
-            &format!("{name}.partial_bypass"),
-            None,
+            "slice_channels",
+            &[x],
+            p.span,
+        )?;
+        let bypass = self.clause_node(
+            format!("{name}.partial_bypass"),
             slice(narrow, channels - narrow),
-            &operand,
-            &callee,
-        )?
-        else {
-            unreachable!("add_node makes a tensor")
-        };
+            "slice_channels",
+            &[x],
+            p.span,
+        )?;
         params[xi].1 = Value::Tensor(through);
         params[ci].1 = Value::Int(narrow as i64);
         Ok(Some(Split {
@@ -203,39 +215,31 @@ impl<'a> Lowerer<'a> {
                 stride: [2, 2],
                 pad: [0, 0],
             });
-            let callee = clause_ident("maxpool", split.clause);
-            let Value::Tensor(b) = self.add_node(
-                &format!("{name}.partial_pool"),
-                None,
+            bypass = self.clause_node(
+                format!("{name}.partial_pool"),
                 pool,
-                &[(bypass, split.clause)],
-                &callee,
-            )?
-            else {
-                unreachable!("add_node makes a tensor")
-            };
-            bypass = b;
+                "maxpool",
+                &[bypass],
+                split.clause,
+            )?;
         }
-        let callee = clause_ident("concat", split.clause);
-        let Value::Tensor(joined) = self.add_node(
-            &format!("{name}.partial_concat"),
-            None,
+        let joined = self.clause_node(
+            format!("{name}.partial_concat"),
             Op::Concat,
-            &[(y, split.clause), (bypass, split.clause)],
-            &callee,
-        )?
-        else {
-            unreachable!("add_node makes a tensor")
-        };
-        let callee = clause_ident("shuffle_channels", split.clause);
-        self.add_node(
-            &format!("{name}.partial"),
-            None,
-            Op::ShuffleChannels(ShuffleChannels {
-                groups: split.ratio,
-            }),
-            &[(joined, split.clause)],
-            &callee,
-        )
+            "concat",
+            &[y, bypass],
+            split.clause,
+        )?;
+        let shuffle = Op::ShuffleChannels(ShuffleChannels {
+            groups: split.ratio,
+        });
+        let shuffled = self.clause_node(
+            format!("{name}.partial"),
+            shuffle,
+            "shuffle_channels",
+            &[joined],
+            split.clause,
+        )?;
+        Ok(Value::Tensor(shuffled))
     }
 }
