@@ -579,8 +579,7 @@ pub fn pad(
 /// `slice_channels` and `shuffle_channels`: output channel `j` of each
 /// position is channel `map[j]` of the source (`Op::channel_sources`). The map
 /// is known at compile time, so it is emitted as its runs of consecutive
-/// source channels (one run for a slice; one channel each for a shuffle),
-/// each a loop of loads and stores (f32) or bit moves (bits).
+/// source channels (one run for a slice; one channel each for a shuffle).
 pub fn gather_channels(
     fx: &mut Fx,
     src_t: &Tensor,
@@ -589,96 +588,100 @@ pub fn gather_channels(
     dst_t: &Tensor,
     dst_off: usize,
 ) -> Result<usize, CodegenError> {
-    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    let mut runs: Vec<ChannelRun> = Vec::new();
     for (j, &from) in map.iter().enumerate() {
         match runs.last_mut() {
-            Some((d, s, n)) if *d + *n == j && *s + *n == from => *n += 1,
-            _ => runs.push((j, from, 1)),
+            Some(r) if r.to + r.n == j && r.from + r.n == from => r.n += 1,
+            _ => runs.push(ChannelRun {
+                src: 0,
+                from,
+                to: j,
+                n: 1,
+            }),
         }
     }
-    let src = fx.arena_at(src_off);
-    let dst = fx.arena_at(dst_off);
-    let bits = dst_t.dtype == DType::Bit;
-    let (src_row, dst_row) = if bits {
-        (8 * src_t.cw(), 8 * dst_t.cw())
-    } else {
-        (4 * src_t.c, 4 * dst_t.c)
-    };
-    fx.for_units(|fx, q| {
-        let a = fx.mul_imm(q, src_row as i64);
-        let a = fx.b.ins().iadd(src, a);
-        let o = fx.mul_imm(q, dst_row as i64);
-        let o = fx.b.ins().iadd(dst, o);
-        if bits {
-            fx.zero_bytes(o, dst_row);
-        }
-        for &(to, from, n) in &runs {
-            fx.for_n(n, |fx, i| {
-                if bits {
-                    let ch = fx.add_imm(i, from as i64);
-                    let bit = bit_at(fx, a, ch);
-                    let idx = fx.add_imm(i, to as i64);
-                    or_bit(fx, o, idx, bit);
-                } else {
-                    let i4 = fx.mul_imm(i, 4);
-                    let ai = fx.b.ins().iadd(a, i4);
-                    let v = fx.load(types::F32, ai, (4 * from) as i64);
-                    let oi = fx.b.ins().iadd(o, i4);
-                    fx.store(v, oi, (4 * to) as i64);
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
-    })?;
-    Ok(dst_t.pos)
+    copy_channel_runs(fx, &[(src_t.clone(), src_off)], &runs, dst_t, dst_off)
 }
 
-/// Channel concatenation, per position.
+/// Channel concatenation, per position: one run per operand.
 pub fn concat(
     fx: &mut Fx,
     srcs: &[(Tensor, usize)],
     dst_t: &Tensor,
     dst_off: usize,
 ) -> Result<usize, CodegenError> {
+    let mut to = 0;
+    let runs: Vec<ChannelRun> = srcs
+        .iter()
+        .enumerate()
+        .map(|(src, (t, _))| {
+            let run = ChannelRun {
+                src,
+                from: 0,
+                to,
+                n: t.c,
+            };
+            to += t.c;
+            run
+        })
+        .collect();
+    copy_channel_runs(fx, srcs, &runs, dst_t, dst_off)
+}
+
+/// `n` consecutive channels of source `src`, from channel `from`, to the
+/// destination's channels from `to`.
+struct ChannelRun {
+    src: usize,
+    from: usize,
+    to: usize,
+    n: usize,
+}
+
+/// The channel copies of `concat`, `slice_channels` and `shuffle_channels`:
+/// at every position, each run is a loop of loads and stores (f32) or of bit
+/// moves into the zeroed packed words (bits).
+fn copy_channel_runs(
+    fx: &mut Fx,
+    srcs: &[(Tensor, usize)],
+    runs: &[ChannelRun],
+    dst_t: &Tensor,
+    dst_off: usize,
+) -> Result<usize, CodegenError> {
+    let bits = dst_t.dtype == DType::Bit;
+    let row_bytes = |t: &Tensor| if bits { 8 * t.cw() } else { 4 * t.c };
     let dst = fx.arena_at(dst_off);
     let bases: Vec<Value> = srcs.iter().map(|(_, o)| fx.arena_at(*o)).collect();
-    let ctot = dst_t.c;
-    let bits = dst_t.dtype == DType::Bit;
     fx.for_units(|fx, q| {
-        let o = if bits {
-            let o = fx.mul_imm(q, (8 * dst_t.cw()) as i64);
-            let o = fx.b.ins().iadd(dst, o);
-            fx.zero_bytes(o, 8 * dst_t.cw());
-            o
-        } else {
-            let o = fx.mul_imm(q, (4 * ctot) as i64);
-            fx.b.ins().iadd(dst, o)
-        };
-        let mut off = 0usize;
-        for ((t, _), &base) in srcs.iter().zip(&bases) {
-            let a = if bits {
-                let a = fx.mul_imm(q, (8 * t.cw()) as i64);
+        let o = fx.mul_imm(q, row_bytes(dst_t) as i64);
+        let o = fx.b.ins().iadd(dst, o);
+        if bits {
+            fx.zero_bytes(o, row_bytes(dst_t));
+        }
+        let rows: Vec<Value> = srcs
+            .iter()
+            .zip(&bases)
+            .map(|((t, _), &base)| {
+                let a = fx.mul_imm(q, row_bytes(t) as i64);
                 fx.b.ins().iadd(base, a)
-            } else {
-                let a = fx.mul_imm(q, (4 * t.c) as i64);
-                fx.b.ins().iadd(base, a)
-            };
-            fx.for_n(t.c, |fx, ch| {
+            })
+            .collect();
+        for run in runs {
+            let a = rows[run.src];
+            fx.for_n(run.n, |fx, i| {
                 if bits {
+                    let ch = fx.add_imm(i, run.from as i64);
                     let bit = bit_at(fx, a, ch);
-                    let idx = fx.add_imm(ch, off as i64);
+                    let idx = fx.add_imm(i, run.to as i64);
                     or_bit(fx, o, idx, bit);
                 } else {
-                    let i = fx.mul_imm(ch, 4);
-                    let ai = fx.b.ins().iadd(a, i);
-                    let v = fx.load(types::F32, ai, 0);
-                    let oi = fx.b.ins().iadd(o, i);
-                    fx.store(v, oi, (4 * off) as i64);
+                    let i4 = fx.mul_imm(i, 4);
+                    let ai = fx.b.ins().iadd(a, i4);
+                    let v = fx.load(types::F32, ai, (4 * run.from) as i64);
+                    let oi = fx.b.ins().iadd(o, i4);
+                    fx.store(v, oi, (4 * run.to) as i64);
                 }
                 Ok(())
             })?;
-            off += t.c;
         }
         Ok(())
     })?;
