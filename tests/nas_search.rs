@@ -699,3 +699,48 @@ fn select_cells_explicit_choices_keep_sum_or_refuse() {
         assert!(message.contains("`n.0.choose`"), "{bad:?}: {message}");
     }
 }
+
+#[test]
+fn a_search_fraction_searches_on_a_stratified_subset() {
+    let dir = scratch("fraction");
+    let space = space_file("tiny_cell");
+    let out = dir.join("o.bnn");
+    let o = out.to_str().unwrap();
+    let bad = onebit(&[
+        "search",
+        &space,
+        "--data",
+        "digits",
+        "-o",
+        o,
+        "--search-fraction",
+        "0",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected a fraction in (0, 1], found `0`"),
+        "{bad:?}"
+    );
+    let samples = |stderr: &str| -> usize {
+        let line = stderr.lines().find(|l| l.starts_with("searching")).unwrap();
+        let (_, tail) = line.split_once(": ").unwrap();
+        let words: Vec<&str> = tail.split_whitespace().collect();
+        words[0].parse::<usize>().unwrap() + words[3].parse::<usize>().unwrap()
+    };
+    let all = ok(onebit(&search_args(
+        &space,
+        o,
+        "darts",
+        &["--stop-after", "1"],
+    )));
+    let half = ok(onebit(&search_args(
+        &space,
+        o,
+        "darts",
+        &["--stop-after", "1", "--search-fraction", "0.25"],
+    )));
+    assert!(half.contains("digits/train (25%)"), "{half}");
+    let (n, m) = (samples(&all), samples(&half));
+    // Stratified: a quarter of every class, rounded per class.
+    assert!(m.abs_diff(n / 4) <= 10, "{m} of {n}");
+}

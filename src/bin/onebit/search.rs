@@ -110,6 +110,10 @@ pub struct SearchArgs {
     /// width). The chosen architecture is always derived at full width.
     #[arg(long, value_parser = super::args::positive)]
     pub partial_channels: Option<usize>,
+    /// The fraction of the training data the search uses (a stratified
+    /// subset, seeded by --seed), split 50/50 into weights and architecture.
+    #[arg(long, default_value_t = 1.0, value_parser = fraction)]
+    pub search_fraction: f32,
     /// Seed of the initialisation, the split, the batch order and sampling.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -142,6 +146,14 @@ pub struct SearchArgs {
     pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub limits: super::args::LimitArgs,
+}
+
+/// A fraction in (0, 1].
+fn fraction(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!("expected a fraction in (0, 1], found `{text}`")),
+    }
 }
 
 /// `onebit search`.
@@ -219,7 +231,14 @@ pub fn search(args: SearchArgs) -> Result<(), Failure> {
         return Ok(());
     }
 
-    let (train_set, _test_set) = load_data(&args.data, &model)?;
+    let (mut train_set, _test_set) = load_data(&args.data, &model)?;
+    if args.search_fraction < 1.0 {
+        // A stratified subset, as PC-DARTS searches ImageNet on 12.5% of it.
+        let seed = onebit::train::data::derive_seed(args.seed, 0, 0x5AB5E7);
+        let name = format!("{} ({}%)", train_set.name, 100.0 * args.search_fraction);
+        (_, train_set) = onebit::train::data::split(&train_set, args.search_fraction, seed);
+        train_set.name = name;
+    }
     let config = SearchConfig {
         mode,
         epochs: args.epochs,
