@@ -440,14 +440,7 @@ impl Search {
                 if let Some(parent) = &mut parent_trainer {
                     // The parent trains on the same batch with the child's
                     // α and β, and the child is pulled towards its kernels.
-                    for name in &arch_names {
-                        if let (Some(from), Some(to)) = (
-                            trainer.params().get(name),
-                            parent.params_mut().tensors.get_mut(name),
-                        ) {
-                            to.data.clone_from(&from.data);
-                        }
-                    }
+                    copy_params(trainer.params(), parent.params_mut(), &arch_names);
                     parent.step_subset(&x, &y, lr_scale, None, &|n| !is_arch(n))?;
                     trainer.set_kernel_targets(child_parent::kernel_targets(
                         parent.params(),
@@ -479,13 +472,7 @@ impl Search {
         if let (Some(parent), Some(mut t)) = (&mut self.parent, parent_trainer) {
             std::mem::swap(t.optimizer_mut(), &mut parent.optimizer);
             parent.params = t.params().clone();
-            for name in &arch_names {
-                if let (Some(from), Some(to)) =
-                    (self.params.get(name), parent.params.tensors.get_mut(name))
-                {
-                    to.data.clone_from(&from.data);
-                }
-            }
+            copy_params(&self.params, &mut parent.params, &arch_names);
         }
         result?;
         drop(trainer);
@@ -794,6 +781,15 @@ impl Search {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| bad("an unreadable history record"))?;
         Ok(())
+    }
+}
+
+/// Copies the values of the parameters `names` that both hold.
+fn copy_params(from: &Params, to: &mut Params, names: &BTreeSet<String>) {
+    for name in names {
+        if let (Some(f), Some(t)) = (from.get(name), to.tensors.get_mut(name)) {
+            t.data.clone_from(&f.data);
+        }
     }
 }
 
