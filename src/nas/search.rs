@@ -718,12 +718,14 @@ impl Search {
         let init = Params::init(&self.original, 0);
         let (graph, _) = restrict(&self.original, &init, &alive)?;
         let mut params = c.params.clone();
-        let mut parent_params = Params::default();
-        parent_params.tensors = params
-            .tensors
-            .extract_if(.., |name, _| name.starts_with(PARENT_PREFIX))
-            .map(|(name, t)| (name[PARENT_PREFIX.len()..].to_string(), t))
-            .collect();
+        let mut parent_params = Params {
+            tensors: params
+                .tensors
+                .extract_if(.., |name, _| name.starts_with(PARENT_PREFIX))
+                .map(|(name, t)| (name[PARENT_PREFIX.len()..].to_string(), t))
+                .collect(),
+            ..Params::default()
+        };
         params
             .check(&graph)
             .map_err(|e| SearchError::Checkpoint(e.to_string()))?;

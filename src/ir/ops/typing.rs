@@ -536,7 +536,7 @@ impl Op {
             Op::ShuffleChannels(a) => {
                 need_channels(kind, inputs[0])?;
                 let c = inputs[0].dims()[0];
-                if a.groups == 0 || c % a.groups != 0 {
+                if a.groups == 0 || !c.is_multiple_of(a.groups) {
                     return Err(attribute(
                         kind,
                         format!(

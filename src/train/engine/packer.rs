@@ -168,7 +168,7 @@ fn build(
         b.seal_block(word_loop);
         b.switch_to_block(tail);
         b.seal_block(tail);
-        if k % 64 != 0 {
+        if !k.is_multiple_of(64) {
             let bits = word(&mut b, s, (full * 256) as i32, k % 64, mem);
             b.ins().store(mem, bits, d, (full * 8) as i32);
         }

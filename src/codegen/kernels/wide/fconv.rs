@@ -100,7 +100,7 @@ impl FTile {
         // convolutions) would leave a tail of 1, 2 or 4 pixels of 4 × 6,
         // which streams the layer's weights once more for few pixels:
         // 3 × 7 covers them whole.
-        if mr == 4 && row <= 28 && row % 6 != 0 && row % 7 == 0 {
+        if mr == 4 && row <= 28 && !row.is_multiple_of(6) && row.is_multiple_of(7) {
             return FTile { mr: 3, nr: 7 };
         }
         let nr = [28, 14, 8, 6][mr - 1];
