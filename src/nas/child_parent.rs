@@ -32,7 +32,9 @@
 use std::collections::BTreeMap;
 
 use super::genotype::softmax;
-use super::reduction::{SampledNet, alpha, finetuned_accuracy, path_choices, sample_paths};
+use super::reduction::{
+    SampledNet, alpha, finetuned_accuracy, first_droppable, path_choices, sample_paths,
+};
 use super::search::{Search, SearchError};
 use crate::ir::params::Params;
 use crate::train::data::{Dataset, derive_seed};
@@ -171,12 +173,7 @@ pub fn reduce(
                 .then(p[a].total_cmp(&p[b]))
                 .then(a.cmp(&b))
         });
-        let non_zero = (0..n).filter(|&i| !edge.zero[i]).count();
-        let victim = order
-            .iter()
-            .copied()
-            .find(|&i| edge.zero[i] || non_zero > 1)
-            .unwrap_or(order[0]);
+        let victim = first_droppable(edge, &order);
         drop.insert(edge.choose.clone(), victim);
         dropped.push((edge.choose.clone(), edge.ops[victim].clone()));
     }

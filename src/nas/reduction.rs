@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 
 use super::genotype::{restrict, softmax};
 use super::search::{Search, SearchError};
-use super::space::SearchSpace;
+use super::space::{Edge, SearchSpace};
 use crate::ir::params::Params;
 use crate::train::data::{self, Batches, Dataset, derive_seed};
 use crate::train::kernel_loss::KernelTargets;
@@ -159,17 +159,24 @@ pub fn reduce(
                 .then(p[a].total_cmp(&p[b]))
                 .then(a.cmp(&b))
         });
-        let non_zero = (0..n).filter(|&i| !edge.zero[i]).count();
-        let victim = order
-            .iter()
-            .copied()
-            .find(|&i| edge.zero[i] || non_zero > 1)
-            .unwrap_or(order[0]);
+        let victim = first_droppable(edge, &order);
         drop.insert(edge.choose.clone(), victim);
         dropped.push((edge.choose.clone(), edge.ops[victim].clone()));
     }
     search.drop_ops(&drop)?;
     Ok(dropped)
+}
+
+/// The first operation of `order` (the edge's operations, most droppable
+/// first) that may go: never the edge's last non-`zero` one, so that
+/// discretisation always has an operation.
+pub(super) fn first_droppable(edge: &Edge, order: &[usize]) -> usize {
+    let non_zero = edge.zero.iter().filter(|&&z| !z).count();
+    order
+        .iter()
+        .copied()
+        .find(|&i| edge.zero[i] || non_zero > 1)
+        .unwrap_or(order[0])
 }
 
 /// The single-path networks a reduction round samples, as the operation
