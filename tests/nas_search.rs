@@ -464,6 +464,8 @@ fn the_chosen_model_reparses_trains_and_compiles() {
     )));
     assert!(stderr.contains("epoch 4/4"), "{stderr}");
     assert!(stderr.contains("ops left per edge"), "{stderr}");
+    // A reduction's drops are summarised by operation, one line.
+    assert!(stderr.contains("    dropped from 5 edges: "), "{stderr}");
     assert!(stderr.contains("cell0.n1 = "), "{stderr}");
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(!text.contains("= choose {"), "{text}");

@@ -397,7 +397,8 @@ pub fn search(args: SearchArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// One progress line per epoch, then the genotype and what was dropped.
+/// One progress line per epoch, then the genotype and a summary of what a
+/// reduction dropped.
 fn report_epoch(r: &EpochRecord, epochs: usize, seconds: f32) {
     let left: Vec<String> = {
         let mut counts = std::collections::BTreeMap::new();
@@ -428,8 +429,22 @@ fn report_epoch(r: &EpochRecord, epochs: usize, seconds: f32) {
     for line in &r.genotype {
         let _ = writeln!(err, "    {line}");
     }
-    for (edge, op) in &r.dropped {
-        let _ = writeln!(err, "    dropped {op} from {edge}");
+    if !r.dropped.is_empty() {
+        // One line: which operations went, how often (the edges are in
+        // --log's records).
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, op) in &r.dropped {
+            *counts.entry(op.as_str()).or_insert(0usize) += 1;
+        }
+        let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let list: Vec<String> = counts.iter().map(|(op, n)| format!("{op} ×{n}")).collect();
+        let _ = writeln!(
+            err,
+            "    dropped from {} edges: {}",
+            r.dropped.len(),
+            list.join(", ")
+        );
     }
 }
 
