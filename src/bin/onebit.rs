@@ -206,9 +206,15 @@ enum Command {
         #[arg(long, value_enum)]
         emit: Option<Emit>,
         /// Kernel path of the binary layers: `auto` (`ONEBIT_KERNELS`, else
-        /// the best this CPU runs), `portable` (Cranelift), `avx2` or `avx512`.
+        /// the best the target CPU runs), `portable` (Cranelift), `avx2` or `avx512`.
         #[arg(long, default_value = "auto", value_parser = args::kernels)]
         kernels: onebit::codegen::target::Kernels,
+        /// The CPU the object runs on: `host`, or a Cranelift x86-64 preset
+        /// (`x86-64`, `x86-64-v2`, `x86-64-v3`, `haswell`, `skylake-avx512`,
+        /// `icelake-server`, `znver4`, ...); it bounds both Cranelift's
+        /// instructions and the kernel path.
+        #[arg(long, default_value = "host", value_parser = args::target_cpu)]
+        target_cpu: onebit::codegen::target::TargetCpu,
         /// Passes to run before compiling.
         #[arg(long, default_value = "default")]
         passes: String,
@@ -598,6 +604,7 @@ fn run(command: Command) -> Result<(), Failure> {
             header,
             emit,
             kernels,
+            target_cpu,
             passes,
             limits,
         } => {
@@ -623,7 +630,8 @@ fn run(command: Command) -> Result<(), Failure> {
             check_limits(&graph, 1, &limits)?;
             let mut params = weights.load(&graph)?;
             optimize(&mut graph, &mut params, &passes, 1, |_, _| {})?;
-            let (object, header_text) = engine::compile(&graph, &params, emit.is_some(), kernels)?;
+            let (object, header_text) =
+                engine::compile(&graph, &params, emit.is_some(), kernels, target_cpu)?;
             if let Some(path) = &output {
                 outputs.write(path, &object)?;
             }

@@ -13,6 +13,12 @@ pub fn compile(
     params: &Params,
     options: &Options,
 ) -> Result<(JITModule, Lowered), CodegenError> {
+    if options.target != target::TargetCpu::Host {
+        return Err(CodegenError::Target(format!(
+            "the JIT compiles for this machine, not for target CPU `{}` (compile an object file for it)",
+            options.target.name()
+        )));
+    }
     let isa = target::host_isa(false)?;
     let mut builder = JITBuilder::with_isa(isa, cranelift_module::default_libcall_names());
     // Weights plus code; reserving address space is cheap (PROT_NONE).

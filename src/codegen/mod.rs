@@ -94,8 +94,11 @@ pub struct Options {
     /// Keep the disassembly of every function.
     pub disasm: bool,
     /// Kernel path of the binary layers (`portable`, `avx512`; by default
-    /// `ONEBIT_KERNELS` or the best the host runs).
+    /// `ONEBIT_KERNELS` or the best the target runs).
     pub kernels: target::Kernels,
+    /// The CPU to compile for: the host, or for an object file a named
+    /// x86-64 CPU (the JIT only compiles for the host).
+    pub target: target::TargetCpu,
 }
 
 impl Default for Options {
@@ -107,6 +110,7 @@ impl Default for Options {
             emit_clif: false,
             disasm: false,
             kernels: target::Kernels::Auto,
+            target: target::TargetCpu::Host,
         }
     }
 }
@@ -183,7 +187,7 @@ pub fn lower<M: Module>(
             crate::ir::verify::verify(&graph).map_err(|e| CodegenError::Internal(e.to_string()))?;
         return lower(module, verified, &params, options, name, entry);
     }
-    let host = target::HostFeatures::detect();
+    let host = options.target.features()?;
     let path = target::KernelPath::resolve(options.kernels, &host)?;
     if path.binary_isa().is_some()
         && module.isa().default_call_conv() != cranelift_codegen::isa::CallConv::SystemV

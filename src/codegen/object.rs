@@ -3,7 +3,7 @@
 
 use cranelift_object::{ObjectBuilder, ObjectModule};
 
-use super::{CodegenError, Lowered, Options, lower, target};
+use super::{CodegenError, Lowered, Options, lower};
 use crate::ir::{Params, Verified};
 
 /// The model name as a C identifier (other characters become `_`).
@@ -30,7 +30,7 @@ pub fn compile(
     params: &Params,
     options: &Options,
 ) -> Result<(Vec<u8>, Lowered), CodegenError> {
-    let isa = target::host_isa(true)?;
+    let isa = options.target.isa(true)?;
     let name = c_name(&verified.graph().name);
     let builder = ObjectBuilder::new(isa, name.clone(), cranelift_module::default_libcall_names())?;
     let mut module = ObjectModule::new(builder);

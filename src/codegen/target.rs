@@ -13,6 +13,12 @@
 //! request (`Options::kernels`, else the `ONEBIT_KERNELS` environment
 //! variable, else the best the host runs) into a path, and refuses a path
 //! the host cannot run with an error instead of code that would raise SIGILL.
+//!
+//! An object file may be compiled for another CPU than the host
+//! ([`TargetCpu`], `onebit compile --target-cpu NAME`): Cranelift's x86-64
+//! presets (`x86-64`, `x86-64-v2`, `x86-64-v3`, `haswell`,
+//! `skylake-avx512`, `icelake-server`, `znver4`, ...) set both the ISA flags
+//! of Cranelift's own code and the features the kernel path is chosen by.
 
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
@@ -162,7 +168,7 @@ impl KernelPath {
         match forced {
             Some(p) if p.runs_on(host) => Ok(p),
             Some(p) => Err(CodegenError::Target(format!(
-                "kernel path `{}` needs {}, which this CPU lacks (it runs: {})",
+                "kernel path `{}` needs {}, which the target CPU lacks (it runs: {})",
                 p.name(),
                 p.needs(),
                 KernelPath::ALL
@@ -203,9 +209,89 @@ impl std::str::FromStr for Kernels {
     }
 }
 
+/// The CPU an object file is compiled for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TargetCpu {
+    /// This machine (its detected features).
+    #[default]
+    Host,
+    /// A Cranelift x86-64 preset by name, on `x86_64-unknown-linux-gnu`.
+    Named(String),
+}
+
+impl TargetCpu {
+    /// `host` or a Cranelift x86-64 preset (checked by building its ISA).
+    pub fn parse(name: &str) -> Result<TargetCpu, CodegenError> {
+        if name == "host" {
+            return Ok(TargetCpu::Host);
+        }
+        let cpu = TargetCpu::Named(name.to_string());
+        cpu.isa(true)?;
+        Ok(cpu)
+    }
+
+    /// The CPU's name (`host` or the preset).
+    pub fn name(&self) -> &str {
+        match self {
+            TargetCpu::Host => "host",
+            TargetCpu::Named(n) => n,
+        }
+    }
+
+    /// The ISA to compile for; `pic` as [`host_isa`].
+    pub fn isa(&self, pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
+        let TargetCpu::Named(name) = self else {
+            return host_isa(pic);
+        };
+        let mut isa = cranelift_codegen::isa::lookup_by_name("x86_64-unknown-linux-gnu")
+            .map_err(|e| CodegenError::Target(format!("x86-64: {e}")))?;
+        isa.enable(name).map_err(|_| {
+            CodegenError::Target(format!(
+                "unknown target CPU `{name}`: expected `host` or a Cranelift x86-64 preset such as \
+                 x86-64, x86-64-v2, x86-64-v3, x86-64-v4, haswell, skylake-avx512, \
+                 icelake-server, sapphirerapids or znver4"
+            ))
+        })?;
+        isa.finish(settings::Flags::new(shared_flags(pic)?))
+            .map_err(|e| CodegenError::Target(e.to_string()))
+    }
+
+    /// The features the kernel paths are chosen by.
+    ///
+    /// For a named CPU they are read off its ISA flags. Cranelift's presets
+    /// name neither AVX512BW nor AVX512VPOPCNTDQ; every CPU with AVX512BITALG
+    /// (Ice Lake and later, Zen 4) has both, so BITALG stands for them.
+    pub fn features(&self) -> Result<HostFeatures, CodegenError> {
+        if *self == TargetCpu::Host {
+            return Ok(HostFeatures::detect());
+        }
+        let isa = self.isa(true)?;
+        let flags = isa.isa_flags();
+        let has = |name: &str| {
+            flags
+                .iter()
+                .any(|v| v.name == name && v.as_bool() == Some(true))
+        };
+        let bitalg_vl = has("has_avx512bitalg") && has("has_avx512vl");
+        Ok(HostFeatures {
+            vector_popcnt: bitalg_vl,
+            scalar_popcnt: has("has_popcnt"),
+            avx512_bnn: bitalg_vl && has("has_avx512f"),
+            avx2_bnn: has("has_avx2"),
+        })
+    }
+}
+
 /// Builds the host ISA. `pic` is set for object files (position-independent
 /// code links into PIE executables); the JIT needs it off.
 pub fn host_isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
+    let isa = cranelift_native::builder().map_err(|e| CodegenError::Target(e.to_string()))?;
+    isa.finish(settings::Flags::new(shared_flags(pic)?))
+        .map_err(|e| CodegenError::Target(e.to_string()))
+}
+
+/// The flags of every ISA onebit builds.
+fn shared_flags(pic: bool) -> Result<settings::Builder, CodegenError> {
     let mut flags = settings::builder();
     let set = |flags: &mut settings::Builder, k: &str, v: &str| {
         flags
@@ -216,9 +302,7 @@ pub fn host_isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
     set(&mut flags, "is_pic", if pic { "true" } else { "false" })?;
     set(&mut flags, "use_colocated_libcalls", "false")?;
     set(&mut flags, "enable_verifier", "false")?;
-    let isa = cranelift_native::builder().map_err(|e| CodegenError::Target(e.to_string()))?;
-    isa.finish(settings::Flags::new(flags))
-        .map_err(|e| CodegenError::Target(e.to_string()))
+    Ok(flags)
 }
 
 /// Cranelift's optimisation level: `speed`, or `ONEBIT_OPT_LEVEL`

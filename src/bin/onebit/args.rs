@@ -23,6 +23,11 @@ pub fn kernels(text: &str) -> Result<onebit::codegen::target::Kernels, String> {
         .map_err(|e: onebit::CodegenError| e.to_string())
 }
 
+/// `--target-cpu`: `host` or a Cranelift x86-64 preset.
+pub fn target_cpu(text: &str) -> Result<onebit::codegen::target::TargetCpu, String> {
+    onebit::codegen::target::TargetCpu::parse(text).map_err(|e| e.to_string())
+}
+
 /// `--top-k` and `--batch`: at least 1.
 pub fn positive(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {

@@ -263,15 +263,23 @@ pub fn compile(
     params: &Params,
     clif: bool,
     kernels: Kernels,
+    target: codegen::target::TargetCpu,
 ) -> Result<(Vec<u8>, String), Failure> {
     let verified = onebit::verify(graph).map_err(|e| Failure(format!("error: {e}")))?;
     let options = Options {
         emit_clif: clif,
         kernels,
+        target,
         ..Options::default()
     };
     let (bytes, lowered) = codegen::object::compile(verified, params, &options)
         .map_err(|e| Failure(format!("error: {e}")))?;
+    eprintln!(
+        "`{}` for target CPU {}: {} kernels",
+        graph.name,
+        options.target.name(),
+        lowered.path.name()
+    );
     if clif {
         print!("{}", lowered.clif);
     }
