@@ -187,7 +187,8 @@ pub fn lower<M: Module>(
             crate::ir::verify::verify(&graph).map_err(|e| CodegenError::Internal(e.to_string()))?;
         return lower(module, verified, &params, options, name, entry);
     }
-    let host = options.target.features()?;
+    // The module's ISA is the one built for `options.target`.
+    let host = options.target.features(module.isa());
     let path = target::KernelPath::resolve(options.kernels, &host)?;
     if path.binary_isa().is_some()
         && module.isa().default_call_conv() != cranelift_codegen::isa::CallConv::SystemV

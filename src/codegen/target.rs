@@ -256,16 +256,17 @@ impl TargetCpu {
             .map_err(|e| CodegenError::Target(e.to_string()))
     }
 
-    /// The features the kernel paths are chosen by.
+    /// The features the kernel paths are chosen by, for `isa`, the ISA
+    /// [`isa`](Self::isa) built for this CPU.
     ///
-    /// For a named CPU they are read off its ISA flags. Cranelift's presets
-    /// name neither AVX512BW nor AVX512VPOPCNTDQ; every CPU with AVX512BITALG
+    /// The host's are detected (CPUID knows more than Cranelift's flags); a
+    /// named CPU's are read off `isa`'s flags. Cranelift's presets name
+    /// neither AVX512BW nor AVX512VPOPCNTDQ; every CPU with AVX512BITALG
     /// (Ice Lake and later, Zen 4) has both, so BITALG stands for them.
-    pub fn features(&self) -> Result<HostFeatures, CodegenError> {
+    pub fn features(&self, isa: &dyn cranelift_codegen::isa::TargetIsa) -> HostFeatures {
         if *self == TargetCpu::Host {
-            return Ok(HostFeatures::detect());
+            return HostFeatures::detect();
         }
-        let isa = self.isa(true)?;
         let flags = isa.isa_flags();
         let has = |name: &str| {
             flags
@@ -273,12 +274,12 @@ impl TargetCpu {
                 .any(|v| v.name == name && v.as_bool() == Some(true))
         };
         let bitalg_vl = has("has_avx512bitalg") && has("has_avx512vl");
-        Ok(HostFeatures {
+        HostFeatures {
             vector_popcnt: bitalg_vl,
             scalar_popcnt: has("has_popcnt"),
             avx512_bnn: bitalg_vl && has("has_avx512f"),
             avx2_bnn: has("has_avx2"),
-        })
+        }
     }
 }
 
