@@ -114,12 +114,12 @@ pub fn reduce(
         config.reduction.rounds,
         &mut rng,
     );
+    let parent = search.parent.as_ref().ok_or_else(|| {
+        SearchError::Checkpoint("a child-parent reduction of a search without a parent".into())
+    })?;
     let mut z: Vec<BTreeMap<usize, Vec<f32>>> = vec![BTreeMap::new(); space.edges.len()];
     for (sample, taken) in paths.iter().enumerate() {
         let keep = path_choices(&space, taken);
-        let parent = search.parent.as_ref().ok_or_else(|| {
-            SearchError::Checkpoint("a child-parent reduction of a search without a parent".into())
-        })?;
         let parent_net = SampledNet {
             graph: &parent.graph,
             params: &parent.params,

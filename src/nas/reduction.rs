@@ -238,7 +238,7 @@ pub(super) fn path_choices(space: &SearchSpace, path: &[usize]) -> BTreeMap<Stri
 /// child-parent kernel loss it fine-tunes with, if any.
 pub(super) struct SampledNet<'a> {
     pub graph: &'a crate::ir::graph::Graph,
-    pub params: &'a crate::ir::params::Params,
+    pub params: &'a Params,
     pub optimizer: &'a crate::train::optim::Optimizer,
     pub kernel_targets: Option<KernelTargets>,
 }
@@ -280,7 +280,7 @@ pub(super) fn finetuned_accuracy(
     Ok((100.0 * accuracy.accuracy() as f32, trainer.params().clone()))
 }
 
-pub(super) fn alpha<'a>(params: &'a crate::ir::params::Params, choose: &str) -> &'a [f32] {
+pub(super) fn alpha<'a>(params: &'a Params, choose: &str) -> &'a [f32] {
     params
         .get(&format!("{choose}.alpha"))
         .map_or(&[][..], |t| &t.data[..])

@@ -245,16 +245,18 @@ impl Search {
             .iter()
             .map(|e| (e.choose.clone(), vec![0.0; e.ops.len()]))
             .collect();
-        let mut weight_optimizer = Optimizer::new(config.weight_optimizer.clone())?;
-        weight_optimizer.threads = config.threads.max(1);
-        let mut arch_optimizer = Optimizer::new(config.arch_optimizer.clone())?;
-        arch_optimizer.threads = config.threads.max(1);
+        let optimizer = |c: &OptimizerConfig| -> Result<Optimizer, OptimError> {
+            let mut o = Optimizer::new(c.clone())?;
+            o.threads = config.threads.max(1);
+            Ok(o)
+        };
+        let weight_optimizer = optimizer(&config.weight_optimizer)?;
+        let mut arch_optimizer = optimizer(&config.arch_optimizer)?;
         arch_optimizer.clip_latent = false;
         let parent = match config.mode {
             Mode::CpNas => {
                 let (graph, params) = full_precision(model, &params)?;
-                let mut optimizer = Optimizer::new(config.weight_optimizer.clone())?;
-                optimizer.threads = config.threads.max(1);
+                let optimizer = optimizer(&config.weight_optimizer)?;
                 Some(Parent {
                     graph,
                     params,
@@ -617,41 +619,22 @@ impl Search {
     /// and the history (JSON).
     pub fn checkpoint(&self) -> Checkpoint {
         let mut optim = self.weight_optimizer.state();
-        optim.extend(
-            self.arch_optimizer
-                .state()
-                .into_iter()
-                .map(|(n, s, d)| (format!("arch:{n}"), s, d)),
-        );
         let mut optim_steps = self.weight_optimizer.param_steps();
-        optim_steps.extend(
-            self.arch_optimizer
-                .param_steps()
-                .into_iter()
-                .map(|(n, s)| (format!("arch:{n}"), s)),
-        );
+        let mut append = |prefix: &str, o: &Optimizer| {
+            let named = |n: String| format!("{prefix}{n}");
+            optim.extend(o.state().into_iter().map(|(n, s, d)| (named(n), s, d)));
+            optim_steps.extend(o.param_steps().into_iter().map(|(n, s)| (named(n), s)));
+        };
+        append(ARCH_PREFIX, &self.arch_optimizer);
         let mut params = self.params.clone();
         let mut extra = BTreeMap::new();
         if let Some(parent) = &self.parent {
+            append(PARENT_PREFIX, &parent.optimizer);
             for (name, t) in &parent.params.tensors {
                 params
                     .tensors
                     .insert(format!("{PARENT_PREFIX}{name}"), t.clone());
             }
-            optim.extend(
-                parent
-                    .optimizer
-                    .state()
-                    .into_iter()
-                    .map(|(n, s, d)| (format!("{PARENT_PREFIX}{n}"), s, d)),
-            );
-            optim_steps.extend(
-                parent
-                    .optimizer
-                    .param_steps()
-                    .into_iter()
-                    .map(|(n, s)| (format!("{PARENT_PREFIX}{n}"), s)),
-            );
             extra.insert(
                 "nas.parent_steps".into(),
                 parent.optimizer.step_count().to_string(),
@@ -729,26 +712,17 @@ impl Search {
         params
             .check(&graph)
             .map_err(|e| SearchError::Checkpoint(e.to_string()))?;
-        let (mut w, mut a, mut p) = (Vec::new(), Vec::new(), Vec::new());
-        for (n, s, d) in c.optim.iter().cloned() {
-            if let Some(rest) = n.strip_prefix("arch:") {
-                a.push((rest.to_string(), s, d));
-            } else if let Some(rest) = n.strip_prefix(PARENT_PREFIX) {
-                p.push((rest.to_string(), s, d));
-            } else {
-                w.push((n, s, d));
-            }
+        let mut states: [Vec<_>; 3] = Default::default();
+        for (n, s, d) in &c.optim {
+            let (owner, n) = optimizer_of(n);
+            states[owner].push((n.to_string(), s.clone(), d.clone()));
         }
-        let (mut ws, mut as_, mut ps) = (Vec::new(), Vec::new(), Vec::new());
-        for (n, s) in c.optim_steps.iter().cloned() {
-            if let Some(rest) = n.strip_prefix("arch:") {
-                as_.push((rest.to_string(), s));
-            } else if let Some(rest) = n.strip_prefix(PARENT_PREFIX) {
-                ps.push((rest.to_string(), s));
-            } else {
-                ws.push((n, s));
-            }
+        let mut steps: [Vec<_>; 3] = Default::default();
+        for (n, s) in &c.optim_steps {
+            let (owner, n) = optimizer_of(n);
+            steps[owner].push((n.to_string(), *s));
         }
+        let ([w, a, p], [ws, as_, ps]) = (states, steps);
         if let Some(parent) = &mut self.parent {
             let steps: u64 = c
                 .extra
@@ -795,9 +769,24 @@ fn copy_params(from: &Params, to: &mut Params, names: &BTreeSet<String>) {
     }
 }
 
+/// The prefix of the architecture optimizer's state in a checkpoint.
+const ARCH_PREFIX: &str = "arch:";
+
 /// The prefix of a CP-NAS parent's parameters and optimizer state in a
 /// checkpoint.
 const PARENT_PREFIX: &str = "parent:";
+
+/// Which optimizer a checkpoint's optimizer entry belongs to (0 the
+/// weights', 1 the architecture's, 2 the parent's) and its name there.
+fn optimizer_of(name: &str) -> (usize, &str) {
+    if let Some(rest) = name.strip_prefix(ARCH_PREFIX) {
+        (1, rest)
+    } else if let Some(rest) = name.strip_prefix(PARENT_PREFIX) {
+        (2, rest)
+    } else {
+        (0, name)
+    }
+}
 
 fn json_string(alive: &BTreeMap<String, Vec<usize>>) -> String {
     serde_json::to_string(alive).unwrap_or_default()
